@@ -1,0 +1,22 @@
+"""Datagraph: distributed asynchronous dataflows on Valkey streams."""
+
+from fast_depends import Depends
+
+from .executors import Executor, LocalExecutor
+from .flow import Flow
+from .io import IO, IOVal
+from .processor import Processor
+from .supervisor import Supervisor
+
+__all__ = [
+    "IO",
+    "Depends",
+    "Executor",
+    "Flow",
+    "IOVal",
+    "LocalExecutor",
+    "Processor",
+    "Supervisor",
+]
+
+__version__ = "0.1.0"

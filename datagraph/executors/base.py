@@ -1,0 +1,35 @@
+"""The executor interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+    from ..processor import Processor
+    from ..supervisor import Supervisor
+
+__all__ = ["Executor"]
+
+
+class Executor(ABC):
+    """Runs a processor of a run by name.
+
+    ``check`` runs before anything of the run is written, so a run that cannot
+    be executed fails before it starts; ``dispatch`` starts one processor and
+    returns without waiting for it to finish.
+    """
+
+    #: Short name shown in telemetry ("local", "celery").
+    kind: str = "custom"
+
+    async def check(self, supervisor: Supervisor, plan: Plan, processors: list[Processor]) -> None:  # noqa: B027
+        """Raise if some processor of ``plan`` cannot be run by this executor."""
+
+    @abstractmethod
+    async def dispatch(self, supervisor: Supervisor, plan: Plan, processor: Processor) -> None:
+        """Start ``processor`` of ``plan``'s run; do not wait for it to finish."""
+
+    async def aclose(self) -> None:  # noqa: B027
+        """Release what the executor holds."""

@@ -1,0 +1,49 @@
+"""In-process execution with anyio tasks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..exceptions import UnknownProcessorError
+from ..processor import Implementation, Processor, registry
+from .base import Executor
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+    from ..supervisor import Supervisor
+
+__all__ = ["LocalExecutor"]
+
+
+class LocalExecutor(Executor):
+    """Runs every processor as a task in this process's event loop."""
+
+    kind = "local"
+
+    def _implementation(self, processor: Processor) -> Implementation:
+        name = processor.name
+        impl = processor.implementation
+        if impl is None:
+            local = registry.get(name)
+            if local is not None and local == processor:
+                impl = local.implementation
+        if impl is None:
+            raise UnknownProcessorError(
+                f"processor {name!r} has no implementation in this process; decorate a function "
+                f"with it here, or run the flow with an executor that reaches the service that "
+                "implements it (CeleryExecutor)"
+            )
+        return impl
+
+    async def check(self, supervisor: Supervisor, plan: Plan, processors: list[Processor]) -> None:
+        for processor in processors:
+            self._implementation(processor)
+
+    async def dispatch(self, supervisor: Supervisor, plan: Plan, processor: Processor) -> None:
+        from ..runner import run_processor
+
+        impl = self._implementation(processor)
+        runtime = await supervisor.runtime()
+        runtime.host.start_soon(
+            run_processor, supervisor, runtime, plan, impl, name=f"datagraph-{processor.name}"
+        )

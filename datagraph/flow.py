@@ -1,0 +1,247 @@
+"""Flows: processors wired by matching IO names.
+
+``Flow.from_processors(a, b, c).resolve()`` checks that the wiring can run
+(no cycles, each IO produced at most once) and computes its topology: which
+processor produces and reads each IO, the floating inputs a run must be
+given, the final outputs, and partitions (a ``wait=True`` processor starts a
+new partition and runs only once every stream it reads is complete).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import CycleError, DuplicateOutputError, FlowError, UnresolvedFlowError
+from .processor import Processor
+
+if TYPE_CHECKING:
+    import graphviz
+
+__all__ = ["Flow", "Topology"]
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What ``resolve()`` computes."""
+
+    order: tuple[str, ...]
+    producers: dict[str, str]
+    readers: dict[str, tuple[str, ...]]
+    floating_inputs: tuple[str, ...]
+    final_outputs: tuple[str, ...]
+    partitions: dict[str, int]
+
+    @property
+    def ios(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*self.floating_inputs, *self.producers]))
+
+
+class Flow:
+    """A set of processors wired by IO name."""
+
+    def __init__(self, processors: Iterable[Processor], *, name: str | None = None) -> None:
+        self.processors: tuple[Processor, ...] = tuple(processors)
+        self.name = name
+        self._topology: Topology | None = None
+        for p in self.processors:
+            if not isinstance(p, Processor):
+                raise FlowError(f"Flow takes Processor objects, got {p!r}")
+        seen: dict[str, Processor] = {}
+        for p in self.processors:
+            other = seen.get(p.name)
+            if other is not None and other is not p:
+                raise FlowError(f"the flow has two different processors named {p.name!r}")
+            seen[p.name] = p
+        self.processors = tuple(seen.values())
+
+    @classmethod
+    def from_processors(cls, *processors: Processor, name: str | None = None) -> Flow:
+        if len(processors) == 1 and not isinstance(processors[0], Processor):
+            processors = tuple(processors[0])  # type: ignore[arg-type]
+        if not processors:
+            raise FlowError("a flow needs at least one processor")
+        return cls(processors, name=name)
+
+    def __repr__(self) -> str:
+        names = ", ".join(p.name for p in self.processors)
+        state = "resolved" if self._topology else "unresolved"
+        return f"<Flow [{names}] {state}>"
+
+    @property
+    def resolved(self) -> bool:
+        return self._topology is not None
+
+    @property
+    def topology(self) -> Topology:
+        if self._topology is None:
+            raise UnresolvedFlowError(
+                "the flow is not resolved; call flow.resolve() (or "
+                "Flow.from_processors(...).resolve()) before starting or inspecting it"
+            )
+        return self._topology
+
+    def processor(self, name: str) -> Processor:
+        for p in self.processors:
+            if p.name == name:
+                return p
+        raise FlowError(f"the flow has no processor named {name!r}")
+
+    def resolve(self) -> Flow:
+        """Validate the wiring and compute the topology; returns the flow."""
+        producers: dict[str, str] = {}
+        for p in self.processors:
+            for io in p.outputs:
+                if io in producers:
+                    raise DuplicateOutputError(
+                        f"IO {io!r} is produced by both {producers[io]!r} and {p.name!r}; "
+                        "each IO must have exactly one producer (rename one of the outputs)"
+                    )
+                producers[io] = p.name
+        readers: dict[str, list[str]] = {}
+        for p in self.processors:
+            for io in p.inputs:
+                readers.setdefault(io, []).append(p.name)
+        upstream: dict[str, set[str]] = {p.name: set() for p in self.processors}
+        for p in self.processors:
+            for io in p.inputs:
+                if io in producers:
+                    upstream[p.name].add(producers[io])
+        cycles = _cycles(upstream)
+        if cycles:
+            described = "; ".join(" -> ".join([*c, c[0]]) for c in cycles)
+            raise CycleError(
+                f"the flow has a dependency cycle: {described}; "
+                "a processor cannot (indirectly) read its own output",
+                cycles,
+            )
+        order = _topological_order(upstream, [p.name for p in self.processors])
+        by_name = {p.name: p for p in self.processors}
+        partitions: dict[str, int] = {}
+        for name in order:
+            base = max((partitions[u] for u in upstream[name]), default=0)
+            partitions[name] = base + (1 if by_name[name].wait and upstream[name] else 0)
+        floating = tuple(dict.fromkeys(io for p in self.processors for io in p.inputs if io not in producers))
+        final = tuple(io for p in self.processors for io in p.outputs if io not in readers)
+        self._topology = Topology(
+            order=tuple(order),
+            producers=producers,
+            readers={io: tuple(r) for io, r in readers.items()},
+            floating_inputs=floating,
+            final_outputs=final,
+            partitions=partitions,
+        )
+        return self
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "processors": [p.spec() for p in self.processors]}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Flow:
+        from .processor import registry
+
+        processors = []
+        for p in spec["processors"]:
+            local = registry.get(p["name"])
+            processors.append(local if local is not None and local.spec() == p else Processor.from_spec(p))
+        return cls(processors, name=spec.get("name"))
+
+    def to_dot(self, *, node_ids: bool = False) -> str:
+        return self.visualize(node_ids=node_ids).source
+
+    def visualize(self, *, node_ids: bool = False) -> graphviz.Digraph:
+        """A Graphviz graph of processors (boxes) and IO edges; renders in notebooks."""
+        import graphviz
+
+        topo = self.topology
+        graph = graphviz.Digraph(name=self.name or "flow")
+        graph.attr(rankdir="LR", fontname="Helvetica", bgcolor="transparent")
+        graph.attr("node", fontname="Helvetica", fontsize="11")
+        graph.attr("edge", fontname="Helvetica", fontsize="10")
+        for p in self.processors:
+            label = p.name + ("\n(waits for inputs)" if p.wait else "")
+            extra = {"id": f"node-{p.name}"} if node_ids else {}
+            graph.node(f"p:{p.name}", label=label, shape="box", style="rounded,filled",
+                       fillcolor="#eef2f7", **extra)
+        for io in topo.floating_inputs:
+            graph.node(f"in:{io}", label=io, shape="ellipse", style="dashed")
+            for reader in topo.readers.get(io, ()):
+                extra = {"id": f"edge-{io}-{reader}"} if node_ids else {}
+                graph.edge(f"in:{io}", f"p:{reader}", label=io, **extra)
+        for io, producer in topo.producers.items():
+            for reader in topo.readers.get(io, ()):
+                extra = {"id": f"edge-{io}-{reader}"} if node_ids else {}
+                graph.edge(f"p:{producer}", f"p:{reader}", label=io, **extra)
+            if io in topo.final_outputs:
+                graph.node(f"out:{io}", label=io, shape="ellipse", style="dashed")
+                extra = {"id": f"edge-{io}-out"} if node_ids else {}
+                graph.edge(f"p:{producer}", f"out:{io}", label=io, **extra)
+        return graph
+
+
+def _cycles(upstream: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node, or a self loop (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    result: list[list[str]] = []
+    counter = 0
+
+    def visit(root: str) -> None:
+        nonlocal counter
+        work = [(root, iter(sorted(upstream[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, it = work[-1]
+            advanced = False
+            for nxt in it:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = counter
+                    counter += 1
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(upstream[nxt]))))
+                    advanced = True
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in upstream[node]:
+                    # Order the members along the data direction.
+                    result.append(list(reversed(component)))
+
+    for name in sorted(upstream):
+        if name not in index:
+            visit(name)
+    return sorted(result)
+
+
+def _topological_order(upstream: dict[str, set[str]], declared: list[str]) -> list[str]:
+    done: set[str] = set()
+    order: list[str] = []
+    remaining = list(declared)
+    while remaining:
+        ready = [n for n in remaining if upstream[n] <= done]
+        for n in ready:
+            done.add(n)
+            order.append(n)
+        remaining = [n for n in remaining if n not in done]
+    return order

@@ -1,0 +1,65 @@
+"""A run's execution plan: what every participant needs to know about a run.
+
+The plan is stored with the run record, so a worker in another service can
+run its processor knowing only the run id.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .flow import Flow
+
+__all__ = ["Plan"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_id: str
+    flow: dict[str, Any]
+    producers: dict[str, str]
+    readers: dict[str, list[str]]
+    floating_inputs: list[str]
+    outputs: list[str]
+    partitions: dict[str, int]
+    max_backlog: dict[str, int]
+    trim: bool
+
+    @classmethod
+    def build(cls, run_id: str, flow: Flow, *, outputs: list[str], default_backlog: int, trim: bool) -> Plan:
+        topo = flow.topology
+        return cls(
+            run_id=run_id,
+            flow=flow.spec(),
+            producers=dict(topo.producers),
+            readers={io: list(r) for io, r in topo.readers.items()},
+            floating_inputs=list(topo.floating_inputs),
+            outputs=outputs,
+            partitions=dict(topo.partitions),
+            max_backlog={p.name: p.max_backlog or default_backlog for p in flow.processors},
+            trim=trim,
+        )
+
+    @property
+    def processors(self) -> list[dict[str, Any]]:
+        procs: list[dict[str, Any]] = self.flow["processors"]
+        return procs
+
+    def processor(self, name: str) -> dict[str, Any]:
+        for spec in self.processors:
+            if spec["name"] == name:
+                return spec
+        raise KeyError(name)
+
+    @property
+    def ios(self) -> list[str]:
+        return list(dict.fromkeys([*self.floating_inputs, *self.producers]))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Plan:
+        return cls(**json.loads(text))

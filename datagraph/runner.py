@@ -1,0 +1,238 @@
+"""Runs one processor of one run: reads its inputs, pumps its outputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from glide import GlideError as GlideBaseError
+
+from .exceptions import BadValueError, ProcessorFailed, RunCancelled
+from .io import IO, IOVal, SyncIO
+from .plan import Plan
+from .processor import Implementation, Kind
+from .runtime import Runtime
+from .store import keys, scripts
+from .streams import StreamWriter, store_error
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+__all__ = ["run_processor"]
+
+log = logging.getLogger("datagraph.runner")
+
+_SYNC_CHUNK = 256
+
+
+async def run_processor(
+    supervisor: Supervisor, runtime: Runtime, plan: Plan, impl: Implementation
+) -> None:
+    """Run ``impl`` as its processor in ``plan``; record the outcome in the store.
+
+    Never raises for a failure of the processor itself: the failure is written
+    to the run and to the output streams, where readers find it.
+    """
+    name = impl.processor.name
+    run_id = plan.run_id
+    spec = plan.processor(name)
+    outputs = {io: plan.readers.get(io, []) for io in spec["outputs"]}
+    trim = plan.trim and all(io not in plan.outputs for io in outputs)
+    writer = StreamWriter(
+        runtime, run_id, name, outputs, max_backlog=plan.max_backlog[name], trim=trim
+    )
+    stats_key = keys.stats(run_id)
+    started = time.time()
+    try:
+        await runtime.client.custom_command(
+            ["HSET", stats_key, f"state:{name}", "running", f"started:{name}", repr(started),
+             f"worker:{name}", runtime.worker_id]
+        )
+        if spec.get("wait"):
+            await _wait_for_inputs(runtime, run_id, spec["inputs"], name)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run_flusher, name=f"datagraph-flush-{name}")
+            await _call(supervisor, impl, plan, writer)
+            tg.cancel_scope.cancel()
+    except BaseException as exc:
+        await _finish_failed(runtime, plan, name, writer, exc)
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            raise
+        return
+    await _finish_ok(runtime, plan, name, writer)
+
+
+async def _call(supervisor: Supervisor, impl: Implementation, plan: Plan, writer: StreamWriter) -> None:
+    name = impl.processor.name
+    inputs: dict[str, Any] = {}
+    for io in impl.processor.inputs:
+        handle: IO[Any] = IO(supervisor, plan.run_id, io, reader=name, producers=plan.producers)
+        inputs[io] = SyncIO(handle) if impl.kind in (Kind.SYNC, Kind.SYNC_GEN) else handle
+    async with AsyncExitStack() as stack:
+        kwargs = await impl.resolve(stack, inputs)
+        if impl.kind == Kind.ASYNC_GEN:
+            agen = impl.func(**kwargs)
+            try:
+                await _pump(agen, writer, name)
+            finally:
+                await agen.aclose()
+        elif impl.kind == Kind.COROUTINE:
+            await _put_returned(await impl.func(**kwargs), writer, name)
+        elif impl.kind == Kind.SYNC_GEN:
+            await anyio.to_thread.run_sync(_pump_sync, impl.func, kwargs, writer, name)
+        else:
+            result = await anyio.to_thread.run_sync(lambda: impl.func(**kwargs))
+            await _put_returned(result, writer, name)
+
+
+async def _pump(agen: Any, writer: StreamWriter, name: str) -> None:
+    put = writer.put
+    monotonic = time.monotonic
+    async for item in agen:
+        if type(item) is not IOVal:
+            item = _as_ioval(item, name)
+        if put(item[0], item[1]) or writer.lingering(monotonic()):
+            await writer.make_room(item[0])
+
+
+def _as_ioval(item: Any, name: str) -> IOVal[Any]:
+    if isinstance(item, IOVal):
+        return item
+    raise BadValueError(
+        f"processor {name!r} yielded {type(item).__name__} {item!r:.80}; "
+        "yield IOVal(name=<output>, value=...) instead"
+    )
+
+
+async def _put_returned(result: Any, writer: StreamWriter, name: str) -> None:
+    if result is None:
+        return
+    items: Iterable[Any] = [result] if isinstance(result, IOVal) else result
+    try:
+        iterator = iter(items)
+    except TypeError:
+        raise BadValueError(
+            f"processor {name!r} returned {type(result).__name__}; return None, an IOVal "
+            "or a list of IOVal"
+        ) from None
+    for item in iterator:
+        item = _as_ioval(item, name)
+        if writer.put(item.name, item.value):
+            await writer.make_room(item.name)
+
+
+async def _put_chunk(writer: StreamWriter, chunk: list[Any], name: str) -> None:
+    for item in chunk:
+        item = _as_ioval(item, name)
+        if writer.put(item.name, item.value):
+            await writer.make_room(item.name)
+    if writer.lingering(time.monotonic()):
+        await writer.make_room(chunk[-1].name)
+
+
+def _pump_sync(func: Any, kwargs: dict[str, Any], writer: StreamWriter, name: str) -> None:
+    """Iterate a sync generator in a worker thread, handing values over in chunks."""
+    chunk: list[Any] = []
+    deadline = time.monotonic() + writer._linger
+    gen = func(**kwargs)
+    try:
+        for item in gen:
+            chunk.append(item)
+            if len(chunk) >= _SYNC_CHUNK or time.monotonic() > deadline:
+                anyio.from_thread.run(_put_chunk, writer, chunk, name)
+                chunk = []
+                deadline = time.monotonic() + writer._linger
+        if chunk:
+            anyio.from_thread.run(_put_chunk, writer, chunk, name)
+    finally:
+        gen.close()
+
+
+async def _wait_for_inputs(runtime: Runtime, run_id: str, inputs: list[str], name: str) -> None:
+    """Block until every input stream ends (partition barrier)."""
+    pending = list(inputs)
+    delay = 0.002
+    while pending:
+        for io in list(pending):
+            try:
+                last = await runtime.client.custom_command(
+                    ["XREVRANGE", keys.stream(run_id, io), "+", "-", "COUNT", "1"]
+                )
+            except GlideBaseError as exc:
+                raise store_error(exc, f"waiting for the inputs of {name!r}") from exc
+            if last and _is_marker(last):
+                pending.remove(io)
+        if pending:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+def _is_marker(reply: Any) -> bool:
+    entries = reply.values() if isinstance(reply, dict) else [e[1] for e in reply]
+    for fields in entries:
+        return bool(fields and fields[0][0] == b"e")
+    return False
+
+
+async def _finish_ok(runtime: Runtime, plan: Plan, name: str, writer: StreamWriter) -> None:
+    codec = runtime.codec
+    marker = codec.encode_marker({"status": "ok", "processor": name})
+    stats_key = keys.stats(plan.run_id)
+    now = repr(time.time())
+    result = await writer.close(
+        dict.fromkeys(writer.buffers, marker),
+        extra=[
+            ["HSET", stats_key, f"state:{name}", "done", f"ended:{name}", now],
+            ["HINCRBY", keys.run(plan.run_id), "done", "1"],
+        ],
+    )
+    if int(result[-1]) >= len(plan.processors):
+        await scripts.finish_run(runtime, plan, "succeeded")
+
+
+async def _finish_failed(
+    runtime: Runtime, plan: Plan, name: str, writer: StreamWriter, exc: BaseException
+) -> None:
+    """Flush what was yielded, end the outputs with the failure, fail the run."""
+    cancelled = isinstance(exc, RunCancelled | anyio.get_cancelled_exc_class())
+    if isinstance(exc, ProcessorFailed):
+        origin, etype, message, tb = exc.processor, exc.error_type, exc.error_message, exc.traceback
+    else:
+        origin, etype, message = name, type(exc).__name__, str(exc)
+        tb = "".join(traceback.format_exception(exc))
+    status = "cancelled" if cancelled else "failed"
+    if cancelled:
+        origin, etype, message, tb = name, "RunCancelled", f"run {plan.run_id} was cancelled", ""
+    else:
+        log.warning("processor %r of run %s failed: %s: %s", name, plan.run_id, etype, message)
+    marker = runtime.codec.encode_marker(
+        {"status": status, "processor": origin, "type": etype, "message": message,
+         "traceback": tb, "worker": runtime.worker_id}
+    )
+    stats_key = keys.stats(plan.run_id)
+    extra = [["HSET", stats_key, f"state:{name}", status, f"ended:{name}", repr(time.time())]]
+    with anyio.CancelScope(shield=True), anyio.move_on_after(runtime.settings.request_timeout):
+        try:
+            markers = dict.fromkeys(writer.buffers, marker)
+            try:
+                # Keep what was yielded before the failure...
+                await writer.close(markers, extra=extra)
+            except BadValueError:
+                # ...unless that is what failed.
+                writer.buffers = {io: [] for io in writer.buffers}
+                await writer.close(markers, extra=extra)
+            error = {"processor": origin, "type": etype, "message": message, "traceback": tb,
+                     "worker": runtime.worker_id}
+            await scripts.finish_run(runtime, plan, status, error=error)
+        except Exception as store_exc:  # the store itself is failing; say so, keep the cause
+            log.error(
+                "processor %r of run %s failed (%s: %s) and the failure could not be recorded: %s",
+                name, plan.run_id, etype, message, store_exc,
+            )

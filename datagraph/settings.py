@@ -1,0 +1,130 @@
+"""One settings object for the engine.
+
+Every field can be given to ``Supervisor.attach(**settings)`` or set in the
+environment as ``DATAGRAPH_<FIELD>`` (upper case); an explicit argument wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .exceptions import ConfigError
+
+__all__ = ["Settings"]
+
+#: Development signing key, used only when no secret is configured and the
+#: store is not an embedded one (a warning is logged when it is used).
+DEVELOPMENT_SECRET = b"datagraph-development-secret-change-me"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Engine settings; see the README's Configuration section."""
+
+    #: Signing key for stream payloads (``DATAGRAPH_SECRET``).
+    secret: bytes | None = field(default=None, repr=False)
+    #: Values an in-flow reader may lag behind its writer before the writer waits.
+    max_backlog: int = 10_000
+    #: Most values carried by one stream entry.
+    max_batch: int = 1_000
+    #: Longest a yielded value waits in the writer's buffer, in seconds.
+    linger: float = 0.005
+    #: Largest encoded stream entry, in bytes; a larger value is refused.
+    max_entry_bytes: int = 16 * 1024 * 1024
+    #: Entries fetched by one read.
+    read_count: int = 256
+    #: How long one blocking read waits in the store, in seconds.
+    read_block: float = 1.0
+    #: A stream whose producer wrote nothing for this long fails its readers, in seconds.
+    idle_timeout: float = 300.0
+    #: How long a finished run's keys are kept, in seconds.
+    retention: float = 24 * 3600.0
+    #: Upper bound on a running run's key lifetime, in seconds.
+    max_run_duration: float = 7 * 24 * 3600.0
+    #: Deadline for connecting to the store and for one ordinary command, in seconds.
+    connect_timeout: float = 5.0
+    request_timeout: float = 10.0
+    #: Worker heartbeat period and how many missed beats count as dead.
+    heartbeat_interval: float = 2.0
+    heartbeat_misses: int = 2
+    #: How long offline workers stay visible before they are purged, in seconds.
+    worker_retention: float = 3600.0
+    #: Publish registrations, heartbeats and per-edge metrics.
+    telemetry: bool = True
+    #: How long a dispatched processor may wait for a worker to pick it up, in seconds.
+    dispatch_timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Build settings from ``DATAGRAPH_*`` variables, then ``overrides``."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {', '.join(map(repr, unknown))}; "
+                f"known settings are: {', '.join(sorted(known))}"
+            )
+        values: dict[str, Any] = {}
+        for name, f in known.items():
+            env = os.environ.get(f"DATAGRAPH_{name.upper()}")
+            if env is not None:
+                values[name] = _parse(name, env, f.default)
+        for name, value in overrides.items():
+            values[name] = _coerce(name, value, known[name].default)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = (
+            "max_backlog", "max_batch", "max_entry_bytes", "read_count", "read_block",
+            "idle_timeout", "retention", "max_run_duration", "connect_timeout",
+            "request_timeout", "heartbeat_interval", "heartbeat_misses", "dispatch_timeout",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"setting {name!r} must be positive, got {getattr(self, name)!r}")
+        if self.linger < 0:
+            raise ConfigError(f"setting 'linger' must not be negative, got {self.linger!r}")
+
+    @property
+    def lease(self) -> float:
+        """Seconds without a heartbeat after which a worker counts as dead."""
+        return self.heartbeat_interval * (self.heartbeat_misses + 0.5)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    if name == "secret":
+        if value is None or isinstance(value, bytes):
+            return value
+        if isinstance(value, str):
+            return value.encode()
+        raise ConfigError("setting 'secret' must be bytes or str")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"setting {name!r} must be a bool, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(value, bool) and isinstance(value, int):
+        return value
+    if isinstance(default, float) and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"setting {name!r} must be a {type(default).__name__}, got {value!r}")
+
+
+def _parse(name: str, text: str, default: Any) -> Any:
+    try:
+        if name == "secret":
+            return text.encode()
+        if isinstance(default, bool):
+            return text.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(text)
+        return float(text)
+    except ValueError:
+        raise ConfigError(
+            f"environment variable DATAGRAPH_{name.upper()}={text!r} is not a valid "
+            f"{type(default).__name__}"
+        ) from None

@@ -1,0 +1,1 @@
+"""Everything that touches Valkey: key names, the client, and the payload codec."""

@@ -1,0 +1,203 @@
+"""Connections to Valkey through valkey-glide.
+
+``redis_config`` keeps the seed's vocabulary (``{"url": "redis://..."}``, or
+``host``/``port``/``db``/``username``/``password``/``tls``) and is mapped onto
+glide's configuration here.  Glide multiplexes one connection per client, so
+a blocking ``XREAD`` would stall every other command on its client: blocking
+readers lease a client of their own from :class:`BlockingPool`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import anyio
+
+from glide import (
+    AdvancedGlideClientConfiguration,
+    GlideClient,
+    GlideClientConfiguration,
+    NodeAddress,
+    ServerCredentials,
+)
+from glide import (
+    ClosingError as GlideClosingError,
+)
+from glide import (
+    GlideError as GlideBaseError,
+)
+
+from ..exceptions import ConfigError, StoreError
+
+__all__ = ["BlockingPool", "StoreAddress", "connect", "parse_redis_config"]
+
+log = logging.getLogger("datagraph.store")
+
+_SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
+_CONFIG_KEYS = {"url", "host", "port", "db", "username", "password", "tls", "ssl", "client_name"}
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAddress:
+    """Where the store is and how to log in."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    client_name: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The address as a URL, without the password."""
+        scheme = "rediss" if self.tls else "redis"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port}/{self.db}"
+
+    def url_with_password(self) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        auth = ""
+        if self.username or self.password:
+            auth = f"{self.username or ''}:{self.password or ''}@"
+        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+
+
+def parse_redis_config(config: Mapping[str, Any]) -> StoreAddress:
+    """Turn a ``redis_config`` mapping into a :class:`StoreAddress`."""
+    unknown = sorted(set(config) - _CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown redis_config key(s) {', '.join(map(repr, unknown))}; "
+            f"use {', '.join(sorted(_CONFIG_KEYS))}"
+        )
+    fields: dict[str, Any] = {}
+    url = config.get("url")
+    if url is not None:
+        fields.update(_parse_url(str(url)))
+    for key in ("host", "username", "password", "client_name"):
+        if config.get(key) is not None:
+            fields[key] = str(config[key])
+    for key in ("port", "db"):
+        if config.get(key) is not None:
+            try:
+                fields[key] = int(config[key])
+            except (TypeError, ValueError):
+                raise ConfigError(f"redis_config {key!r} must be an integer, got {config[key]!r}") from None
+    tls = config.get("tls", config.get("ssl"))
+    if tls is not None:
+        fields["tls"] = bool(tls)
+    return StoreAddress(**fields)
+
+
+def _parse_url(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    if parts.scheme not in _SCHEMES:
+        raise ConfigError(
+            f"redis_config url {url!r} has scheme {parts.scheme!r}; "
+            "use redis://, rediss://, valkey:// or valkeys://"
+        )
+    fields: dict[str, Any] = {"tls": _SCHEMES[parts.scheme]}
+    try:
+        if parts.hostname:
+            fields["host"] = parts.hostname
+        if parts.port:
+            fields["port"] = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"redis_config url {url!r} is not valid: {exc}") from None
+    if parts.username:
+        fields["username"] = unquote(parts.username)
+    if parts.password:
+        fields["password"] = unquote(parts.password)
+    path = parts.path.strip("/")
+    query = parse_qs(parts.query)
+    db = path or (query.get("db") or [None])[0]
+    if db:
+        try:
+            fields["db"] = int(db)
+        except ValueError:
+            raise ConfigError(f"redis_config url {url!r}: database {db!r} is not a number") from None
+    return fields
+
+
+async def connect(
+    address: StoreAddress, *, request_timeout: float, connect_timeout: float
+) -> GlideClient:
+    """Open a glide client, or raise :class:`StoreError` naming the address."""
+    credentials = None
+    if address.password is not None or address.username is not None:
+        credentials = ServerCredentials(password=address.password or "", username=address.username)
+    config = GlideClientConfiguration(
+        [NodeAddress(address.host, address.port)],
+        use_tls=address.tls,
+        credentials=credentials,
+        database_id=address.db or None,
+        request_timeout=int(request_timeout * 1000),
+        client_name=address.client_name,
+        advanced_config=AdvancedGlideClientConfiguration(
+            connection_timeout=int(connect_timeout * 1000)
+        ),
+    )
+    try:
+        return await GlideClient.create(config)
+    except GlideBaseError as exc:
+        raise StoreError(
+            f"cannot connect to Valkey at {address.url}: {exc}. Is the server running, "
+            "and are redis_config / DATAGRAPH_REDIS_URL right?"
+        ) from exc
+
+
+class BlockingPool:
+    """Clients reserved for blocking reads, one lease per reader at a time."""
+
+    def __init__(self, address: StoreAddress, *, block: float, connect_timeout: float) -> None:
+        self._address = address
+        self._request_timeout = block + max(5.0, block)
+        self._connect_timeout = connect_timeout
+        self._idle: list[GlideClient] = []
+        self._all: list[GlideClient] = []
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[GlideClient]:
+        if self._idle:
+            client = self._idle.pop()
+        else:
+            client = await connect(
+                self._address,
+                request_timeout=self._request_timeout,
+                connect_timeout=self._connect_timeout,
+            )
+            self._all.append(client)
+        healthy = False
+        try:
+            yield client
+            healthy = True
+        finally:
+            if healthy and len(self._idle) < 16:
+                self._idle.append(client)
+            else:
+                # A reader interrupted mid-command may leave a reply in flight;
+                # such a client is not reused.
+                self._all.remove(client)
+                await _close_quietly(client)
+
+    async def aclose(self) -> None:
+        clients, self._all, self._idle = self._all, [], []
+        for client in clients:
+            await _close_quietly(client)
+
+
+async def _close_quietly(client: GlideClient) -> None:
+    try:
+        with anyio.CancelScope(shield=True):
+            await client.close()
+    except GlideClosingError:
+        pass
+    except GlideBaseError as exc:  # the connection is going away either way
+        log.debug("closing a store client failed: %s", exc)

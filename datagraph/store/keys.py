@@ -1,0 +1,76 @@
+"""Every key name Datagraph uses, in one place.
+
+A run's keys share the hash tag ``{run_id}`` so that one run lives in one
+cluster slot and can be read in one pipeline.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EVENTS",
+    "FLOWS",
+    "PROCESSORS",
+    "RUNS",
+    "WORKERS",
+    "pos",
+    "run",
+    "run_keys",
+    "stats",
+    "stream",
+    "worker",
+]
+
+PREFIX = "dg"
+
+#: Sorted set of run ids scored by start time.
+RUNS = f"{PREFIX}:runs"
+#: Hash: processor name -> JSON registration.
+PROCESSORS = f"{PREFIX}:processors"
+#: Sorted set of worker ids scored by last heartbeat.
+WORKERS = f"{PREFIX}:workers"
+#: Capped stream of lifecycle events.
+EVENTS = f"{PREFIX}:events"
+#: Hash: flow name -> JSON flow saved from the designer.
+FLOWS = f"{PREFIX}:flows"
+
+
+def _run_prefix(run_id: str) -> str:
+    return f"{PREFIX}:{{{run_id}}}"
+
+
+def run(run_id: str) -> str:
+    """Hash: the run's record (state, times, plan, error)."""
+    return f"{_run_prefix(run_id)}:run"
+
+
+def stream(run_id: str, io: str) -> str:
+    """Stream: the values of one IO; each entry carries a batch."""
+    return f"{_run_prefix(run_id)}:io:{io}"
+
+
+def pos(run_id: str) -> str:
+    """Hash: values consumed (and last entry id) per ``reader/io``."""
+    return f"{_run_prefix(run_id)}:pos"
+
+
+def stats(run_id: str) -> str:
+    """Hash: counters and states per IO and per processor."""
+    return f"{_run_prefix(run_id)}:stats"
+
+
+def run_keys(run_id: str, ios: list[str]) -> list[str]:
+    """Every key a run owns."""
+    return [run(run_id), pos(run_id), stats(run_id), *(stream(run_id, io) for io in ios)]
+
+
+def worker(worker_id: str) -> str:
+    """Hash: one worker's description and counters."""
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def pos_field(reader: str, io: str) -> str:
+    return f"{reader}/{io}"
+
+
+def pos_id_field(reader: str, io: str) -> str:
+    return f"{reader}/{io}#id"

@@ -1,0 +1,484 @@
+"""Reading and writing the streams of a run.
+
+Writes are batched naturally: yielded values collect in a buffer that a
+flusher task sends as one entry whenever it gets to run (that is, whenever
+the producer waits for something), or when the size or linger bound is hit.
+Reads fetch many entries per ``XREAD``.  Each flush also reads the positions
+of the stream's in-flow readers, so backpressure costs no extra round trip
+until a writer actually has to wait.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import anyio
+from glide import Batch
+from glide import GlideError as GlideBaseError
+
+from .exceptions import (
+    BadValueError,
+    ProcessorFailed,
+    RunCancelled,
+    StoreError,
+    StreamIdleTimeout,
+)
+from .runtime import Runtime
+from .store import keys
+
+__all__ = ["END", "StreamReader", "StreamWriter", "marker_error"]
+
+#: Field names of stream entries: a batch of values, or an end marker.
+BATCH = "b"
+MARKER = "e"
+_BATCH_B = BATCH.encode()
+_MARKER_B = MARKER.encode()
+
+
+class _End:
+    def __repr__(self) -> str:
+        return "END"
+
+
+END = _End()
+
+
+def marker_error(marker: Mapping[str, Any], run_id: str) -> Exception | None:
+    """The exception an end marker stands for, or None for a clean end."""
+    status = marker.get("status")
+    if status == "ok":
+        return None
+    if status == "cancelled":
+        return RunCancelled(f"run {run_id} was cancelled", run_id=run_id)
+    return ProcessorFailed(
+        str(marker.get("processor", "?")),
+        str(marker.get("type", "Error")),
+        str(marker.get("message", "")),
+        str(marker.get("traceback", "")),
+        run_id=run_id,
+        worker=marker.get("worker"),
+    )
+
+
+def store_error(exc: GlideBaseError, doing: str) -> StoreError:
+    return StoreError(f"Valkey refused or lost the connection while {doing}: {exc}")
+
+
+class StreamReader:
+    """Reads one or more streams of a run from the beginning.
+
+    ``reader`` names the processor reading (its positions are published so
+    writers can apply backpressure); ``None`` reads without publishing.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        run_id: str,
+        ios: Sequence[str],
+        *,
+        reader: str | None = None,
+        producers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._rt = runtime
+        self._run_id = run_id
+        self._ios = list(dict.fromkeys(ios))
+        self._reader = reader
+        self._producers = producers or {}
+
+    async def batches(self) -> AsyncIterator[tuple[str, Any]]:
+        """Yield ``(io, values)`` batches, then ``(io, END)`` when a stream ends.
+
+        Raises the failure a stream ended with (``ProcessorFailed``,
+        ``RunCancelled``), or ``StreamIdleTimeout``.
+        """
+        rt = self._rt
+        settings = rt.settings
+        codec = rt.codec
+        run_id = self._run_id
+        key_of = {io: keys.stream(run_id, io) for io in self._ios}
+        io_of = {k.encode(): io for io, k in key_of.items()}
+        last_id = {io: "0-0" for io in self._ios}
+        consumed = dict.fromkeys(self._ios, 0)
+        dirty: set[str] = set()
+        open_ios = list(self._ios)
+        last_seen = dict.fromkeys(self._ios, time.monotonic())
+        block_ms = str(max(1, int(settings.read_block * 1000)))
+        count = str(settings.read_count)
+        pos_key = keys.pos(run_id)
+        async with rt.pool.lease() as client:
+            while open_ios:
+                command = ["XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS"]
+                command += [key_of[io] for io in open_ios]
+                command += [last_id[io] for io in open_ios]
+                try:
+                    if dirty and self._reader is not None:
+                        reply = await self._publish_and_read(client, pos_key, dirty, consumed, last_id, command)
+                        dirty.clear()
+                    else:
+                        reply = await client.custom_command(command)
+                except GlideBaseError as exc:
+                    raise store_error(exc, f"reading {', '.join(open_ios)} of run {run_id}") from exc
+                now = time.monotonic()
+                if not reply:
+                    self._check_idle(open_ios, last_seen, now)
+                    continue
+                for raw_key, entries in reply.items():
+                    io = io_of[raw_key]
+                    last_seen[io] = now
+                    where = f"{io!r} of run {run_id}"
+                    for entry_id, fields in entries.items():
+                        last_id[io] = entry_id.decode()
+                        field, payload = fields[0]
+                        if field == _BATCH_B:
+                            values = codec.decode_batch(payload, where)
+                            yield io, values
+                            consumed[io] += len(values)
+                            dirty.add(io)
+                        elif field == _MARKER_B:
+                            marker = codec.decode_marker(payload, where)
+                            if io in open_ios:
+                                open_ios.remove(io)
+                            error = marker_error(marker, run_id)
+                            if error is not None:
+                                raise error
+                            yield io, END
+                            break
+        if self._reader is not None and dirty:
+            with anyio.CancelScope(shield=True):
+                await self._publish(pos_key, dirty, consumed, last_id)
+
+    def _position_fields(
+        self, dirty: set[str], consumed: dict[str, int], last_id: dict[str, str]
+    ) -> list[str]:
+        assert self._reader is not None
+        fields: list[str] = []
+        for io in dirty:
+            fields += [keys.pos_field(self._reader, io), str(consumed[io])]
+            fields += [keys.pos_id_field(self._reader, io), last_id[io]]
+        return fields
+
+    async def _publish_and_read(
+        self,
+        client: Any,
+        pos_key: str,
+        dirty: set[str],
+        consumed: dict[str, int],
+        last_id: dict[str, str],
+        command: list[str],
+    ) -> Any:
+        batch = Batch(is_atomic=False)
+        batch.custom_command(["HSET", pos_key, *self._position_fields(dirty, consumed, last_id)])
+        batch.custom_command(command)
+        result = await client.exec(batch, raise_on_error=True)
+        return result[1] if result else None
+
+    async def _publish(
+        self, pos_key: str, dirty: set[str], consumed: dict[str, int], last_id: dict[str, str]
+    ) -> None:
+        try:
+            await self._rt.client.custom_command(
+                ["HSET", pos_key, *self._position_fields(dirty, consumed, last_id)]
+            )
+        except GlideBaseError as exc:
+            raise store_error(exc, f"publishing read positions of run {self._run_id}") from exc
+
+    def _check_idle(self, open_ios: list[str], last_seen: dict[str, float], now: float) -> None:
+        limit = self._rt.settings.idle_timeout
+        for io in open_ios:
+            if now - last_seen[io] > limit:
+                producer = self._producers.get(io)
+                who = f"its producer {producer!r}" if producer else "its producer"
+                raise StreamIdleTimeout(
+                    f"stream {io!r} of run {self._run_id}: {who} wrote nothing for "
+                    f"{limit:g}s (idle_timeout); it may have hung or died",
+                    run_id=self._run_id,
+                )
+
+
+class StreamWriter:
+    """Buffers one processor's yielded values and writes them as batches.
+
+    ``outputs`` maps each output IO to the processors that read it in the flow
+    (its in-flow readers, whose positions bound the backlog).
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        run_id: str,
+        processor: str,
+        outputs: Mapping[str, Sequence[str]],
+        *,
+        max_backlog: int,
+        trim: bool = False,
+    ) -> None:
+        self._rt = runtime
+        self._run_id = run_id
+        self._processor = processor
+        self._readers = {io: tuple(r) for io, r in outputs.items()}
+        self._max_backlog = max_backlog
+        self._trim = trim
+        self._max_batch = runtime.settings.max_batch
+        self._linger = runtime.settings.linger
+        self._keys = {io: keys.stream(run_id, io) for io in outputs}
+        self.buffers: dict[str, list[Any]] = {io: [] for io in outputs}
+        self.written = dict.fromkeys(outputs, 0)
+        self._inflight = dict.fromkeys(outputs, 0)
+        self._min_pos = dict.fromkeys(outputs, 0)
+        self._min_id: dict[str, str | None] = dict.fromkeys(outputs, None)
+        self._trimmed_pos = dict.fromkeys(outputs, 0)
+        self._started: set[str] = set()
+        # Per-io fill level at which put() returns True (flush or wait needed).
+        self.limits = dict.fromkeys(outputs, self._limit_for_empty())
+        self.first_at = math.inf
+        self.cancelled = False
+        self._wake = anyio.Event()
+        self._flushed = anyio.Event()
+        self._flushing = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self.waiting_since: float | None = None
+        self.backpressured_seconds = 0.0
+
+    def _limit_for_empty(self) -> int:
+        if any(self._readers.values()):
+            return max(1, min(self._max_batch, self._max_backlog))
+        return self._max_batch
+
+    # -- producer side -------------------------------------------------
+
+    def put(self, io: str, value: Any) -> bool:
+        """Buffer one value; True when the caller must ``await make_room(io)``."""
+        try:
+            buf = self.buffers[io]
+        except KeyError:
+            raise BadValueError(
+                f"processor {self._processor!r} yielded to {io!r}, which it does not declare "
+                f"as an output; its outputs are {sorted(self.buffers)}",
+                run_id=self._run_id,
+            ) from None
+        buf.append(value)
+        if len(buf) == 1 and not self._flushing:
+            self.first_at = time.monotonic()
+            self._wake.set()
+        return len(buf) >= self.limits[io] or self.cancelled
+
+    async def make_room(self, io: str) -> None:
+        """Flush, and wait while ``io``'s slowest in-flow reader is too far behind."""
+        self._raise_if_failed()
+        started = time.monotonic()
+        blocked = False
+        delay = 0.001
+        while len(self.buffers[io]) >= self.limits[io] and not self._error:
+            if self.cancelled:
+                raise RunCancelled(f"run {self._run_id} was cancelled", run_id=self._run_id)
+            if self._flushing:
+                await self._flushed.wait()
+                continue
+            if self._room(io) > 0:
+                # Room downstream: the buffer is just full. Let the flusher take it.
+                self._wake.set()
+                await anyio.lowlevel.checkpoint()
+                if len(self.buffers[io]) >= self.limits[io] and not self._flushing:
+                    await self.flush()
+                continue
+            # Backlog at the limit: poll the readers' positions with backoff.
+            blocked = True
+            self.waiting_since = started
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            await self._refresh_positions()
+        if blocked:
+            self.backpressured_seconds += time.monotonic() - started
+            self.waiting_since = None
+        self._raise_if_failed()
+        if self.cancelled:
+            raise RunCancelled(f"run {self._run_id} was cancelled", run_id=self._run_id)
+
+    def lingering(self, now: float) -> bool:
+        return now - self.first_at > self._linger
+
+    def _room(self, io: str) -> int:
+        if not self._readers[io]:
+            return self._max_batch
+        ahead = self.written[io] + self._inflight[io] - self._min_pos[io]
+        return self._max_backlog - ahead
+
+    def _recompute_limits(self) -> None:
+        for io in self.buffers:
+            room = self._room(io)
+            self.limits[io] = max(0, min(self._max_batch, room)) if self._readers[io] else self._max_batch
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- flusher side --------------------------------------------------
+
+    async def run_flusher(self) -> None:
+        """Flush whenever values are waiting; runs until ``close()``."""
+        while not self._closed:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            if self._closed:
+                break
+            try:
+                await self.flush()
+            except BaseException as exc:
+                self._error = exc
+                self._release()
+                raise
+
+    def _release(self) -> None:
+        self._flushing = False
+        flushed, self._flushed = self._flushed, anyio.Event()
+        flushed.set()
+
+    async def flush(self, *, markers: Mapping[str, bytes] | None = None, extra: Sequence[list[str]] = ()) -> list[Any]:
+        """Send everything buffered (plus optional end markers and commands) in one pipeline."""
+        while self._flushing:
+            await self._flushed.wait()
+        self._flushing = True
+        try:
+            return await self._flush(markers or {}, extra)
+        finally:
+            self._release()
+
+    async def _flush(self, markers: Mapping[str, bytes], extra: Sequence[list[str]]) -> list[Any]:
+        rt = self._rt
+        run_id = self._run_id
+        pending = {io: buf for io, buf in self.buffers.items() if buf}
+        for io in pending:
+            self.buffers[io] = []
+            self._inflight[io] = len(pending[io])
+        self.first_at = math.inf
+        commands: list[list[Any]] = []
+        stats_key = keys.stats(run_id)
+        ttl = str(int(rt.settings.max_run_duration))
+        for io, values in pending.items():
+            commands.append(["XADD", self._keys[io], "*", BATCH, self._encode(io, values)])
+            commands.append(["HINCRBY", stats_key, f"written:{io}", str(len(values))])
+        for io, payload in markers.items():
+            commands.append(["XADD", self._keys[io], "*", MARKER, payload])
+        for io in {*pending, *markers}:
+            if io not in self._started:
+                self._started.add(io)
+                commands.append(["EXPIRE", self._keys[io], ttl, "NX"])
+        if self._trim:
+            commands += self._trim_commands()
+        pos_fields = self._position_fields()
+        pos_at = len(commands)
+        if pos_fields:
+            commands.append(["HMGET", keys.pos(run_id), *pos_fields])
+        state_at = len(commands)
+        commands.append(["HGET", keys.run(run_id), "state"])
+        extra_at = len(commands)
+        commands += extra
+        batch = Batch(is_atomic=False)
+        for command in commands:
+            batch.custom_command(command)
+        try:
+            result = await rt.client.exec(batch, raise_on_error=True)
+        except GlideBaseError as exc:
+            raise StoreError(
+                f"processor {self._processor!r} could not write to Valkey (run {run_id}): {exc}"
+            ) from exc
+        assert result is not None
+        for io, values in pending.items():
+            self.written[io] += len(values)
+            self._inflight[io] = 0
+        if pos_fields:
+            self._apply_positions(pos_fields, result[pos_at])
+        if result[state_at] == b"cancelled":
+            self.cancelled = True
+        self._recompute_limits()
+        return list(result[extra_at:])
+
+    def _encode(self, io: str, values: list[Any]) -> bytes:
+        try:
+            payload = self._rt.codec.encode_batch(values)
+        except Exception as exc:
+            culprit = _first_unpicklable(values)
+            raise BadValueError(
+                f"processor {self._processor!r} yielded a value to {io!r} that cannot be "
+                f"serialised ({culprit}): {type(exc).__name__}: {exc}",
+                run_id=self._run_id,
+            ) from exc
+        if len(payload) > self._rt.settings.max_entry_bytes:
+            raise BadValueError(
+                f"processor {self._processor!r} yielded values to {io!r} that encode to "
+                f"{len(payload)} bytes, over max_entry_bytes={self._rt.settings.max_entry_bytes}; "
+                "yield smaller values or raise the setting",
+                run_id=self._run_id,
+            )
+        return payload
+
+    def _position_fields(self) -> list[str]:
+        fields: list[str] = []
+        for io, readers in self._readers.items():
+            for reader in readers:
+                fields.append(keys.pos_field(reader, io))
+                fields.append(keys.pos_id_field(reader, io))
+        return fields
+
+    def _apply_positions(self, fields: list[str], values: list[Any]) -> None:
+        lowest: dict[str, int] = {}
+        lowest_id: dict[str, str | None] = {}
+        for i in range(0, len(fields), 2):
+            io = fields[i].rsplit("/", 1)[1]
+            count = int(values[i]) if values[i] is not None else 0
+            entry = values[i + 1].decode() if values[i + 1] is not None else None
+            if io not in lowest or count < lowest[io]:
+                lowest[io] = count
+                lowest_id[io] = entry
+        self._min_pos.update(lowest)
+        self._min_id.update(lowest_id)
+
+    async def _refresh_positions(self) -> None:
+        fields = self._position_fields()
+        if not fields:
+            return
+        batch = Batch(is_atomic=False)
+        batch.custom_command(["HMGET", keys.pos(self._run_id), *fields])
+        batch.custom_command(["HGET", keys.run(self._run_id), "state"])
+        try:
+            result = await self._rt.client.exec(batch, raise_on_error=True)
+        except GlideBaseError as exc:
+            raise store_error(exc, f"reading reader positions of run {self._run_id}") from exc
+        assert result is not None
+        self._apply_positions(fields, result[0])
+        if result[1] == b"cancelled":
+            self.cancelled = True
+        self._recompute_limits()
+
+    def _trim_commands(self) -> list[list[str]]:
+        """XTRIMs dropping entries every in-flow reader has consumed (continuous flows)."""
+        commands = []
+        step = max(self._max_batch, self._max_backlog // 2)
+        for io, readers in self._readers.items():
+            entry = self._min_id[io]
+            if readers and entry is not None and self._min_pos[io] - self._trimmed_pos[io] >= step:
+                self._trimmed_pos[io] = self._min_pos[io]
+                commands.append(["XTRIM", self._keys[io], "MINID", entry])
+        return commands
+
+    async def close(self, markers: Mapping[str, bytes], extra: Sequence[list[str]] = ()) -> list[Any]:
+        """Flush what is left with the end markers; stop the flusher."""
+        self._closed = True
+        self._wake.set()
+        return await self.flush(markers=markers, extra=extra)
+
+
+def _first_unpicklable(values: list[Any]) -> str:
+    import pickle
+
+    for index, value in enumerate(values):
+        try:
+            pickle.dumps(value)
+        except Exception:
+            return f"value #{index} of the batch, of type {type(value).__name__}"
+    return "a value of the batch"

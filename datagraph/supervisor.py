@@ -1,0 +1,346 @@
+"""The Supervisor: one per process, the entry point of every run.
+
+``Supervisor.attach(...)`` is synchronous and safe at import time: it only
+records the configuration (and starts an embedded Valkey when no store is
+configured).  Clients are created lazily, once per event loop, the first time
+a coroutine needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import anyio
+from glide import GlideError as GlideBaseError
+
+from ._backend import LoopHost, current_loop
+from .exceptions import (
+    ConfigError,
+    MissingInputError,
+    RunError,
+    StoreError,
+    UnknownInputError,
+)
+from .executors.base import Executor
+from .executors.local import LocalExecutor
+from .flow import Flow
+from .io import IO, IOVal
+from .plan import Plan
+from .runtime import Runtime
+from .settings import DEVELOPMENT_SECRET, Settings
+from .store import keys
+from .store.client import BlockingPool, StoreAddress, connect, parse_redis_config
+from .store.codec import Codec
+from .store.scripts import TERMINAL
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("datagraph")
+
+RuntimeHook = Callable[["Supervisor", Runtime], Awaitable[None]]
+
+
+class _Instance:
+    """``Supervisor.instance``: the attached supervisor, or a clear error."""
+
+    def __get__(self, obj: object, owner: type[Supervisor]) -> Supervisor:
+        current = owner._current
+        if current is None:
+            raise ConfigError(
+                "no Supervisor is attached in this process; call "
+                "Supervisor.attach(redis_config=..., executor=...) first"
+            )
+        return current
+
+
+class Supervisor:
+    """Coordinates runs in this process: store connections, executor, settings."""
+
+    instance: ClassVar[_Instance] = _Instance()  # type: ignore[assignment]
+    _current: ClassVar[Supervisor | None] = None
+    #: Coroutines run once per event loop when a runtime is created (telemetry hooks).
+    runtime_hooks: ClassVar[list[RuntimeHook]] = []
+
+    def __init__(
+        self,
+        address: StoreAddress,
+        executor: Executor,
+        settings: Settings,
+        *,
+        embedded: Any = None,
+    ) -> None:
+        self.address = address
+        self.executor = executor
+        self.settings = settings
+        self._embedded = embedded
+        secret = settings.secret
+        if secret is None:
+            if embedded is not None:
+                secret = secrets.token_bytes(32)
+            else:
+                log.warning(
+                    "stream payloads are signed with the development key; set DATAGRAPH_SECRET "
+                    "(the same in every service) before sharing this Valkey with anyone"
+                )
+                secret = DEVELOPMENT_SECRET
+        self.codec = Codec(secret)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._runtimes: weakref.WeakKeyDictionary[object, Runtime] = weakref.WeakKeyDictionary()
+        self._creating: weakref.WeakKeyDictionary[object, anyio.Event] = weakref.WeakKeyDictionary()
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------
+
+    @classmethod
+    def attach(
+        cls,
+        redis_config: Mapping[str, Any] | None = None,
+        executor: Executor | None = None,
+        **settings: Any,
+    ) -> Supervisor:
+        """Configure this process's supervisor; returns it (also ``Supervisor.instance``)."""
+        if cls._current is not None:
+            raise ConfigError(
+                "a Supervisor is already attached in this process; call Supervisor.detach() "
+                "before attaching another"
+            )
+        if executor is None:
+            executor = LocalExecutor()
+        if not isinstance(executor, Executor):
+            raise ConfigError(f"executor must be an Executor (e.g. LocalExecutor()), got {executor!r}")
+        config = Settings.from_env(**settings)
+        embedded = None
+        if redis_config is None and os.environ.get("DATAGRAPH_REDIS_URL"):
+            redis_config = {"url": os.environ["DATAGRAPH_REDIS_URL"]}
+        if redis_config is None:
+            from .embedded import EmbeddedValkey
+
+            embedded = EmbeddedValkey()
+            url = embedded.start()
+            log.warning("no redis_config given: using an embedded Valkey at %s", url)
+            redis_config = {"url": url}
+        if not isinstance(redis_config, Mapping):
+            raise ConfigError(
+                f"redis_config must be a mapping such as {{'url': 'redis://localhost:6379/0'}}, "
+                f"got {redis_config!r}"
+            )
+        address = parse_redis_config(redis_config)
+        supervisor = cls(address, executor, config, embedded=embedded)
+        cls._current = supervisor
+        return supervisor
+
+    @classmethod
+    def detach(cls) -> None:
+        """Forget the attached supervisor; stop an embedded Valkey it started."""
+        current, cls._current = cls._current, None
+        if current is not None:
+            current._close_sync()
+
+    @classmethod
+    async def adetach(cls) -> None:
+        """Like ``detach()``, but also closes this loop's connections cleanly."""
+        current, cls._current = cls._current, None
+        if current is not None:
+            await current.aclose()
+
+    def _close_sync(self) -> None:
+        self._closed = True
+        for runtime in list(self._runtimes.values()):
+            runtime.host.cancel()
+        self._runtimes = weakref.WeakKeyDictionary()
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+
+    async def aclose(self) -> None:
+        loop = current_loop()
+        runtime = self._runtimes.pop(loop, None)
+        if runtime is not None:
+            await runtime.aclose()
+        await self.executor.aclose()
+        self._close_sync()
+
+    @property
+    def embedded_url(self) -> str | None:
+        """The URL of the embedded Valkey this supervisor started, if any."""
+        return self.address.url if self._embedded is not None else None
+
+    # -- per-loop runtime ------------------------------------------------
+
+    async def runtime(self) -> Runtime:
+        """This event loop's connections and host task group (created on first use)."""
+        if self._closed:
+            raise ConfigError("this Supervisor was detached; attach a new one")
+        loop = current_loop()
+        runtime = self._runtimes.get(loop)
+        if runtime is not None:
+            return runtime
+        creating = self._creating.get(loop)
+        if creating is not None:
+            await creating.wait()
+            return await self.runtime()
+        event = self._creating[loop] = anyio.Event()
+        try:
+            settings = self.settings
+            client = await connect(
+                self.address,
+                request_timeout=settings.request_timeout,
+                connect_timeout=settings.connect_timeout,
+            )
+            pool = BlockingPool(self.address, block=settings.read_block, connect_timeout=settings.connect_timeout)
+            host = LoopHost()
+            await host.start()
+            runtime = Runtime(settings, self.codec, self.address, client, pool, host, self.worker_id)
+            self._runtimes[loop] = runtime
+            for hook in self.runtime_hooks:
+                await hook(self, runtime)
+            return runtime
+        finally:
+            del self._creating[loop]
+            event.set()
+
+    # -- runs --------------------------------------------------------------
+
+    async def start_flow(
+        self,
+        flow: Flow,
+        inputs: Iterable[IOVal[Any]] = (),
+        *,
+        all_outputs: bool = False,
+        run_id: str | None = None,
+    ) -> dict[str, IO[Any]]:
+        """Start a run of ``flow``; returns its outputs as soon as it is dispatched.
+
+        The result maps each final output (one no processor of the flow reads)
+        to its :class:`IO`; ``all_outputs=True`` returns every output.
+        """
+        if not isinstance(flow, Flow):
+            raise TypeError(f"start_flow() takes a Flow, got {flow!r}")
+        topo = flow.topology  # raises UnresolvedFlowError
+        given: dict[str, list[Any]] = {}
+        for item in inputs:
+            if not isinstance(item, IOVal):
+                raise TypeError(f"inputs must be IOVal objects, got {item!r}")
+            given.setdefault(item.name, []).append(item.value)
+        missing = [io for io in topo.floating_inputs if io not in given]
+        if missing:
+            raise MissingInputError(
+                f"the flow reads {', '.join(map(repr, missing))} but no processor produces "
+                f"{'it' if len(missing) == 1 else 'them'} and start_flow() was not given "
+                f"{'it' if len(missing) == 1 else 'them'}; pass inputs=[IOVal(name={missing[0]!r}, value=...)]"
+            )
+        unknown = [io for io in given if io not in topo.floating_inputs]
+        if unknown:
+            produced = [io for io in unknown if io in topo.producers]
+            why = (
+                f"{produced[0]!r} is produced by processor {topo.producers[produced[0]]!r}"
+                if produced
+                else "no processor of the flow reads it"
+            )
+            raise UnknownInputError(
+                f"start_flow() was given input {unknown[0]!r}, but {why}; "
+                f"the flow's inputs are {list(topo.floating_inputs)}"
+            )
+        run_id = run_id or uuid.uuid4().hex
+        outputs = list(topo.producers) if all_outputs else list(topo.final_outputs)
+        plan = Plan.build(
+            run_id, flow, outputs=outputs, default_backlog=self.settings.max_backlog,
+            trim=not all_outputs,
+        )
+        await self.executor.check(self, plan, list(flow.processors))
+        runtime = await self.runtime()
+        await self._record_run(runtime, plan, given)
+        for name in topo.order:
+            await self.executor.dispatch(self, plan, flow.processor(name))
+        return {io: IO(self, run_id, io, producers=plan.producers) for io in outputs}
+
+    async def _record_run(self, runtime: Runtime, plan: Plan, given: dict[str, list[Any]]) -> None:
+        from glide import Batch
+
+        run_id = plan.run_id
+        now = time.time()
+        ttl = str(int(self.settings.max_run_duration))
+        batch = Batch(is_atomic=False)
+        summary = {io: _summarise(values) for io, values in given.items()}
+        import json
+
+        batch.custom_command([
+            "HSET", keys.run(run_id), "state", "running", "started", repr(now),
+            "plan", plan.to_json(), "inputs", json.dumps(summary), "done", "0",
+            "flow", plan.flow.get("name") or "", "submitter", self.worker_id,
+        ])
+        batch.custom_command(["EXPIRE", keys.run(run_id), ttl])
+        batch.custom_command(["HSET", keys.stats(run_id), "created", repr(now)])
+        batch.custom_command(["EXPIRE", keys.stats(run_id), ttl])
+        batch.custom_command(["ZADD", keys.RUNS, repr(now), run_id])
+        ok = self.codec.encode_marker({"status": "ok", "processor": "(input)"})
+        for io, values in given.items():
+            key = keys.stream(run_id, io)
+            for start in range(0, len(values), self.settings.max_batch):
+                chunk = values[start : start + self.settings.max_batch]
+                batch.custom_command(["XADD", key, "*", "b", self.codec.encode_batch(chunk)])
+            batch.custom_command(["XADD", key, "*", "e", ok])
+            batch.custom_command(["HINCRBY", keys.stats(run_id), f"written:{io}", str(len(values))])
+            batch.custom_command(["EXPIRE", key, ttl])
+        try:
+            await runtime.client.exec(batch, raise_on_error=True)
+        except GlideBaseError as exc:
+            raise StoreError(f"could not record run {run_id} in Valkey at {self.address.url}: {exc}") from exc
+
+    async def run_state(self, run_id: str) -> str | None:
+        """The run's state (running, succeeded, failed, cancelled), or None if unknown."""
+        runtime = await self.runtime()
+        state = await runtime.client.custom_command(["HGET", keys.run(run_id), "state"])
+        return state.decode() if state is not None else None
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> str:
+        """Wait until the run reaches a terminal state; returns it."""
+        delay = 0.005
+        with anyio.fail_after(timeout):
+            while True:
+                state = await self.run_state(run_id)
+                if state is None:
+                    raise RunError(f"run {run_id} is unknown (or expired)", run_id=run_id)
+                if state in TERMINAL:
+                    return state
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel a run: its readers raise ``RunCancelled``, its processors stop.
+
+        Returns False when the run had already ended.
+        """
+        from .store.scripts import finish_run
+
+        runtime = await self.runtime()
+        raw = await runtime.client.custom_command(["HGET", keys.run(run_id), "plan"])
+        if raw is None:
+            raise RunError(f"run {run_id} is unknown (or expired)", run_id=run_id)
+        plan = Plan.from_json(raw)
+        changed = await finish_run(runtime, plan, "cancelled", error=None)
+        if changed:
+            marker = self.codec.encode_marker({"status": "cancelled", "processor": "(cancel)"})
+            from glide import Batch
+
+            batch = Batch(is_atomic=False)
+            for io in plan.ios:
+                batch.custom_command(["XADD", keys.stream(run_id, io), "*", "e", marker])
+                batch.custom_command(["EXPIRE", keys.stream(run_id, io), str(int(self.settings.retention))])
+            await runtime.client.exec(batch, raise_on_error=True)
+        return bool(changed)
+
+
+def _summarise(values: list[Any], limit: int = 200) -> dict[str, Any]:
+    preview = repr(values[0]) if values else ""
+    if len(preview) > limit:
+        preview = preview[: limit - 1] + "…"
+    return {"count": len(values), "first": preview, "type": type(values[0]).__name__ if values else None}
