@@ -39,6 +39,9 @@ class LoopHost:
         self._tg: TaskGroup | None = None
         self._started = anyio.Event()
         self._handle: Any = None
+        self._done = False
+        #: Called (synchronously) when the host ends, with the loop still alive.
+        self.on_exit: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         library = sniffio.current_async_library()
@@ -54,10 +57,15 @@ class LoopHost:
         await self._started.wait()
 
     async def _run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            self._started.set()
-            await anyio.sleep_forever()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._started.set()
+                await anyio.sleep_forever()
+        finally:
+            self._done = True
+            for callback in self.on_exit:
+                callback()
 
     def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
         if self._tg is None:
@@ -65,5 +73,5 @@ class LoopHost:
         self._tg.start_soon(func, *args, name=name)
 
     def cancel(self) -> None:
-        if self._tg is not None:
+        if self._tg is not None and not self._done:
             self._tg.cancel_scope.cancel()

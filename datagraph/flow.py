@@ -99,10 +99,6 @@ class Flow:
                         "each IO must have exactly one producer (rename one of the outputs)"
                     )
                 producers[io] = p.name
-        readers: dict[str, list[str]] = {}
-        for p in self.processors:
-            for io in p.inputs:
-                readers.setdefault(io, []).append(p.name)
         upstream: dict[str, set[str]] = {p.name: set() for p in self.processors}
         for p in self.processors:
             for io in p.inputs:
@@ -118,6 +114,10 @@ class Flow:
             )
         order = _topological_order(upstream, [p.name for p in self.processors])
         by_name = {p.name: p for p in self.processors}
+        readers: dict[str, list[str]] = {}
+        for name in order:
+            for io in by_name[name].inputs:
+                readers.setdefault(io, []).append(name)
         partitions: dict[str, int] = {}
         for name in order:
             base = max((partitions[u] for u in upstream[name]), default=0)
@@ -159,24 +159,34 @@ class Flow:
         graph.attr(rankdir="LR", fontname="Helvetica", bgcolor="transparent")
         graph.attr("node", fontname="Helvetica", fontsize="11")
         graph.attr("edge", fontname="Helvetica", fontsize="10")
+        # DOT reads "a:b" as node a, port b: node names are indices, labels carry names.
+        node = {p.name: f"p{i}" for i, p in enumerate(self.processors)}
+        inputs = {io: f"in{i}" for i, io in enumerate(topo.floating_inputs)}
+        outputs = {io: f"out{i}" for i, io in enumerate(topo.final_outputs)}
+
+        def ids(value: str) -> dict[str, str]:
+            return {"id": value} if node_ids else {}
+
         for p in self.processors:
             label = p.name + ("\n(waits for inputs)" if p.wait else "")
-            extra = {"id": f"node-{p.name}"} if node_ids else {}
-            graph.node(f"p:{p.name}", label=label, shape="box", style="rounded,filled",
-                       fillcolor="#eef2f7", **extra)
-        for io in topo.floating_inputs:
-            graph.node(f"in:{io}", label=io, shape="ellipse", style="dashed")
+            graph.node(
+                node[p.name],
+                label=label,
+                shape="box",
+                style="rounded,filled",
+                fillcolor="#eef2f7",
+                **ids(f"node-{p.name}"),
+            )
+        for io, name in inputs.items():
+            graph.node(name, label=io, shape="ellipse", style="dashed", **ids(f"input-{io}"))
             for reader in topo.readers.get(io, ()):
-                extra = {"id": f"edge-{io}-{reader}"} if node_ids else {}
-                graph.edge(f"in:{io}", f"p:{reader}", label=io, **extra)
+                graph.edge(name, node[reader], label=io, **ids(f"edge-{io}-{reader}"))
         for io, producer in topo.producers.items():
             for reader in topo.readers.get(io, ()):
-                extra = {"id": f"edge-{io}-{reader}"} if node_ids else {}
-                graph.edge(f"p:{producer}", f"p:{reader}", label=io, **extra)
-            if io in topo.final_outputs:
-                graph.node(f"out:{io}", label=io, shape="ellipse", style="dashed")
-                extra = {"id": f"edge-{io}-out"} if node_ids else {}
-                graph.edge(f"p:{producer}", f"out:{io}", label=io, **extra)
+                graph.edge(node[producer], node[reader], label=io, **ids(f"edge-{io}-{reader}"))
+            if io in outputs:
+                graph.node(outputs[io], label=io, shape="ellipse", style="dashed", **ids(f"output-{io}"))
+                graph.edge(node[producer], outputs[io], label=io, **ids(f"edge-{io}-out"))
         return graph
 
 

@@ -8,7 +8,7 @@ is written.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio.from_thread
@@ -43,7 +43,9 @@ class IO(Generic[T]):
     """A stream of one run, read through the store.
 
     ``await io.first()``, ``async for v in io.stream()``, ``io.stream_with(*others)``
-    (zip), ``io.as_available(*others)`` (merge), ``await io.collect()``.
+    (zip), ``io.as_available(*others)`` (merge), ``await io.collect()``,
+    ``io.batches()`` (lists of values as written: the fastest way to read).
+    Every call reads the stream from its beginning.
     """
 
     __slots__ = ("_producers", "_reader", "_supervisor", "name", "run_id")
@@ -70,7 +72,7 @@ class IO(Generic[T]):
         runtime = await self._supervisor.runtime()
         return StreamReader(runtime, self.run_id, ios, reader=self._reader, producers=self._producers)
 
-    def _check_same_run(self, others: tuple[IO[Any], ...]) -> list[str]:
+    def _names_with(self, others: tuple[IO[Any], ...]) -> list[str]:
         for other in others:
             if not isinstance(other, IO):
                 raise TypeError(f"expected IO objects, got {other!r}")
@@ -81,29 +83,29 @@ class IO(Generic[T]):
             raise ValueError(f"the same IO is given twice: {names}")
         return names
 
-    async def batches(self) -> AsyncIterator[list[T]]:
-        """The stream's values as they were written, one list per entry (fastest)."""
-        reader = await self._open([self.name])
-        async for _, values in reader.batches():
-            if values is not END:
-                yield values
+    def batches(self) -> _Batches[T]:
+        """The stream's values as written, one list per entry (the fastest way to read)."""
+        return _Batches(self, [self.name])
 
-    async def stream(self) -> AsyncIterator[T]:
+    def stream(self) -> _Values[T]:
         """Every value of the stream, in order, as it is written."""
-        async for values in self.batches():
-            for value in values:
-                yield value
+        return _Values(self)
 
-    def __aiter__(self) -> AsyncIterator[T]:
+    def __aiter__(self) -> _Values[T]:
         return self.stream()
 
     async def first(self) -> T:
         """The first value of the stream (waits for it)."""
-        async for value in self.stream():
-            return value
-        raise EmptyStreamError(
-            f"stream {self.name!r} of run {self.run_id} ended without a value", run_id=self.run_id
-        )
+        values = self.stream()
+        try:
+            return await values.__anext__()
+        except StopAsyncIteration:
+            raise EmptyStreamError(
+                f"stream {self.name!r} of run {self.run_id} ended without a value",
+                run_id=self.run_id,
+            ) from None
+        finally:
+            await values.aclose()
 
     async def collect(self) -> list[T]:
         """All values of the stream, once it is complete."""
@@ -112,38 +114,123 @@ class IO(Generic[T]):
             out.extend(values)
         return out
 
-    async def stream_with(self, *others: IO[Any], pad: Any = _NOPAD) -> AsyncIterator[tuple[Any, ...]]:
+    def stream_with(self, *others: IO[Any], pad: Any = _NOPAD) -> _Zip:
         """Zip this stream with ``others``: tuples of their i-th values.
 
         Stops when the shortest stream ends, unless ``pad`` is given: then it
-        runs to the longest, filling the ended streams with ``pad``.
+        runs to the end of the longest, filling in for ended streams with ``pad``.
         """
-        names = self._check_same_run(others)
-        queues: dict[str, deque[Any]] = {n: deque() for n in names}
-        ended: set[str] = set()
-        reader = await self._open(names)
-        async for io, values in reader.batches():
+        return _Zip(self, self._names_with(others), pad)
+
+    def as_available(self, *others: IO[Any]) -> _Merge:
+        """Merge this stream with ``others``: ``IOVal(name, value)`` in arrival order."""
+        return _Merge(self, self._names_with(others))
+
+
+class _Reading:
+    """Base of the iterators: opens the reader lazily, closes it at the end."""
+
+    def __init__(self, io: IO[Any], names: list[str]) -> None:
+        self._io = io
+        self._names = names
+        self._reader: StreamReader | None = None
+
+    async def _next_batch(self) -> tuple[str, Any]:
+        if self._reader is None:
+            self._reader = await self._io._open(self._names)
+        return await self._reader.__anext__()
+
+    async def aclose(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.aclose()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class _Batches(_Reading, Generic[T]):
+    def __aiter__(self) -> _Batches[T]:
+        return self
+
+    async def __anext__(self) -> list[T]:
+        while True:
+            _, values = await self._next_batch()
+            if values is not END:
+                return values  # type: ignore[no-any-return]
+
+
+class _Values(_Reading, Generic[T]):
+    def __init__(self, io: IO[T]) -> None:
+        super().__init__(io, [io.name])
+        self._batch: list[T] = []
+        self._index = 0
+
+    def __aiter__(self) -> _Values[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        index = self._index
+        batch = self._batch
+        while index >= len(batch):
+            _, values = await self._next_batch()
             if values is END:
-                ended.add(io)
+                continue
+            batch = self._batch = values
+            index = 0
+        self._index = index + 1
+        return batch[index]
+
+
+class _Zip(_Reading):
+    def __init__(self, io: IO[Any], names: list[str], pad: Any) -> None:
+        super().__init__(io, names)
+        self._pad = pad
+        self._queues: dict[str, deque[Any]] = {n: deque() for n in names}
+        self._ended: set[str] = set()
+
+    def __aiter__(self) -> _Zip:
+        return self
+
+    async def __anext__(self) -> tuple[Any, ...]:
+        queues, names, pad = self._queues, self._names, self._pad
+        while True:
+            if all(queues[n] for n in names):
+                return tuple(queues[n].popleft() for n in names)
+            exhausted = [n for n in names if n in self._ended and not queues[n]]
+            if exhausted:
+                if pad is _NOPAD or len(exhausted) == len(names):
+                    raise StopAsyncIteration
+                if all(queues[n] or n in self._ended for n in names):
+                    return tuple(queues[n].popleft() if queues[n] else pad for n in names)
+            try:
+                io, values = await self._next_batch()
+            except StopAsyncIteration:
+                self._ended.update(names)
+                continue
+            if values is END:
+                self._ended.add(io)
             else:
                 queues[io].extend(values)
-            while all(queues[n] or (n in ended and pad is not _NOPAD) for n in names):
-                if all(not queues[n] for n in names):
-                    break
-                yield tuple(queues[n].popleft() if queues[n] else pad for n in names)
-            if pad is _NOPAD and any(n in ended and not queues[n] for n in names):
-                return
-        while pad is not _NOPAD and any(queues[n] for n in names):
-            yield tuple(queues[n].popleft() if queues[n] else pad for n in names)
 
-    async def as_available(self, *others: IO[Any]) -> AsyncIterator[IOVal[Any]]:
-        """Merge this stream with ``others``: ``IOVal(name, value)`` in arrival order."""
-        names = self._check_same_run(others)
-        reader = await self._open(names)
-        async for io, values in reader.batches():
+
+class _Merge(_Reading):
+    def __init__(self, io: IO[Any], names: list[str]) -> None:
+        super().__init__(io, names)
+        self._ready: deque[IOVal[Any]] = deque()
+
+    def __aiter__(self) -> _Merge:
+        return self
+
+    async def __anext__(self) -> IOVal[Any]:
+        while not self._ready:
+            io, values = await self._next_batch()
             if values is not END:
-                for value in values:
-                    yield IOVal(io, value)
+                self._ready.extend(IOVal(io, v) for v in values)
+        return self._ready.popleft()
 
 
 class SyncIO(Generic[T]):

@@ -14,6 +14,7 @@ every other parameter is resolved by FastAPI-style dependency injection
 from __future__ import annotations
 
 import inspect
+import sys
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -37,8 +38,7 @@ def _check_name(kind: str, name: object) -> str:
     bad = sorted(set(name) - _NAME_CHARS)
     if bad:
         raise ProcessorError(
-            f"{kind} name {name!r} contains {''.join(bad)!r}; "
-            "use letters, digits and _ - . : only"
+            f"{kind} name {name!r} contains {''.join(bad)!r}; use letters, digits and _ - . : only"
         )
     return name
 
@@ -100,7 +100,8 @@ class Processor:
 
     def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """Register ``func`` as this processor's implementation in this process."""
-        impl = Implementation.build(self, func)
+        caller = sys._getframe(1)
+        impl = Implementation.build(self, func, localns=dict(caller.f_locals))
         object.__setattr__(self, "_impl", impl)
         registry.add(self)
         return func
@@ -184,7 +185,9 @@ class Implementation:
     _provider: Provider
 
     @classmethod
-    def build(cls, processor: Processor, func: Callable[..., Any]) -> Implementation:
+    def build(
+        cls, processor: Processor, func: Callable[..., Any], *, localns: dict[str, Any] | None = None
+    ) -> Implementation:
         if not callable(func):
             raise ProcessorError(f"processor {processor.name!r} must decorate a function, got {func!r}")
         if inspect.isasyncgenfunction(func):
@@ -196,11 +199,10 @@ class Implementation:
         else:
             kind = Kind.SYNC
         try:
-            hints = typing.get_type_hints(func, include_extras=True)
+            hints = typing.get_type_hints(func, localns=localns, include_extras=True)
         except Exception as exc:
             raise ProcessorError(
-                f"processor {processor.name!r}: cannot read the annotations of "
-                f"{func.__qualname__}: {exc}"
+                f"processor {processor.name!r}: cannot read the annotations of {func.__qualname__}: {exc}"
             ) from exc
         signature = inspect.signature(func)
         params = signature.parameters
@@ -240,8 +242,7 @@ class Implementation:
             )
         except Exception as exc:
             raise DependencyError(
-                f"processor {processor.name!r}: cannot build the dependencies of "
-                f"{func.__qualname__}(): {exc}"
+                f"processor {processor.name!r}: cannot build the dependencies of {func.__qualname__}(): {exc}"
             ) from exc
         return cls(processor, func, kind, io_params, hints, model, provider)
 
@@ -278,4 +279,3 @@ def _is_dependency(annotation: Any, default: Any) -> bool:
     if get_origin(annotation) is typing.Annotated:
         return any(isinstance(m, Dependant) for m in annotation.__metadata__)
     return False
-

@@ -32,9 +32,7 @@ log = logging.getLogger("datagraph.runner")
 _SYNC_CHUNK = 256
 
 
-async def run_processor(
-    supervisor: Supervisor, runtime: Runtime, plan: Plan, impl: Implementation
-) -> None:
+async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, impl: Implementation) -> None:
     """Run ``impl`` as its processor in ``plan``; record the outcome in the store.
 
     Never raises for a failure of the processor itself: the failure is written
@@ -45,26 +43,40 @@ async def run_processor(
     spec = plan.processor(name)
     outputs = {io: plan.readers.get(io, []) for io in spec["outputs"]}
     trim = plan.trim and all(io not in plan.outputs for io in outputs)
-    writer = StreamWriter(
-        runtime, run_id, name, outputs, max_backlog=plan.max_backlog[name], trim=trim
-    )
+    writer = StreamWriter(runtime, run_id, name, outputs, max_backlog=plan.max_backlog[name], trim=trim)
     stats_key = keys.stats(run_id)
     started = time.time()
+    error: BaseException | None = None
     try:
         await runtime.client.custom_command(
-            ["HSET", stats_key, f"state:{name}", "running", f"started:{name}", repr(started),
-             f"worker:{name}", runtime.worker_id]
+            [
+                "HSET",
+                stats_key,
+                f"state:{name}",
+                "running",
+                f"started:{name}",
+                repr(started),
+                f"worker:{name}",
+                runtime.worker_id,
+            ]
         )
         if spec.get("wait"):
             await _wait_for_inputs(runtime, run_id, spec["inputs"], name)
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run_flusher, name=f"datagraph-flush-{name}")
-            await _call(supervisor, impl, plan, writer)
+            try:
+                await _call(supervisor, impl, plan, writer)
+            except Exception as exc:
+                error = exc
             tg.cancel_scope.cancel()
+        if error is None:
+            error = writer.error
     except BaseException as exc:
-        await _finish_failed(runtime, plan, name, writer, exc)
-        if isinstance(exc, anyio.get_cancelled_exc_class()):
-            raise
+        error = exc
+    if error is not None:
+        await _finish_failed(runtime, plan, name, writer, error)
+        if isinstance(error, anyio.get_cancelled_exc_class()):
+            raise error
         return
     await _finish_ok(runtime, plan, name, writer)
 
@@ -119,8 +131,7 @@ async def _put_returned(result: Any, writer: StreamWriter, name: str) -> None:
         iterator = iter(items)
     except TypeError:
         raise BadValueError(
-            f"processor {name!r} returned {type(result).__name__}; return None, an IOVal "
-            "or a list of IOVal"
+            f"processor {name!r} returned {type(result).__name__}; return None, an IOVal or a list of IOVal"
         ) from None
     for item in iterator:
         item = _as_ioval(item, name)
@@ -213,8 +224,14 @@ async def _finish_failed(
     else:
         log.warning("processor %r of run %s failed: %s: %s", name, plan.run_id, etype, message)
     marker = runtime.codec.encode_marker(
-        {"status": status, "processor": origin, "type": etype, "message": message,
-         "traceback": tb, "worker": runtime.worker_id}
+        {
+            "status": status,
+            "processor": origin,
+            "type": etype,
+            "message": message,
+            "traceback": tb,
+            "worker": runtime.worker_id,
+        }
     )
     stats_key = keys.stats(plan.run_id)
     extra = [["HSET", stats_key, f"state:{name}", status, f"ended:{name}", repr(time.time())]]
@@ -228,11 +245,20 @@ async def _finish_failed(
                 # ...unless that is what failed.
                 writer.buffers = {io: [] for io in writer.buffers}
                 await writer.close(markers, extra=extra)
-            error = {"processor": origin, "type": etype, "message": message, "traceback": tb,
-                     "worker": runtime.worker_id}
+            error = {
+                "processor": origin,
+                "type": etype,
+                "message": message,
+                "traceback": tb,
+                "worker": runtime.worker_id,
+            }
             await scripts.finish_run(runtime, plan, status, error=error)
         except Exception as store_exc:  # the store itself is failing; say so, keep the cause
             log.error(
                 "processor %r of run %s failed (%s: %s) and the failure could not be recorded: %s",
-                name, plan.run_id, etype, message, store_exc,
+                name,
+                plan.run_id,
+                etype,
+                message,
+                store_exc,
             )

@@ -8,7 +8,7 @@ from glide import GlideClient
 
 from ._backend import LoopHost
 from .settings import Settings
-from .store.client import BlockingPool, StoreAddress
+from .store.client import BlockingPool, StoreAddress, close_now
 from .store.codec import Codec
 
 __all__ = ["Runtime"]
@@ -24,9 +24,15 @@ class Runtime:
     host: LoopHost
     worker_id: str
 
+    def __post_init__(self) -> None:
+        # The loop is ending (or the host was cancelled): release the connections.
+        self.host.on_exit.append(self.close_now)
+
+    def close_now(self) -> None:
+        self.pool.close_now()
+        close_now(self.client)
+
     async def aclose(self) -> None:
         self.host.cancel()
         await self.pool.aclose()
-        from .store.client import _close_quietly
-
-        await _close_quietly(self.client)
+        self.close_now()

@@ -80,9 +80,19 @@ class Settings:
 
     def validate(self) -> None:
         positive = (
-            "max_backlog", "max_batch", "max_entry_bytes", "read_count", "read_block",
-            "idle_timeout", "retention", "max_run_duration", "connect_timeout",
-            "request_timeout", "heartbeat_interval", "heartbeat_misses", "dispatch_timeout",
+            "max_backlog",
+            "max_batch",
+            "max_entry_bytes",
+            "read_count",
+            "read_block",
+            "idle_timeout",
+            "retention",
+            "max_run_duration",
+            "connect_timeout",
+            "request_timeout",
+            "heartbeat_interval",
+            "heartbeat_misses",
+            "dispatch_timeout",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -125,6 +135,5 @@ def _parse(name: str, text: str, default: Any) -> Any:
         return float(text)
     except ValueError:
         raise ConfigError(
-            f"environment variable DATAGRAPH_{name.upper()}={text!r} is not a valid "
-            f"{type(default).__name__}"
+            f"environment variable DATAGRAPH_{name.upper()}={text!r} is not a valid {type(default).__name__}"
         ) from None

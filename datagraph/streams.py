@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -68,10 +69,16 @@ def store_error(exc: GlideBaseError, doing: str) -> StoreError:
 
 
 class StreamReader:
-    """Reads one or more streams of a run from the beginning.
+    """Reads one or more streams of a run from the beginning, batch by batch.
 
-    ``reader`` names the processor reading (its positions are published so
+    An async iterator of ``(io, values)``, then ``(io, END)`` when a stream
+    ends; it raises the failure a stream ended with (``ProcessorFailed``,
+    ``RunCancelled``) or ``StreamIdleTimeout``.  ``reader`` names the
+    processor reading (its positions are published with each fetch, so
     writers can apply backpressure); ``None`` reads without publishing.
+
+    It is a plain class rather than an async generator so that a reader
+    abandoned half way returns its store client to the pool when collected.
     """
 
     def __init__(
@@ -85,111 +92,148 @@ class StreamReader:
     ) -> None:
         self._rt = runtime
         self._run_id = run_id
-        self._ios = list(dict.fromkeys(ios))
+        ios = list(dict.fromkeys(ios))
         self._reader = reader
         self._producers = producers or {}
+        self._key_of = {io: keys.stream(run_id, io) for io in ios}
+        self._io_of = {k.encode(): io for io, k in self._key_of.items()}
+        self._last_id = {io: "0-0" for io in ios}
+        self._consumed = dict.fromkeys(ios, 0)
+        self._dirty: set[str] = set()
+        self._open = ios
+        now = time.monotonic()
+        self._last_seen = dict.fromkeys(ios, now)
+        self._pending: deque[tuple[str, Any]] = deque()
+        self._handed: tuple[str, int] | None = None
+        self._client: Any = None
+        self._release: Any = None
+        self._error: BaseException | None = None
+        settings = runtime.settings
+        self._head = [
+            "XREAD",
+            "COUNT",
+            str(settings.read_count),
+            "BLOCK",
+            str(max(1, int(settings.read_block * 1000))),
+            "STREAMS",
+        ]
+        #: Seconds spent waiting for data (telemetry: a processor's idle time).
+        self.waited = 0.0
 
-    async def batches(self) -> AsyncIterator[tuple[str, Any]]:
-        """Yield ``(io, values)`` batches, then ``(io, END)`` when a stream ends.
+    def __aiter__(self) -> StreamReader:
+        return self
 
-        Raises the failure a stream ended with (``ProcessorFailed``,
-        ``RunCancelled``), or ``StreamIdleTimeout``.
-        """
-        rt = self._rt
-        settings = rt.settings
-        codec = rt.codec
+    async def __anext__(self) -> tuple[str, Any]:
+        handed = self._handed
+        if handed is not None:
+            # The consumer asked for more: what it was handed counts as read.
+            self._consumed[handed[0]] += handed[1]
+            self._dirty.add(handed[0])
+            self._handed = None
+        while not self._pending:
+            if self._error is not None:
+                raise self._error
+            if not self._open:
+                await self.aclose()
+                raise StopAsyncIteration
+            await self._fetch()
+        item = self._pending.popleft()
+        if item[1] is not END:
+            self._handed = (item[0], len(item[1]))
+        return item
+
+    async def _fetch(self) -> None:
+        if self._client is None:
+            self._client, self._release = await self._rt.pool.acquire(self)
+        open_ios = self._open
+        command = [
+            *self._head,
+            *(self._key_of[io] for io in open_ios),
+            *(self._last_id[io] for io in open_ios),
+        ]
+        started = time.monotonic()
+        try:
+            if self._dirty and self._reader is not None:
+                batch = Batch(is_atomic=False)
+                batch.custom_command(["HSET", keys.pos(self._run_id), *self._position_fields()])
+                batch.custom_command(command)
+                self._dirty = set()
+                result = await self._client.exec(batch, raise_on_error=True)
+                reply = result[1] if result else None
+            else:
+                reply = await self._client.custom_command(command)
+        except BaseException as exc:
+            # Interrupted mid-command: the client may still get this reply; don't reuse it.
+            self._drop_client()
+            if isinstance(exc, GlideBaseError):
+                raise store_error(exc, f"reading {', '.join(open_ios)} of run {self._run_id}") from exc
+            raise
+        now = time.monotonic()
+        if not reply:
+            self.waited += now - started
+            self._check_idle(now)
+            return
+        codec = self._rt.codec
         run_id = self._run_id
-        key_of = {io: keys.stream(run_id, io) for io in self._ios}
-        io_of = {k.encode(): io for io, k in key_of.items()}
-        last_id = {io: "0-0" for io in self._ios}
-        consumed = dict.fromkeys(self._ios, 0)
-        dirty: set[str] = set()
-        open_ios = list(self._ios)
-        last_seen = dict.fromkeys(self._ios, time.monotonic())
-        block_ms = str(max(1, int(settings.read_block * 1000)))
-        count = str(settings.read_count)
-        pos_key = keys.pos(run_id)
-        async with rt.pool.lease() as client:
-            while open_ios:
-                command = ["XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS"]
-                command += [key_of[io] for io in open_ios]
-                command += [last_id[io] for io in open_ios]
-                try:
-                    if dirty and self._reader is not None:
-                        reply = await self._publish_and_read(client, pos_key, dirty, consumed, last_id, command)
-                        dirty.clear()
-                    else:
-                        reply = await client.custom_command(command)
-                except GlideBaseError as exc:
-                    raise store_error(exc, f"reading {', '.join(open_ios)} of run {run_id}") from exc
-                now = time.monotonic()
-                if not reply:
-                    self._check_idle(open_ios, last_seen, now)
-                    continue
-                for raw_key, entries in reply.items():
-                    io = io_of[raw_key]
-                    last_seen[io] = now
-                    where = f"{io!r} of run {run_id}"
-                    for entry_id, fields in entries.items():
-                        last_id[io] = entry_id.decode()
-                        field, payload = fields[0]
-                        if field == _BATCH_B:
-                            values = codec.decode_batch(payload, where)
-                            yield io, values
-                            consumed[io] += len(values)
-                            dirty.add(io)
-                        elif field == _MARKER_B:
-                            marker = codec.decode_marker(payload, where)
-                            if io in open_ios:
-                                open_ios.remove(io)
-                            error = marker_error(marker, run_id)
-                            if error is not None:
-                                raise error
-                            yield io, END
-                            break
-        if self._reader is not None and dirty:
-            with anyio.CancelScope(shield=True):
-                await self._publish(pos_key, dirty, consumed, last_id)
+        for raw_key, entries in reply.items():
+            io = self._io_of[raw_key]
+            self._last_seen[io] = now
+            where = f"{io!r} of run {run_id}"
+            for entry_id, fields in entries.items():
+                self._last_id[io] = entry_id.decode()
+                field, payload = fields[0]
+                if field == _BATCH_B:
+                    self._pending.append((io, codec.decode_batch(payload, where)))
+                elif field == _MARKER_B:
+                    marker = codec.decode_marker(payload, where)
+                    open_ios.remove(io)
+                    error = marker_error(marker, run_id)
+                    if error is not None:
+                        # Values before the failure are still delivered, then it raises.
+                        self._error = error
+                        self._open = []
+                        return
+                    self._pending.append((io, END))
+                    break
 
-    def _position_fields(
-        self, dirty: set[str], consumed: dict[str, int], last_id: dict[str, str]
-    ) -> list[str]:
+    def _drop_client(self) -> None:
+        client, release = self._client, self._release
+        self._client = self._release = None
+        if release is not None:
+            release.detach()
+            self._rt.pool.discard(client)
+
+    def _position_fields(self) -> list[str]:
         assert self._reader is not None
         fields: list[str] = []
-        for io in dirty:
-            fields += [keys.pos_field(self._reader, io), str(consumed[io])]
-            fields += [keys.pos_id_field(self._reader, io), last_id[io]]
+        for io in self._dirty:
+            fields += [keys.pos_field(self._reader, io), str(self._consumed[io])]
+            fields += [keys.pos_id_field(self._reader, io), self._last_id[io]]
         return fields
 
-    async def _publish_and_read(
-        self,
-        client: Any,
-        pos_key: str,
-        dirty: set[str],
-        consumed: dict[str, int],
-        last_id: dict[str, str],
-        command: list[str],
-    ) -> Any:
-        batch = Batch(is_atomic=False)
-        batch.custom_command(["HSET", pos_key, *self._position_fields(dirty, consumed, last_id)])
-        batch.custom_command(command)
-        result = await client.exec(batch, raise_on_error=True)
-        return result[1] if result else None
+    async def aclose(self) -> None:
+        """Publish the final read positions and return the store client."""
+        if self._handed is not None:
+            self._consumed[self._handed[0]] += self._handed[1]
+            self._dirty.add(self._handed[0])
+            self._handed = None
+        release, self._release = self._release, None
+        self._client = None
+        if release is not None:
+            release()
+        if self._dirty and self._reader is not None:
+            fields = self._position_fields()
+            self._dirty = set()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._rt.client.custom_command(["HSET", keys.pos(self._run_id), *fields])
+                except GlideBaseError as exc:
+                    raise store_error(exc, f"publishing read positions of run {self._run_id}") from exc
 
-    async def _publish(
-        self, pos_key: str, dirty: set[str], consumed: dict[str, int], last_id: dict[str, str]
-    ) -> None:
-        try:
-            await self._rt.client.custom_command(
-                ["HSET", pos_key, *self._position_fields(dirty, consumed, last_id)]
-            )
-        except GlideBaseError as exc:
-            raise store_error(exc, f"publishing read positions of run {self._run_id}") from exc
-
-    def _check_idle(self, open_ios: list[str], last_seen: dict[str, float], now: float) -> None:
+    def _check_idle(self, now: float) -> None:
         limit = self._rt.settings.idle_timeout
-        for io in open_ios:
-            if now - last_seen[io] > limit:
+        for io in self._open:
+            if now - self._last_seen[io] > limit:
                 producer = self._producers.get(io)
                 who = f"its producer {producer!r}" if producer else "its producer"
                 raise StreamIdleTimeout(
@@ -262,8 +306,9 @@ class StreamWriter:
                 run_id=self._run_id,
             ) from None
         buf.append(value)
-        if len(buf) == 1 and not self._flushing:
-            self.first_at = time.monotonic()
+        if len(buf) == 1:
+            if self.first_at == math.inf:
+                self.first_at = time.monotonic()
             self._wake.set()
         return len(buf) >= self.limits[io] or self.cancelled
 
@@ -328,17 +373,25 @@ class StreamWriter:
                 break
             try:
                 await self.flush()
-            except BaseException as exc:
+            except Exception as exc:
+                # The producer finds it at its next put (make_room raises it).
                 self._error = exc
-                self._release()
-                raise
+                self.limits = dict.fromkeys(self.limits, 0)
+                return
+
+    @property
+    def error(self) -> BaseException | None:
+        """What made the flusher stop, if anything."""
+        return self._error
 
     def _release(self) -> None:
         self._flushing = False
         flushed, self._flushed = self._flushed, anyio.Event()
         flushed.set()
 
-    async def flush(self, *, markers: Mapping[str, bytes] | None = None, extra: Sequence[list[str]] = ()) -> list[Any]:
+    async def flush(
+        self, *, markers: Mapping[str, bytes] | None = None, extra: Sequence[list[str]] = ()
+    ) -> list[Any]:
         """Send everything buffered (plus optional end markers and commands) in one pipeline."""
         while self._flushing:
             await self._flushed.wait()

@@ -155,6 +155,7 @@ class Supervisor:
         self._closed = True
         for runtime in list(self._runtimes.values()):
             runtime.host.cancel()
+            runtime.close_now()
         self._runtimes = weakref.WeakKeyDictionary()
         if self._embedded is not None:
             self._embedded.stop()
@@ -195,7 +196,9 @@ class Supervisor:
                 request_timeout=settings.request_timeout,
                 connect_timeout=settings.connect_timeout,
             )
-            pool = BlockingPool(self.address, block=settings.read_block, connect_timeout=settings.connect_timeout)
+            pool = BlockingPool(
+                self.address, block=settings.read_block, connect_timeout=settings.connect_timeout
+            )
             host = LoopHost()
             await host.start()
             runtime = Runtime(settings, self.codec, self.address, client, pool, host, self.worker_id)
@@ -232,10 +235,11 @@ class Supervisor:
             given.setdefault(item.name, []).append(item.value)
         missing = [io for io in topo.floating_inputs if io not in given]
         if missing:
+            them = "it" if len(missing) == 1 else "them"
             raise MissingInputError(
-                f"the flow reads {', '.join(map(repr, missing))} but no processor produces "
-                f"{'it' if len(missing) == 1 else 'them'} and start_flow() was not given "
-                f"{'it' if len(missing) == 1 else 'them'}; pass inputs=[IOVal(name={missing[0]!r}, value=...)]"
+                f"the flow reads {', '.join(map(repr, missing))} but no processor produces {them} "
+                f"and start_flow() was not given {them}; "
+                f"pass inputs=[IOVal(name={missing[0]!r}, value=...)]"
             )
         unknown = [io for io in given if io not in topo.floating_inputs]
         if unknown:
@@ -252,7 +256,10 @@ class Supervisor:
         run_id = run_id or uuid.uuid4().hex
         outputs = list(topo.producers) if all_outputs else list(topo.final_outputs)
         plan = Plan.build(
-            run_id, flow, outputs=outputs, default_backlog=self.settings.max_backlog,
+            run_id,
+            flow,
+            outputs=outputs,
+            default_backlog=self.settings.max_backlog,
             trim=not all_outputs,
         )
         await self.executor.check(self, plan, list(flow.processors))
@@ -260,7 +267,9 @@ class Supervisor:
         await self._record_run(runtime, plan, given)
         for name in topo.order:
             await self.executor.dispatch(self, plan, flow.processor(name))
-        return {io: IO(self, run_id, io, producers=plan.producers) for io in outputs}
+        # The caller's reads publish positions too, so telemetry can show what it consumed.
+        reader = keys.OUTPUT_READER if self.settings.telemetry else None
+        return {io: IO(self, run_id, io, reader=reader, producers=plan.producers) for io in outputs}
 
     async def _record_run(self, runtime: Runtime, plan: Plan, given: dict[str, list[Any]]) -> None:
         from glide import Batch
@@ -272,11 +281,26 @@ class Supervisor:
         summary = {io: _summarise(values) for io, values in given.items()}
         import json
 
-        batch.custom_command([
-            "HSET", keys.run(run_id), "state", "running", "started", repr(now),
-            "plan", plan.to_json(), "inputs", json.dumps(summary), "done", "0",
-            "flow", plan.flow.get("name") or "", "submitter", self.worker_id,
-        ])
+        batch.custom_command(
+            [
+                "HSET",
+                keys.run(run_id),
+                "state",
+                "running",
+                "started",
+                repr(now),
+                "plan",
+                plan.to_json(),
+                "inputs",
+                json.dumps(summary),
+                "done",
+                "0",
+                "flow",
+                plan.flow.get("name") or "",
+                "submitter",
+                self.worker_id,
+            ]
+        )
         batch.custom_command(["EXPIRE", keys.run(run_id), ttl])
         batch.custom_command(["HSET", keys.stats(run_id), "created", repr(now)])
         batch.custom_command(["EXPIRE", keys.stats(run_id), ttl])
@@ -301,7 +325,7 @@ class Supervisor:
         state = await runtime.client.custom_command(["HGET", keys.run(run_id), "state"])
         return state.decode() if state is not None else None
 
-    async def wait(self, run_id: str, timeout: float | None = None) -> str:
+    async def wait(self, run_id: str, timeout: float | None = None) -> str:  # noqa: ASYNC109
         """Wait until the run reaches a terminal state; returns it."""
         delay = 0.005
         with anyio.fail_after(timeout):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -33,8 +33,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def supervisor(valkey_url: str) -> Iterator[Supervisor]:
-    """A supervisor with the LocalExecutor on the session's Valkey."""
+async def supervisor(valkey_url: str, anyio_backend: str) -> AsyncIterator[Supervisor]:
+    """A supervisor with the LocalExecutor on the session's Valkey, closed in its own loop."""
     Supervisor.detach()
     supervisor = Supervisor.attach(
         redis_config={"url": valkey_url}, executor=LocalExecutor(), secret=b"test-secret"
@@ -42,7 +42,7 @@ def supervisor(valkey_url: str) -> Iterator[Supervisor]:
     try:
         yield supervisor
     finally:
-        Supervisor.detach()
+        await Supervisor.adetach()
 
 
 @pytest.fixture(autouse=True)

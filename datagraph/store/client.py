@@ -10,14 +10,13 @@ readers lease a client of their own from :class:`BlockingPool`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
-
 from glide import (
     AdvancedGlideClientConfiguration,
     GlideClient,
@@ -34,7 +33,7 @@ from glide import (
 
 from ..exceptions import ConfigError, StoreError
 
-__all__ = ["BlockingPool", "StoreAddress", "connect", "parse_redis_config"]
+__all__ = ["BlockingPool", "StoreAddress", "close_now", "connect", "parse_redis_config"]
 
 log = logging.getLogger("datagraph.store")
 
@@ -126,9 +125,7 @@ def _parse_url(url: str) -> dict[str, Any]:
     return fields
 
 
-async def connect(
-    address: StoreAddress, *, request_timeout: float, connect_timeout: float
-) -> GlideClient:
+async def connect(address: StoreAddress, *, request_timeout: float, connect_timeout: float) -> GlideClient:
     """Open a glide client, or raise :class:`StoreError` naming the address."""
     credentials = None
     if address.password is not None or address.username is not None:
@@ -140,9 +137,7 @@ async def connect(
         database_id=address.db or None,
         request_timeout=int(request_timeout * 1000),
         client_name=address.client_name,
-        advanced_config=AdvancedGlideClientConfiguration(
-            connection_timeout=int(connect_timeout * 1000)
-        ),
+        advanced_config=AdvancedGlideClientConfiguration(connection_timeout=int(connect_timeout * 1000)),
     )
     try:
         return await GlideClient.create(config)
@@ -154,7 +149,12 @@ async def connect(
 
 
 class BlockingPool:
-    """Clients reserved for blocking reads, one lease per reader at a time."""
+    """Clients reserved for blocking reads: each reader holds one while it reads.
+
+    A reader returns its client with the ``release`` callable it is given;
+    if the reader is dropped without that, the client goes back to the pool
+    when the reader is garbage collected.  Every client is closed with the pool.
+    """
 
     def __init__(self, address: StoreAddress, *, block: float, connect_timeout: float) -> None:
         self._address = address
@@ -163,8 +163,7 @@ class BlockingPool:
         self._idle: list[GlideClient] = []
         self._all: list[GlideClient] = []
 
-    @asynccontextmanager
-    async def lease(self) -> AsyncIterator[GlideClient]:
+    async def acquire(self, owner: object) -> tuple[GlideClient, Callable[[], None]]:
         if self._idle:
             client = self._idle.pop()
         else:
@@ -174,23 +173,46 @@ class BlockingPool:
                 connect_timeout=self._connect_timeout,
             )
             self._all.append(client)
-        healthy = False
-        try:
-            yield client
-            healthy = True
-        finally:
-            if healthy and len(self._idle) < 16:
-                self._idle.append(client)
-            else:
-                # A reader interrupted mid-command may leave a reply in flight;
-                # such a client is not reused.
-                self._all.remove(client)
-                await _close_quietly(client)
+        finalizer = weakref.finalize(owner, self._give_back, client)
+        return client, finalizer
+
+    def _give_back(self, client: GlideClient) -> None:
+        if client in self._all:
+            self._idle.append(client)
+
+    def discard(self, client: GlideClient) -> None:
+        """Close a client that may still have a reply in flight instead of reusing it."""
+        if client in self._all:
+            self._all.remove(client)
+            close_now(client)
 
     async def aclose(self) -> None:
         clients, self._all, self._idle = self._all, [], []
         for client in clients:
             await _close_quietly(client)
+
+    def close_now(self) -> None:
+        clients, self._all, self._idle = self._all, [], []
+        for client in clients:
+            close_now(client)
+
+
+def close_now(client: GlideClient) -> None:
+    """Close a client from synchronous code (e.g. when its event loop is ending).
+
+    ``GlideClient.close()`` is a coroutine that never suspends, so it can be
+    driven to completion without a running loop.
+    """
+    coro = client.close()
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    except GlideBaseError as exc:
+        log.debug("closing a store client failed: %s", exc)
+        return
+    coro.close()
+    raise RuntimeError("GlideClient.close() suspended; it cannot be closed synchronously")
 
 
 async def _close_quietly(client: GlideClient) -> None:

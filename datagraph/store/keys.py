@@ -74,3 +74,28 @@ def pos_field(reader: str, io: str) -> str:
 
 def pos_id_field(reader: str, io: str) -> str:
     return f"{reader}/{io}#id"
+
+
+# -- telemetry -------------------------------------------------------------
+# Registrations and the read side of telemetry (datagraph/registration.py,
+# datagraph/telemetry.py).
+
+#: Hash: ``<processor>/<worker id>`` -> unix time that worker last published
+#: the processor.  Kept apart from the registrations in ``PROCESSORS`` so that
+#: several workers can implement one processor without read-modify-write.
+IMPLEMENTERS = f"{PREFIX}:implementers"
+
+#: Reader name under which the caller of ``start_flow`` publishes its
+#: positions on the run's outputs (``<OUTPUT_READER>/<io>`` in ``pos``).
+OUTPUT_READER = "(output)"
+
+
+def implementer_field(processor: str, worker_id: str) -> str:
+    """Field of ``IMPLEMENTERS``; processor names never contain ``/``."""
+    return f"{processor}/{worker_id}"
+
+
+def split_implementer_field(field: str) -> tuple[str, str]:
+    """``(processor, worker id)`` of an ``IMPLEMENTERS`` field."""
+    processor, _, worker_id = field.partition("/")
+    return processor, worker_id

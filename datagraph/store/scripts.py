@@ -36,12 +36,14 @@ async def finish_run(
 ) -> bool:
     """Move the run to a terminal state (once) and start its retention clock."""
     run_keys = keys.run_keys(plan.run_id, plan.ios)
-    args = [state, repr(time.time()), str(int(runtime.settings.retention)),
-            json.dumps(error) if error else ""]
+    args = [
+        state,
+        repr(time.time()),
+        str(int(runtime.settings.retention)),
+        json.dumps(error) if error else "",
+    ]
     try:
-        changed = await runtime.client.custom_command(
-            ["EVAL", _FINISH, str(len(run_keys)), *run_keys, *args]
-        )
+        changed = await runtime.client.custom_command(["EVAL", _FINISH, str(len(run_keys)), *run_keys, *args])
     except GlideBaseError as exc:
         raise StoreError(f"could not record the end of run {plan.run_id}: {exc}") from exc
     return bool(changed)

@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from datagraph import IO, Flow, IOVal, LocalExecutor, Processor, Supervisor
+from datagraph.exceptions import (
+    ConfigError,
+    MissingInputError,
+    ProcessorFailed,
+    RunCancelled,
+    StoreError,
+    StreamIdleTimeout,
+    TamperedPayloadError,
+    UnknownInputError,
+    UnknownProcessorError,
+    UnresolvedFlowError,
+)
+from datagraph.store import keys
+
+pytestmark = pytest.mark.anyio
+
+echo = Processor("echo", ["text"], ["echoed"])
+
+
+@echo
+async def _echo(text: IO[str]) -> AsyncIterator[IOVal[str]]:
+    async for t in text:
+        yield IOVal("echoed", t)
+
+
+def test_instance_without_attach_is_a_clear_error() -> None:
+    Supervisor.detach()
+    with pytest.raises(ConfigError, match=r"Supervisor.attach"):
+        Supervisor.instance  # noqa: B018
+
+
+def test_attach_twice_is_a_clear_error(valkey_url: str) -> None:
+    Supervisor.detach()
+    Supervisor.attach(redis_config={"url": valkey_url})
+    try:
+        with pytest.raises(ConfigError, match="already attached"):
+            Supervisor.attach(redis_config={"url": valkey_url})
+        assert isinstance(Supervisor.instance.executor, LocalExecutor)
+    finally:
+        Supervisor.detach()
+
+
+def test_attach_rejects_a_bad_executor_and_settings(valkey_url: str) -> None:
+    Supervisor.detach()
+    with pytest.raises(ConfigError, match="executor must be an Executor"):
+        Supervisor.attach(redis_config={"url": valkey_url}, executor="local")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'max_backlogg'"):
+        Supervisor.attach(redis_config={"url": valkey_url}, max_backlogg=3)
+    with pytest.raises(ConfigError, match="redis_config must be a mapping"):
+        Supervisor.attach(redis_config="redis://x")  # type: ignore[arg-type]
+
+
+async def test_embedded_valkey_starts_and_stops() -> None:
+    Supervisor.detach()
+    supervisor = Supervisor.attach()
+    try:
+        assert supervisor.embedded_url is not None
+        out = await supervisor.start_flow(Flow.from_processors(echo).resolve(), [IOVal("text", "hi")])
+        assert await out["echoed"].collect() == ["hi"]
+    finally:
+        await Supervisor.adetach()
+
+
+async def test_unreachable_store_is_named_within_the_timeout() -> None:
+    Supervisor.detach()
+    supervisor = Supervisor.attach(redis_config={"url": "redis://127.0.0.1:1/0"}, connect_timeout=1)
+    try:
+        with anyio.fail_after(10), pytest.raises(StoreError, match=r"127\.0\.0\.1:1"):
+            await supervisor.start_flow(Flow.from_processors(echo).resolve(), [IOVal("text", "x")])
+    finally:
+        Supervisor.detach()
+
+
+async def test_missing_and_unknown_inputs_are_named(supervisor: Supervisor) -> None:
+    flow = Flow.from_processors(echo).resolve()
+    with pytest.raises(MissingInputError, match="'text'"):
+        await supervisor.start_flow(flow, [])
+    with pytest.raises(UnknownInputError, match="'nope'"):
+        await supervisor.start_flow(flow, [IOVal("text", "a"), IOVal("nope", 1)])
+    with pytest.raises(UnresolvedFlowError):
+        await supervisor.start_flow(Flow.from_processors(echo), [IOVal("text", "a")])
+
+
+async def test_unimplemented_processor_is_named(supervisor: Supervisor) -> None:
+    remote = Processor("implemented_elsewhere", ["a"], ["b"])
+    with pytest.raises(UnknownProcessorError, match="'implemented_elsewhere'"):
+        await supervisor.start_flow(Flow.from_processors(remote).resolve(), [IOVal("a", 1)])
+
+
+async def test_several_values_for_one_input(supervisor: Supervisor) -> None:
+    out = await supervisor.start_flow(
+        Flow.from_processors(echo).resolve(), [IOVal("text", "a"), IOVal("text", "b")]
+    )
+    assert await out["echoed"].collect() == ["a", "b"]
+
+
+async def test_backpressure_bounds_how_far_a_producer_runs_ahead(valkey_url: str) -> None:
+    Supervisor.detach()
+    supervisor = Supervisor.attach(redis_config={"url": valkey_url}, secret=b"s")
+    produced = 0
+    lead: list[int] = []
+    fast = Processor("bp_fast", ["n"], ["items"], max_backlog=50)
+    slow = Processor("bp_slow", ["items"], ["seen"])
+
+    @fast
+    async def _fast(n: IO[int]) -> AsyncIterator[IOVal[int]]:
+        nonlocal produced
+        for i in range(await n.first()):
+            produced += 1
+            yield IOVal("items", i)
+
+    @slow
+    async def _slow(items: IO[int]) -> AsyncIterator[IOVal[int]]:
+        consumed = 0
+        async for i in items:
+            consumed += 1
+            lead.append(produced - consumed)
+            await anyio.sleep(0.002)
+            yield IOVal("seen", i)
+
+    try:
+        out = await supervisor.start_flow(Flow.from_processors(fast, slow).resolve(), [IOVal("n", 400)])
+        with anyio.fail_after(30):
+            assert await out["seen"].collect() == list(range(400))
+        assert max(lead) <= 2 * 50, max(lead)
+        assert max(lead) >= 25  # the producer did run ahead, up to the limit
+    finally:
+        await Supervisor.adetach()
+
+
+async def test_failure_reaches_the_caller_within_seconds(supervisor: Supervisor) -> None:
+    bad = Processor("raises_at_once", ["n"], ["out"])
+
+    @bad
+    async def _bad(n: IO[int]) -> AsyncIterator[IOVal[int]]:
+        raise ValueError(f"bad n {await n.first()}")
+        yield IOVal("out", 0)  # pragma: no cover
+
+    out = await supervisor.start_flow(Flow.from_processors(bad).resolve(), [IOVal("n", 3)])
+    with anyio.fail_after(5), pytest.raises(ProcessorFailed, match=r"raises_at_once.*bad n 3"):
+        await out["out"].first()
+    run_id = out["out"].run_id
+    assert await supervisor.wait(run_id, timeout=5) == "failed"
+
+
+async def test_idle_producer_times_out_readers(valkey_url: str) -> None:
+    Supervisor.detach()
+    supervisor = Supervisor.attach(
+        redis_config={"url": valkey_url}, idle_timeout=0.5, read_block=0.1, secret=b"s"
+    )
+    stuck = Processor("goes_silent", ["n"], ["out"])
+
+    @stuck
+    async def _stuck(n: IO[int]) -> AsyncIterator[IOVal[int]]:
+        yield IOVal("out", await n.first())
+        await anyio.sleep(30)
+
+    try:
+        out = await supervisor.start_flow(Flow.from_processors(stuck).resolve(), [IOVal("n", 1)])
+        got = []
+        with anyio.fail_after(10), pytest.raises(StreamIdleTimeout, match="'goes_silent'"):
+            async for v in out["out"]:
+                got.append(v)
+        assert got == [1]
+        await supervisor.cancel(out["out"].run_id)
+    finally:
+        await Supervisor.adetach()
+
+
+async def test_cancel_stops_processors_and_readers(supervisor: Supervisor) -> None:
+    stopped = anyio.Event()
+    endless = Processor("endless", ["n"], ["ticks"])
+
+    @endless
+    async def _endless(n: IO[int]) -> AsyncIterator[IOVal[int]]:
+        i = await n.first()
+        try:
+            while True:
+                i += 1
+                yield IOVal("ticks", i)
+                await anyio.sleep(0.001)
+        finally:
+            stopped.set()
+
+    out = await supervisor.start_flow(Flow.from_processors(endless).resolve(), [IOVal("n", 0)])
+    run_id = out["ticks"].run_id
+    assert await out["ticks"].first() == 1
+    assert await supervisor.cancel(run_id) is True
+    with anyio.fail_after(5), pytest.raises(RunCancelled):
+        await out["ticks"].collect()
+    with anyio.fail_after(5):
+        await stopped.wait()
+    assert await supervisor.run_state(run_id) == "cancelled"
+    assert await supervisor.cancel(run_id) is False
+
+
+async def test_finished_run_keys_expire_after_retention(valkey_url: str) -> None:
+    Supervisor.detach()
+    supervisor = Supervisor.attach(redis_config={"url": valkey_url}, retention=60, secret=b"s")
+    try:
+        out = await supervisor.start_flow(Flow.from_processors(echo).resolve(), [IOVal("text", "a")])
+        assert await out["echoed"].collect() == ["a"]
+        run_id = out["echoed"].run_id
+        assert await supervisor.wait(run_id, timeout=5) == "succeeded"
+        runtime = await supervisor.runtime()
+        for key in keys.run_keys(run_id, ["text", "echoed"]):
+            ttl = await runtime.client.custom_command(["TTL", key])
+            assert 0 < ttl <= 60, (key, ttl)
+    finally:
+        await Supervisor.adetach()
+
+
+async def test_forged_entry_is_refused_and_never_unpickled(supervisor: Supervisor, tmp_path) -> None:
+    import os
+    import pickle
+
+    marker_file = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, (f"touch {marker_file}",))
+
+    out = await supervisor.start_flow(Flow.from_processors(echo).resolve(), [IOVal("text", "a")])
+    run_id = out["echoed"].run_id
+    assert await supervisor.wait(run_id, timeout=5) == "succeeded"
+    runtime = await supervisor.runtime()
+    forged_key = keys.stream(run_id, "forged")
+    body = pickle.dumps([Exploit()])
+    await runtime.client.custom_command(["XADD", forged_key, "*", "b", b"\x00" * 16 + body])
+    forged: IO[object] = IO(supervisor, run_id, "forged")
+    with anyio.fail_after(5), pytest.raises(TamperedPayloadError, match="bad signature"):
+        await forged.first()
+    assert not marker_file.exists()
