@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 import anyio.from_thread
 
 from .exceptions import EmptyStreamError
-from .streams import END, StreamReader
+from .streams import END, Clock, StreamReader
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -48,7 +48,7 @@ class IO(Generic[T]):
     Every call reads the stream from its beginning.
     """
 
-    __slots__ = ("_producers", "_reader", "_supervisor", "name", "run_id")
+    __slots__ = ("_clock", "_producers", "_reader", "_supervisor", "name", "run_id")
 
     def __init__(
         self,
@@ -58,8 +58,10 @@ class IO(Generic[T]):
         *,
         reader: str | None = None,
         producers: dict[str, str] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._supervisor = supervisor
+        self._clock = clock
         self.run_id = run_id
         self.name = name
         self._reader = reader
@@ -70,7 +72,9 @@ class IO(Generic[T]):
 
     async def _open(self, ios: list[str]) -> StreamReader:
         runtime = await self._supervisor.runtime()
-        return StreamReader(runtime, self.run_id, ios, reader=self._reader, producers=self._producers)
+        return StreamReader(
+            runtime, self.run_id, ios, reader=self._reader, producers=self._producers, clock=self._clock
+        )
 
     def _names_with(self, others: tuple[IO[Any], ...]) -> list[str]:
         for other in others:

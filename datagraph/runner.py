@@ -61,7 +61,9 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
             ]
         )
         if spec.get("wait"):
+            waiting = time.monotonic()
             await _wait_for_inputs(runtime, run_id, spec["inputs"], name)
+            writer.clock.idle += time.monotonic() - waiting
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer.run_flusher, name=f"datagraph-flush-{name}")
             try:
@@ -85,7 +87,9 @@ async def _call(supervisor: Supervisor, impl: Implementation, plan: Plan, writer
     name = impl.processor.name
     inputs: dict[str, Any] = {}
     for io in impl.processor.inputs:
-        handle: IO[Any] = IO(supervisor, plan.run_id, io, reader=name, producers=plan.producers)
+        handle: IO[Any] = IO(
+            supervisor, plan.run_id, io, reader=name, producers=plan.producers, clock=writer.clock
+        )
         inputs[io] = SyncIO(handle) if impl.kind in (Kind.SYNC, Kind.SYNC_GEN) else handle
     async with AsyncExitStack() as stack:
         kwargs = await impl.resolve(stack, inputs)

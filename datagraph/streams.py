@@ -68,6 +68,24 @@ def store_error(exc: GlideBaseError, doing: str) -> StoreError:
     return StoreError(f"Valkey refused or lost the connection while {doing}: {exc}")
 
 
+class Clock:
+    """Where one processor's time goes: waiting for input, or for its readers.
+
+    Shared by the processor's readers and its writer; the writer publishes
+    it (with per-output rates) as part of its normal flushes.
+    """
+
+    __slots__ = ("backpressured", "idle", "started")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.idle = 0.0
+        self.backpressured = 0.0
+
+    def busy(self, now: float) -> float:
+        return max(0.0, now - self.started - self.idle - self.backpressured)
+
+
 class StreamReader:
     """Reads one or more streams of a run from the beginning, batch by batch.
 
@@ -89,9 +107,11 @@ class StreamReader:
         *,
         reader: str | None = None,
         producers: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._rt = runtime
         self._run_id = run_id
+        self._clock = clock
         ios = list(dict.fromkeys(ios))
         self._reader = reader
         self._producers = producers or {}
@@ -117,8 +137,6 @@ class StreamReader:
             str(max(1, int(settings.read_block * 1000))),
             "STREAMS",
         ]
-        #: Seconds spent waiting for data (telemetry: a processor's idle time).
-        self.waited = 0.0
 
     def __aiter__(self) -> StreamReader:
         return self
@@ -169,8 +187,9 @@ class StreamReader:
                 raise store_error(exc, f"reading {', '.join(open_ios)} of run {self._run_id}") from exc
             raise
         now = time.monotonic()
+        if self._clock is not None:
+            self._clock.idle += now - started
         if not reply:
-            self.waited += now - started
             self._check_idle(now)
             return
         codec = self._rt.codec
@@ -259,8 +278,13 @@ class StreamWriter:
         *,
         max_backlog: int,
         trim: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         self._rt = runtime
+        self.clock = clock or Clock()
+        self._telemetry = runtime.settings.telemetry
+        self._published_at = 0.0
+        self._window = (time.monotonic(), dict.fromkeys(outputs, 0))
         self._run_id = run_id
         self._processor = processor
         self._readers = {io: tuple(r) for io, r in outputs.items()}
@@ -286,7 +310,6 @@ class StreamWriter:
         self._closed = False
         self._error: BaseException | None = None
         self.waiting_since: float | None = None
-        self.backpressured_seconds = 0.0
 
     def _limit_for_empty(self) -> int:
         if any(self._readers.values()):
@@ -338,7 +361,7 @@ class StreamWriter:
             delay = min(delay * 2, 0.05)
             await self._refresh_positions()
         if blocked:
-            self.backpressured_seconds += time.monotonic() - started
+            self.clock.backpressured += time.monotonic() - started
             self.waiting_since = None
         self._raise_if_failed()
         if self.cancelled:
@@ -390,18 +413,24 @@ class StreamWriter:
         flushed.set()
 
     async def flush(
-        self, *, markers: Mapping[str, bytes] | None = None, extra: Sequence[list[str]] = ()
+        self,
+        *,
+        markers: Mapping[str, bytes] | None = None,
+        extra: Sequence[list[str]] = (),
+        closing: bool = False,
     ) -> list[Any]:
         """Send everything buffered (plus optional end markers and commands) in one pipeline."""
         while self._flushing:
             await self._flushed.wait()
         self._flushing = True
         try:
-            return await self._flush(markers or {}, extra)
+            return await self._flush(markers or {}, extra, closing)
         finally:
             self._release()
 
-    async def _flush(self, markers: Mapping[str, bytes], extra: Sequence[list[str]]) -> list[Any]:
+    async def _flush(
+        self, markers: Mapping[str, bytes], extra: Sequence[list[str]], closing: bool
+    ) -> list[Any]:
         rt = self._rt
         run_id = self._run_id
         pending = {io: buf for io, buf in self.buffers.items() if buf}
@@ -427,6 +456,8 @@ class StreamWriter:
         pos_at = len(commands)
         if pos_fields:
             commands.append(["HMGET", keys.pos(run_id), *pos_fields])
+        if self._telemetry:
+            commands += self._telemetry_commands(pending, closing=closing)
         state_at = len(commands)
         commands.append(["HGET", keys.run(run_id), "state"])
         extra_at = len(commands)
@@ -450,6 +481,35 @@ class StreamWriter:
             self.cancelled = True
         self._recompute_limits()
         return list(result[extra_at:])
+
+    def _telemetry_commands(self, pending: Mapping[str, list[Any]], *, closing: bool) -> list[list[Any]]:
+        """Time split and per-output rates, at most twice a second (or at the end)."""
+        now = time.monotonic()
+        if now - self._published_at < 0.5 and not closing:
+            return []
+        self._published_at = now
+        name = self._processor
+        clock = self.clock
+        fields = [
+            f"busy:{name}", f"{clock.busy(now):.3f}",
+            f"idle:{name}", f"{clock.idle:.3f}",
+            f"bp:{name}", f"{clock.backpressured:.3f}",
+        ]
+        started, counts = self._window
+        elapsed = now - started
+        wall = repr(time.time())
+        totals = {io: self.written[io] + len(pending.get(io, ())) for io in self.buffers}
+        for io, total in totals.items():
+            if closing:
+                # The stream ends here: nothing more will move on it.
+                fields += [f"rate:{io}", "0"]
+            elif elapsed >= 0.5:
+                fields += [f"rate:{io}", f"{(total - counts[io]) / elapsed:.1f}"]
+            if io in pending:
+                fields += [f"last:{io}", wall]
+        if elapsed >= 0.5:
+            self._window = (now, totals)
+        return [["HSET", keys.stats(self._run_id), *fields]]
 
     def _encode(self, io: str, values: list[Any]) -> bytes:
         try:
@@ -523,7 +583,7 @@ class StreamWriter:
         """Flush what is left with the end markers; stop the flusher."""
         self._closed = True
         self._wake.set()
-        return await self.flush(markers=markers, extra=extra)
+        return await self.flush(markers=markers, extra=extra, closing=True)
 
 
 def _first_unpicklable(values: list[Any]) -> str:
