@@ -10,7 +10,7 @@ the loop; it never lets an exception escape (each job records its own).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -67,7 +67,9 @@ class LoopHost:
             for callback in self.on_exit:
                 callback()
 
-    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
+    def start_soon(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None
+    ) -> None:
         if self._tg is None:
             raise RuntimeError("LoopHost.start_soon() called before start()")
         self._tg.start_soon(func, *args, name=name)

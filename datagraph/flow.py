@@ -59,7 +59,7 @@ class Flow:
     @classmethod
     def from_processors(cls, *processors: Processor, name: str | None = None) -> Flow:
         if len(processors) == 1 and not isinstance(processors[0], Processor):
-            processors = tuple(processors[0])  # type: ignore[arg-type]
+            processors = tuple(processors[0])
         if not processors:
             raise FlowError("a flow needs at least one processor")
         return cls(processors, name=name)
@@ -148,7 +148,7 @@ class Flow:
         return cls(processors, name=spec.get("name"))
 
     def to_dot(self, *, node_ids: bool = False) -> str:
-        return self.visualize(node_ids=node_ids).source
+        return str(self.visualize(node_ids=node_ids).source)
 
     def visualize(self, *, node_ids: bool = False) -> graphviz.Digraph:
         """A Graphviz graph of processors (boxes) and IO edges; renders in notebooks."""

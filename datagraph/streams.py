@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -35,6 +35,11 @@ __all__ = ["END", "StreamReader", "StreamWriter", "marker_error"]
 #: Field names of stream entries: a batch of values, or an end marker.
 BATCH = "b"
 MARKER = "e"
+
+#: Awaited as ``hook(runtime, run_id, open_ios, producers)`` each time a blocking
+#: read comes back empty; ``datagraph.liveness`` checks the producers' workers here.
+IdleHook = Callable[[Runtime, str, list[str], Mapping[str, str]], Awaitable[None]]
+idle_hooks: list[IdleHook] = []
 _BATCH_B = BATCH.encode()
 _MARKER_B = MARKER.encode()
 
@@ -191,6 +196,8 @@ class StreamReader:
             self._clock.idle += now - started
         if not reply:
             self._check_idle(now)
+            for hook in idle_hooks:
+                await hook(self._rt, self._run_id, self._open, self._producers)
             return
         codec = self._rt.codec
         run_id = self._run_id
@@ -319,36 +326,57 @@ class StreamWriter:
     # -- producer side -------------------------------------------------
 
     def put(self, io: str, value: Any) -> bool:
-        """Buffer one value; True when the caller must ``await make_room(io)``."""
-        try:
-            buf = self.buffers[io]
-        except KeyError:
-            raise BadValueError(
-                f"processor {self._processor!r} yielded to {io!r}, which it does not declare "
-                f"as an output; its outputs are {sorted(self.buffers)}",
-                run_id=self._run_id,
-            ) from None
+        """Buffer one value; True when the caller must ``await make_room(io)``.
+
+        The processor pump inlines this; it is here for the other callers.
+        """
+        buf = self.buffers.get(io)
+        if buf is None:
+            raise self.undeclared(io)
         buf.append(value)
-        if len(buf) == 1:
-            if self.first_at == math.inf:
-                self.first_at = time.monotonic()
-            self._wake.set()
-        return len(buf) >= self.limits[io] or self.cancelled
+        n = len(buf)
+        if n == 1:
+            self.started_batch()
+        return n >= self.limits[io] or self.lingering()
+
+    def undeclared(self, io: str) -> BadValueError:
+        return BadValueError(
+            f"processor {self._processor!r} yielded to {io!r}, which it does not declare "
+            f"as an output; its outputs are {sorted(self.buffers)}",
+            run_id=self._run_id,
+        )
+
+    def started_batch(self) -> None:
+        """The first value went into an empty buffer: start the linger clock, wake the flusher."""
+        if self.first_at == math.inf:
+            self.first_at = time.monotonic()
+        self._wake.set()
+
+    def lingering(self) -> bool:
+        return time.monotonic() - self.first_at > self._linger
 
     async def make_room(self, io: str) -> None:
-        """Flush, and wait while ``io``'s slowest in-flow reader is too far behind."""
+        """Let the flusher send; wait while ``io``'s slowest in-flow reader is too far behind."""
         self._raise_if_failed()
+        if len(self.buffers[io]) < self.limits[io]:
+            # Called because values lingered: give the flusher its turn.
+            self._wake.set()
+            await anyio.lowlevel.checkpoint()
+            self._raise_if_failed()
+            return
         started = time.monotonic()
         blocked = False
         delay = 0.001
-        while len(self.buffers[io]) >= self.limits[io] and not self._error:
+        while len(self.buffers[io]) >= self.limits[io]:
+            self._raise_if_failed()
             if self.cancelled:
                 raise RunCancelled(f"run {self._run_id} was cancelled", run_id=self._run_id)
             if self._flushing:
                 await self._flushed.wait()
                 continue
             if self._room(io) > 0:
-                # Room downstream: the buffer is just full. Let the flusher take it.
+                # Room downstream: the buffer is just full. Let the flusher take it
+                # (the producer goes on filling a new buffer while it is sent).
                 self._wake.set()
                 await anyio.lowlevel.checkpoint()
                 if len(self.buffers[io]) >= self.limits[io] and not self._flushing:
@@ -364,11 +392,6 @@ class StreamWriter:
             self.clock.backpressured += time.monotonic() - started
             self.waiting_since = None
         self._raise_if_failed()
-        if self.cancelled:
-            raise RunCancelled(f"run {self._run_id} was cancelled", run_id=self._run_id)
-
-    def lingering(self, now: float) -> bool:
-        return now - self.first_at > self._linger
 
     def _room(self, io: str) -> int:
         if not self._readers[io]:
@@ -378,8 +401,12 @@ class StreamWriter:
 
     def _recompute_limits(self) -> None:
         for io in self.buffers:
-            room = self._room(io)
-            self.limits[io] = max(0, min(self._max_batch, room)) if self._readers[io] else self._max_batch
+            if self.cancelled or self._error is not None:
+                self.limits[io] = 0
+            elif self._readers[io]:
+                self.limits[io] = max(0, min(self._max_batch, self._room(io)))
+            else:
+                self.limits[io] = self._max_batch
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -399,7 +426,7 @@ class StreamWriter:
             except Exception as exc:
                 # The producer finds it at its next put (make_room raises it).
                 self._error = exc
-                self.limits = dict.fromkeys(self.limits, 0)
+                self._recompute_limits()
                 return
 
     @property
@@ -438,6 +465,7 @@ class StreamWriter:
             self.buffers[io] = []
             self._inflight[io] = len(pending[io])
         self.first_at = math.inf
+        self._recompute_limits()
         commands: list[list[Any]] = []
         stats_key = keys.stats(run_id)
         ttl = str(int(rt.settings.max_run_duration))
@@ -491,9 +519,12 @@ class StreamWriter:
         name = self._processor
         clock = self.clock
         fields = [
-            f"busy:{name}", f"{clock.busy(now):.3f}",
-            f"idle:{name}", f"{clock.idle:.3f}",
-            f"bp:{name}", f"{clock.backpressured:.3f}",
+            f"busy:{name}",
+            f"{clock.busy(now):.3f}",
+            f"idle:{name}",
+            f"{clock.idle:.3f}",
+            f"bp:{name}",
+            f"{clock.backpressured:.3f}",
         ]
         started, counts = self._window
         elapsed = now - started

@@ -64,7 +64,7 @@ class _Instance:
 class Supervisor:
     """Coordinates runs in this process: store connections, executor, settings."""
 
-    instance: ClassVar[_Instance] = _Instance()  # type: ignore[assignment]
+    instance: ClassVar[_Instance] = _Instance()
     _current: ClassVar[Supervisor | None] = None
     #: Coroutines run once per event loop when a runtime is created (telemetry hooks).
     runtime_hooks: ClassVar[list[RuntimeHook]] = []

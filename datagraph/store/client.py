@@ -116,7 +116,7 @@ def _parse_url(url: str) -> dict[str, Any]:
         fields["password"] = unquote(parts.password)
     path = parts.path.strip("/")
     query = parse_qs(parts.query)
-    db = path or (query.get("db") or [None])[0]
+    db = path or next(iter(query.get("db", [])), "")
     if db:
         try:
             fields["db"] = int(db)
