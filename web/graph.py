@@ -18,9 +18,10 @@ pay it early); a 10-node graph then renders in about 1.5 ms, a 200-node graph
 in about 35 ms. Results are kept in an LRU cache keyed by the DOT text, so a
 page that shows the same graph again costs a dictionary lookup.
 
-Thread safety: one WebAssembly instance serves the process and a
-``wasmtime.Store`` must not be entered from two threads at once, so renders
-are serialised by a lock; cache hits do not wait for it.
+Thread safety: one WebAssembly instance serves the process, and a
+``wasmtime.Store`` entered from two threads at once aborts the process, so
+renders (``dot`` subprocesses too) are serialised by a lock; cache hits do
+not wait for it.
 """
 
 from __future__ import annotations
