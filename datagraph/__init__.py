@@ -2,6 +2,8 @@
 
 from fast_depends import Depends
 
+# Importing registration installs the hooks that publish this process's processors.
+from . import registration as _registration  # noqa: F401
 from .executors import Executor, LocalExecutor
 from .flow import Flow
 from .io import IO, IOVal
