@@ -21,6 +21,7 @@ The tree::
     │   └── BadValueError        a yielded value that cannot be sent (undeclared IO,
     │                            not serialisable, too large)
     └── StoreError               Valkey is unreachable, refused a command, or lost data
+        ├── RunLostError         the run's keys are gone (expired, or the store lost them)
         └── TamperedPayloadError a stream entry whose signature does not verify
 """
 
@@ -40,6 +41,7 @@ __all__ = [
     "ProcessorFailed",
     "RunCancelled",
     "RunError",
+    "RunLostError",
     "StoreError",
     "StreamIdleTimeout",
     "TamperedPayloadError",
@@ -152,6 +154,10 @@ class BadValueError(RunError):
 
 class StoreError(DatagraphError):
     """Valkey is unreachable, refused a command, or lost the run's data."""
+
+
+class RunLostError(StoreError):
+    """The run's keys are gone: expired, or lost by a store restarted without persistence."""
 
 
 class TamperedPayloadError(StoreError):

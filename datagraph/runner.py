@@ -14,7 +14,7 @@ import anyio.from_thread
 import anyio.to_thread
 from glide import GlideError as GlideBaseError
 
-from .exceptions import BadValueError, ProcessorFailed, RunCancelled
+from .exceptions import BadValueError, ProcessorFailed, RunCancelled, RunLostError, StoreError
 from .io import IO, IOVal, SyncIO
 from .plan import Plan
 from .processor import Implementation, Kind
@@ -42,7 +42,8 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
     run_id = plan.run_id
     spec = plan.processor(name)
     outputs = {io: plan.readers.get(io, []) for io in spec["outputs"]}
-    trim = plan.trim and all(io not in plan.outputs for io in outputs)
+    # Consumed entries of in-flow edges are trimmed; streams the caller reads are kept.
+    trim = [io for io in outputs if io not in plan.outputs] if plan.trim else []
     writer = StreamWriter(runtime, run_id, name, outputs, max_backlog=plan.max_backlog[name], trim=trim)
     stats_key = keys.stats(run_id)
     started = time.time()
@@ -70,17 +71,18 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
                 await _call(supervisor, impl, plan, writer)
             except Exception as exc:
                 error = exc
-            tg.cancel_scope.cancel()
+            # Let a flush in flight finish: cancelling it would drop its batch.
+            writer.stop_flusher()
         if error is None:
             error = writer.error
+        if error is None:
+            await _finish_ok(runtime, plan, name, writer)
+            return
     except BaseException as exc:
         error = exc
-    if error is not None:
-        await _finish_failed(runtime, plan, name, writer, error)
-        if isinstance(error, anyio.get_cancelled_exc_class()):
-            raise error
-        return
-    await _finish_ok(runtime, plan, name, writer)
+    await _finish_failed(runtime, plan, name, writer, error)
+    if isinstance(error, anyio.get_cancelled_exc_class()):
+        raise error
 
 
 async def _call(supervisor: Supervisor, impl: Implementation, plan: Plan, writer: StreamWriter) -> None:
@@ -207,34 +209,65 @@ def _is_marker(reply: Any) -> bool:
 
 
 async def _finish_ok(runtime: Runtime, plan: Plan, name: str, writer: StreamWriter) -> None:
-    codec = runtime.codec
-    marker = codec.encode_marker({"status": "ok", "processor": name})
-    stats_key = keys.stats(plan.run_id)
-    now = repr(time.time())
+    marker = runtime.codec.encode_marker({"status": "ok", "processor": name})
     result = await writer.close(
-        dict.fromkeys(writer.buffers, marker),
-        extra=[
-            ["HSET", stats_key, f"state:{name}", "done", f"ended:{name}", now],
-            ["HINCRBY", keys.run(plan.run_id), "done", "1"],
-        ],
+        dict.fromkeys(writer.buffers, marker), extra=[scripts.processor_done_command(runtime, plan, name)]
     )
-    if int(result[-1]) >= len(plan.processors):
-        await scripts.finish_run(runtime, plan, "succeeded")
+    if result[-1] == -1:
+        raise scripts.lost_run_error(plan.run_id)
+
+
+async def _end_outputs(
+    runtime: Runtime, writer: StreamWriter, markers: dict[str, bytes], extra: list[list[str]]
+) -> None:
+    """Write the failure markers, keeping what was yielded before the failure if possible."""
+    try:
+        await writer.close(markers, extra=extra)
+        return
+    except BadValueError:
+        pass  # what failed is a buffered value: send the markers without it
+    except StoreError as exc:
+        if "OOM" not in str(exc):
+            raise
+        # Valkey is full, so nothing can be added, not even the failure. Release this
+        # processor's outputs (the run has failed) so that readers can learn why.
+        await runtime.client.custom_command(["DEL", *writer.stream_keys()])
+    for buffer in writer.buffers.values():
+        buffer.clear()
+    delay = 0.05
+    for _ in range(8):
+        try:
+            await writer.close(markers, extra=extra)
+            return
+        except StoreError as exc:
+            if "OOM" not in str(exc):
+                raise
+            # Valkey may free the deleted streams in the background: give it a moment.
+            await anyio.sleep(delay)
+            delay *= 2
+    await writer.close(markers, extra=extra)
 
 
 async def _finish_failed(
     runtime: Runtime, plan: Plan, name: str, writer: StreamWriter, exc: BaseException
 ) -> None:
     """Flush what was yielded, end the outputs with the failure, fail the run."""
+    if isinstance(exc, RunLostError):
+        log.error("processor %r stopped: %s", name, exc)
+        return  # there is no run left to record the failure in
     cancelled = isinstance(exc, RunCancelled | anyio.get_cancelled_exc_class())
+    worker = runtime.worker_id
     if isinstance(exc, ProcessorFailed):
         origin, etype, message, tb = exc.processor, exc.error_type, exc.error_message, exc.traceback
+        # Name the worker where the failure happened, not the one that passed it on.
+        worker = exc.worker or worker
     else:
         origin, etype, message = name, type(exc).__name__, str(exc)
         tb = "".join(traceback.format_exception(exc))
     status = "cancelled" if cancelled else "failed"
     if cancelled:
         origin, etype, message, tb = name, "RunCancelled", f"run {plan.run_id} was cancelled", ""
+        worker = runtime.worker_id
     else:
         log.warning("processor %r of run %s failed: %s: %s", name, plan.run_id, etype, message)
     marker = runtime.codec.encode_marker(
@@ -244,27 +277,20 @@ async def _finish_failed(
             "type": etype,
             "message": message,
             "traceback": tb,
-            "worker": runtime.worker_id,
+            "worker": worker,
         }
     )
     stats_key = keys.stats(plan.run_id)
     extra = [["HSET", stats_key, f"state:{name}", status, f"ended:{name}", repr(time.time())]]
     with anyio.CancelScope(shield=True), anyio.move_on_after(runtime.settings.request_timeout):
         try:
-            markers = dict.fromkeys(writer.buffers, marker)
-            try:
-                # Keep what was yielded before the failure...
-                await writer.close(markers, extra=extra)
-            except BadValueError:
-                # ...unless that is what failed.
-                writer.buffers = {io: [] for io in writer.buffers}
-                await writer.close(markers, extra=extra)
+            await _end_outputs(runtime, writer, dict.fromkeys(writer.buffers, marker), extra)
             error = {
                 "processor": origin,
                 "type": etype,
                 "message": message,
                 "traceback": tb,
-                "worker": runtime.worker_id,
+                "worker": worker,
             }
             await scripts.finish_run(runtime, plan, status, error=error)
         except Exception as store_exc:  # the store itself is failing; say so, keep the cause

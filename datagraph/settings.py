@@ -47,6 +47,8 @@ class Settings:
     #: Deadline for connecting to the store and for one ordinary command, in seconds.
     connect_timeout: float = 5.0
     request_timeout: float = 10.0
+    #: How long readers and writers keep retrying a lost connection before failing, in seconds.
+    reconnect_timeout: float = 30.0
     #: Worker heartbeat period and how many missed beats count as dead.
     heartbeat_interval: float = 2.0
     heartbeat_misses: int = 2
@@ -90,6 +92,7 @@ class Settings:
             "max_run_duration",
             "connect_timeout",
             "request_timeout",
+            "reconnect_timeout",
             "heartbeat_interval",
             "heartbeat_misses",
             "dispatch_timeout",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -29,6 +29,8 @@ from .exceptions import (
 )
 from .runtime import Runtime
 from .store import keys
+from .store.client import is_transient, pipeline
+from .store.scripts import lost_run_error
 
 __all__ = ["END", "StreamReader", "StreamWriter", "marker_error"]
 
@@ -40,6 +42,7 @@ MARKER = "e"
 #: read comes back empty; ``datagraph.liveness`` checks the producers' workers here.
 IdleHook = Callable[[Runtime, str, list[str], Mapping[str, str]], Awaitable[None]]
 idle_hooks: list[IdleHook] = []
+
 _BATCH_B = BATCH.encode()
 _MARKER_B = MARKER.encode()
 
@@ -67,6 +70,11 @@ def marker_error(marker: Mapping[str, Any], run_id: str) -> Exception | None:
         run_id=run_id,
         worker=marker.get("worker"),
     )
+
+
+def entry_id(seq: int) -> str:
+    """The stream id of a writer's ``seq``-th entry (1-based): ``0-<seq>``."""
+    return f"0-{seq}"
 
 
 def store_error(exc: GlideBaseError, doing: str) -> StoreError:
@@ -175,22 +183,7 @@ class StreamReader:
             *(self._last_id[io] for io in open_ios),
         ]
         started = time.monotonic()
-        try:
-            if self._dirty and self._reader is not None:
-                batch = Batch(is_atomic=False)
-                batch.custom_command(["HSET", keys.pos(self._run_id), *self._position_fields()])
-                batch.custom_command(command)
-                self._dirty = set()
-                result = await self._client.exec(batch, raise_on_error=True)
-                reply = result[1] if result else None
-            else:
-                reply = await self._client.custom_command(command)
-        except BaseException as exc:
-            # Interrupted mid-command: the client may still get this reply; don't reuse it.
-            self._drop_client()
-            if isinstance(exc, GlideBaseError):
-                raise store_error(exc, f"reading {', '.join(open_ios)} of run {self._run_id}") from exc
-            raise
+        reply = await self._read(command)
         now = time.monotonic()
         if self._clock is not None:
             self._clock.idle += now - started
@@ -221,6 +214,46 @@ class StreamReader:
                         return
                     self._pending.append((io, END))
                     break
+
+    async def _read(self, command: list[str]) -> Any:
+        """One XREAD (with the run's existence check and pending positions) in one round trip.
+
+        A lost connection is retried for ``reconnect_timeout`` from the same
+        positions, so a reader survives a Valkey restart without losing or
+        repeating a value; if the run's data did not survive, it says so.
+        """
+        run_id = self._run_id
+        deadline = None
+        delay = 0.05
+        while True:
+            if self._client is None:
+                self._client, self._release = await self._rt.pool.acquire(self)
+            batch = Batch(is_atomic=False)
+            batch.custom_command(["EXISTS", keys.run(run_id)])
+            publish = bool(self._dirty) and self._reader is not None
+            if publish:
+                batch.custom_command(["HSET", keys.pos(run_id), *self._position_fields()])
+            batch.custom_command(command)
+            try:
+                result = await self._client.exec(batch, raise_on_error=True)
+            except BaseException as exc:
+                # Interrupted mid-command: the client may still get this reply; don't reuse it.
+                self._drop_client()
+                if not isinstance(exc, GlideBaseError):
+                    raise
+                now = time.monotonic()
+                deadline = deadline or now + self._rt.settings.reconnect_timeout
+                if not is_transient(exc) or now >= deadline:
+                    raise store_error(exc, f"reading {', '.join(self._open)} of run {run_id}") from exc
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            assert result is not None
+            if publish:
+                self._dirty = set()
+            if not result[0]:
+                raise lost_run_error(run_id)
+            return result[-1]
 
     def _drop_client(self) -> None:
         client, release = self._client, self._release
@@ -284,7 +317,7 @@ class StreamWriter:
         outputs: Mapping[str, Sequence[str]],
         *,
         max_backlog: int,
-        trim: bool = False,
+        trim: Collection[str] = (),
         clock: Clock | None = None,
     ) -> None:
         self._rt = runtime
@@ -296,7 +329,7 @@ class StreamWriter:
         self._processor = processor
         self._readers = {io: tuple(r) for io, r in outputs.items()}
         self._max_backlog = max_backlog
-        self._trim = trim
+        self._trim = set(trim)
         self._max_batch = runtime.settings.max_batch
         self._linger = runtime.settings.linger
         self._keys = {io: keys.stream(run_id, io) for io in outputs}
@@ -306,7 +339,7 @@ class StreamWriter:
         self._min_pos = dict.fromkeys(outputs, 0)
         self._min_id: dict[str, str | None] = dict.fromkeys(outputs, None)
         self._trimmed_pos = dict.fromkeys(outputs, 0)
-        self._started: set[str] = set()
+        self._seq = dict.fromkeys(outputs, 0)
         # Per-io fill level at which put() returns True (flush or wait needed).
         self.limits = dict.fromkeys(outputs, self._limit_for_empty())
         self.first_at = math.inf
@@ -364,8 +397,6 @@ class StreamWriter:
             await anyio.lowlevel.checkpoint()
             self._raise_if_failed()
             return
-        started = time.monotonic()
-        blocked = False
         delay = 0.001
         while len(self.buffers[io]) >= self.limits[io]:
             self._raise_if_failed()
@@ -382,15 +413,15 @@ class StreamWriter:
                 if len(self.buffers[io]) >= self.limits[io] and not self._flushing:
                     await self.flush()
                 continue
-            # Backlog at the limit: poll the readers' positions with backoff.
-            blocked = True
-            self.waiting_since = started
+            # Backlog at the limit: poll the readers' positions with backoff,
+            # counting the wait as backpressure as it goes (telemetry sees it live).
+            mark = time.monotonic()
+            self.waiting_since = self.waiting_since or mark
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.05)
+            self.clock.backpressured += time.monotonic() - mark
             await self._refresh_positions()
-        if blocked:
-            self.clock.backpressured += time.monotonic() - started
-            self.waiting_since = None
+        self.waiting_since = None
         self._raise_if_failed()
 
     def _room(self, io: str) -> int:
@@ -428,6 +459,14 @@ class StreamWriter:
                 self._error = exc
                 self._recompute_limits()
                 return
+
+    def stream_keys(self) -> list[str]:
+        return list(self._keys.values())
+
+    def stop_flusher(self) -> None:
+        """Make ``run_flusher`` return once the flush in flight (if any) is done."""
+        self._closed = True
+        self._wake.set()
 
     @property
     def error(self) -> BaseException | None:
@@ -469,15 +508,31 @@ class StreamWriter:
         commands: list[list[Any]] = []
         stats_key = keys.stats(run_id)
         ttl = str(int(rt.settings.max_run_duration))
+        seq = self._seq
+        xadds: list[int] = []
+        bad_value: BadValueError | None = None
+        sent: dict[str, int] = {}
         for io, values in pending.items():
-            commands.append(["XADD", self._keys[io], "*", BATCH, self._encode(io, values)])
-            commands.append(["HINCRBY", stats_key, f"written:{io}", str(len(values))])
+            entries, error = self._encode(io, values)
+            bad_value = bad_value or error
+            sent[io] = sum(count for _, count in entries)
+            # Explicit ids make the write idempotent: a pipeline retried after a lost
+            # connection cannot add a batch twice (Valkey refuses a non-increasing id).
+            for payload, _ in entries:
+                seq[io] += 1
+                xadds.append(len(commands))
+                commands.append(["XADD", self._keys[io], entry_id(seq[io]), BATCH, payload])
+            commands.append(["HSET", stats_key, f"written:{io}", str(self.written[io] + sent[io])])
+        if bad_value is not None:
+            # Send what came before the bad value, but not an end: the processor fails here.
+            markers, extra = {}, ()
         for io, payload in markers.items():
-            commands.append(["XADD", self._keys[io], "*", MARKER, payload])
+            seq[io] += 1
+            xadds.append(len(commands))
+            commands.append(["XADD", self._keys[io], entry_id(seq[io]), MARKER, payload])
         for io in {*pending, *markers}:
-            if io not in self._started:
-                self._started.add(io)
-                commands.append(["EXPIRE", self._keys[io], ttl, "NX"])
+            # Every write bounds the key's life (NX keeps a retention already set).
+            commands.append(["EXPIRE", self._keys[io], ttl, "NX"])
         if self._trim:
             commands += self._trim_commands()
         pos_fields = self._position_fields()
@@ -490,24 +545,37 @@ class StreamWriter:
         commands.append(["HGET", keys.run(run_id), "state"])
         extra_at = len(commands)
         commands += extra
-        batch = Batch(is_atomic=False)
-        for command in commands:
-            batch.custom_command(command)
-        try:
-            result = await rt.client.exec(batch, raise_on_error=True)
-        except GlideBaseError as exc:
+        result, attempts = await pipeline(
+            rt.client,
+            commands,
+            retry_for=rt.settings.reconnect_timeout,
+            doing=f"writing the outputs of processor {self._processor!r} (run {run_id})",
+        )
+        state = result[state_at]
+        if state is None:
+            raise lost_run_error(run_id)
+        if state == b"cancelled":
+            self.cancelled = True
+        for index, reply in enumerate(result):
+            if not isinstance(reply, GlideBaseError):
+                continue
+            already = index in xadds and "equal or smaller" in str(reply)
+            # A retried pipeline finds its own earlier write; a cancelled run may hold
+            # the canceller's end marker.
+            if already and (attempts > 1 or self.cancelled):
+                continue
             raise StoreError(
-                f"processor {self._processor!r} could not write to Valkey (run {run_id}): {exc}"
-            ) from exc
-        assert result is not None
-        for io, values in pending.items():
-            self.written[io] += len(values)
+                f"Valkey refused a write of processor {self._processor!r} (run {run_id}): {reply}"
+            )
+        for io in pending:
+            self.written[io] += sent[io]
             self._inflight[io] = 0
         if pos_fields:
             self._apply_positions(pos_fields, result[pos_at])
-        if result[state_at] == b"cancelled":
-            self.cancelled = True
         self._recompute_limits()
+        if bad_value is not None:
+            # What came before the bad value is written; the processor fails here.
+            raise bad_value
         return list(result[extra_at:])
 
     def _telemetry_commands(self, pending: Mapping[str, list[Any]], *, closing: bool) -> list[list[Any]]:
@@ -542,24 +610,46 @@ class StreamWriter:
             self._window = (now, totals)
         return [["HSET", keys.stats(self._run_id), *fields]]
 
-    def _encode(self, io: str, values: list[Any]) -> bytes:
+    def _encode(self, io: str, values: list[Any]) -> tuple[list[tuple[bytes, int]], BadValueError | None]:
+        """Encode a batch as one entry, or several if one would exceed ``max_entry_bytes``.
+
+        A value that cannot be sent (not serialisable, or too large on its own)
+        stops the batch there: the entries before it are returned with the error.
+        """
+        limit = self._rt.settings.max_entry_bytes
+        problem: Exception | None = None
         try:
             payload = self._rt.codec.encode_batch(values)
         except Exception as exc:
-            culprit = _first_unpicklable(values)
-            raise BadValueError(
-                f"processor {self._processor!r} yielded a value to {io!r} that cannot be "
-                f"serialised ({culprit}): {type(exc).__name__}: {exc}",
-                run_id=self._run_id,
-            ) from exc
-        if len(payload) > self._rt.settings.max_entry_bytes:
-            raise BadValueError(
-                f"processor {self._processor!r} yielded values to {io!r} that encode to "
-                f"{len(payload)} bytes, over max_entry_bytes={self._rt.settings.max_entry_bytes}; "
-                "yield smaller values or raise the setting",
+            payload, problem = b"", exc
+        else:
+            if len(payload) <= limit:
+                return [(payload, len(values))], None
+        if len(values) == 1:
+            return [], self._bad_value(io, values[0], len(payload), problem)
+        half = len(values) // 2
+        left, error = self._encode(io, values[:half])
+        if error is not None:
+            return left, error
+        right, error = self._encode(io, values[half:])
+        return left + right, error
+
+    def _bad_value(self, io: str, value: Any, size: int, problem: Exception | None) -> BadValueError:
+        kind = type(value).__name__
+        if problem is not None:
+            error = BadValueError(
+                f"processor {self._processor!r} yielded a value of type {kind} to {io!r} that cannot "
+                f"be serialised: {type(problem).__name__}: {problem}",
                 run_id=self._run_id,
             )
-        return payload
+            error.__cause__ = problem
+            return error
+        return BadValueError(
+            f"processor {self._processor!r} yielded a value of type {kind} to {io!r} that encodes "
+            f"to {size} bytes, over max_entry_bytes={self._rt.settings.max_entry_bytes}; "
+            "yield smaller values or raise the setting",
+            run_id=self._run_id,
+        )
 
     def _position_fields(self) -> list[str]:
         fields: list[str] = []
@@ -586,14 +676,24 @@ class StreamWriter:
         fields = self._position_fields()
         if not fields:
             return
-        batch = Batch(is_atomic=False)
-        batch.custom_command(["HMGET", keys.pos(self._run_id), *fields])
-        batch.custom_command(["HGET", keys.run(self._run_id), "state"])
-        try:
-            result = await self._rt.client.exec(batch, raise_on_error=True)
-        except GlideBaseError as exc:
-            raise store_error(exc, f"reading reader positions of run {self._run_id}") from exc
-        assert result is not None
+        commands: list[list[Any]] = [
+            ["HMGET", keys.pos(self._run_id), *fields],
+            ["HGET", keys.run(self._run_id), "state"],
+        ]
+        if self._telemetry:
+            # A writer held back by a slow reader still reports where its time goes.
+            commands += self._telemetry_commands({}, closing=False)
+        result, _ = await pipeline(
+            self._rt.client,
+            commands,
+            retry_for=self._rt.settings.reconnect_timeout,
+            doing=f"reading reader positions of run {self._run_id}",
+        )
+        for reply in result:
+            if isinstance(reply, GlideBaseError):
+                raise StoreError(f"Valkey refused a read of run {self._run_id}'s positions: {reply}")
+        if result[1] is None:
+            raise lost_run_error(self._run_id)
         self._apply_positions(fields, result[0])
         if result[1] == b"cancelled":
             self.cancelled = True
@@ -605,7 +705,12 @@ class StreamWriter:
         step = max(self._max_batch, self._max_backlog // 2)
         for io, readers in self._readers.items():
             entry = self._min_id[io]
-            if readers and entry is not None and self._min_pos[io] - self._trimmed_pos[io] >= step:
+            if (
+                io in self._trim
+                and readers
+                and entry is not None
+                and self._min_pos[io] - self._trimmed_pos[io] >= step
+            ):
                 self._trimmed_pos[io] = self._min_pos[io]
                 commands.append(["XTRIM", self._keys[io], "MINID", entry])
         return commands
@@ -615,14 +720,3 @@ class StreamWriter:
         self._closed = True
         self._wake.set()
         return await self.flush(markers=markers, extra=extra, closing=True)
-
-
-def _first_unpicklable(values: list[Any]) -> str:
-    import pickle
-
-    for index, value in enumerate(values):
-        try:
-            pickle.dumps(value)
-        except Exception:
-            return f"value #{index} of the batch, of type {type(value).__name__}"
-    return "a value of the batch"

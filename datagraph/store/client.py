@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import anyio
 from glide import (
     AdvancedGlideClientConfiguration,
+    Batch,
     GlideClient,
     GlideClientConfiguration,
     NodeAddress,
@@ -28,12 +29,34 @@ from glide import (
     ClosingError as GlideClosingError,
 )
 from glide import (
+    ConnectionError as GlideConnectionError,
+)
+from glide import (
     GlideError as GlideBaseError,
+)
+from glide import (
+    TimeoutError as GlideTimeoutError,
 )
 
 from ..exceptions import ConfigError, StoreError
 
-__all__ = ["BlockingPool", "StoreAddress", "close_now", "connect", "parse_redis_config"]
+__all__ = [
+    "BlockingPool",
+    "StoreAddress",
+    "close_now",
+    "connect",
+    "is_transient",
+    "parse_redis_config",
+    "pipeline",
+]
+
+#: Failures that a reconnect may cure: the command may or may not have run.
+TRANSIENT = (GlideTimeoutError, GlideConnectionError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT)
+
 
 log = logging.getLogger("datagraph.store")
 
@@ -223,3 +246,39 @@ async def _close_quietly(client: GlideClient) -> None:
         pass
     except GlideBaseError as exc:  # the connection is going away either way
         log.debug("closing a store client failed: %s", exc)
+
+
+async def pipeline(
+    client: GlideClient, commands: list[list[Any]], *, retry_for: float, doing: str
+) -> tuple[list[Any], int]:
+    """Send ``commands`` as one non-atomic pipeline; returns ``(results, attempts)``.
+
+    A command's error comes back in its result slot (so callers can tell an
+    expected error from a real one).  A lost connection is retried with the
+    *same* commands for ``retry_for`` seconds, so the commands must be safe to
+    run twice (explicit stream ids, absolute counters); ``attempts > 1`` tells
+    the caller that some may have run already.
+    """
+    attempts = 0
+    deadline = None
+    delay = 0.05
+    while True:
+        attempts += 1
+        batch = Batch(is_atomic=False)
+        for command in commands:
+            batch.custom_command(command)
+        try:
+            result = await client.exec(batch, raise_on_error=False)
+        except GlideBaseError as exc:
+            now = anyio.current_time()
+            if deadline is None:
+                deadline = now + retry_for
+            if not is_transient(exc) or now >= deadline:
+                raise StoreError(f"Valkey failed while {doing}: {exc}") from exc
+            log.warning("Valkey connection lost while %s (%s); retrying", doing, exc)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            continue
+        if result is None:  # only a WATCHed transaction returns None
+            raise StoreError(f"Valkey aborted the pipeline while {doing}")
+        return list(result), attempts

