@@ -10,6 +10,7 @@ until a writer actually has to wait.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import deque
@@ -343,7 +344,9 @@ class StreamWriter:
         # Per-io fill level at which put() returns True (flush or wait needed).
         self.limits = dict.fromkeys(outputs, self._limit_for_empty())
         self.first_at = math.inf
+        #: The run ended elsewhere (cancelled, or failed in another processor): stop.
         self.cancelled = False
+        self._stop_reason: Exception | None = None
         self._wake = anyio.Event()
         self._flushed = anyio.Event()
         self._flushing = False
@@ -401,7 +404,7 @@ class StreamWriter:
         while len(self.buffers[io]) >= self.limits[io]:
             self._raise_if_failed()
             if self.cancelled:
-                raise RunCancelled(f"run {self._run_id} was cancelled", run_id=self._run_id)
+                raise self._stopped()
             if self._flushing:
                 await self._flushed.wait()
                 continue
@@ -438,6 +441,28 @@ class StreamWriter:
                 self.limits[io] = max(0, min(self._max_batch, self._room(io)))
             else:
                 self.limits[io] = self._max_batch
+
+    def _note_run_state(self, state: Any, error: Any) -> None:
+        """The run is over elsewhere: remember why, so the producer stops at its next value."""
+        if state == b"cancelled":
+            self._stop_reason = RunCancelled(f"run {self._run_id} was cancelled", run_id=self._run_id)
+        elif state == b"failed":
+            failure = json.loads(error) if error else {}
+            self._stop_reason = ProcessorFailed(
+                str(failure.get("processor", "?")),
+                str(failure.get("type", "Error")),
+                str(failure.get("message", "")),
+                str(failure.get("traceback", "")),
+                run_id=self._run_id,
+                worker=failure.get("worker"),
+            )
+        else:
+            return
+        self.cancelled = True
+        self._recompute_limits()
+
+    def _stopped(self) -> Exception:
+        return self._stop_reason or RunCancelled(f"run {self._run_id} was cancelled", run_id=self._run_id)
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -543,6 +568,7 @@ class StreamWriter:
             commands += self._telemetry_commands(pending, closing=closing)
         state_at = len(commands)
         commands.append(["HGET", keys.run(run_id), "state"])
+        commands.append(["HGET", keys.run(run_id), "error"])
         extra_at = len(commands)
         commands += extra
         result, attempts = await pipeline(
@@ -554,8 +580,7 @@ class StreamWriter:
         state = result[state_at]
         if state is None:
             raise lost_run_error(run_id)
-        if state == b"cancelled":
-            self.cancelled = True
+        self._note_run_state(state, result[state_at + 1])
         for index, reply in enumerate(result):
             if not isinstance(reply, GlideBaseError):
                 continue
@@ -679,6 +704,7 @@ class StreamWriter:
         commands: list[list[Any]] = [
             ["HMGET", keys.pos(self._run_id), *fields],
             ["HGET", keys.run(self._run_id), "state"],
+            ["HGET", keys.run(self._run_id), "error"],
         ]
         if self._telemetry:
             # A writer held back by a slow reader still reports where its time goes.
@@ -695,8 +721,7 @@ class StreamWriter:
         if result[1] is None:
             raise lost_run_error(self._run_id)
         self._apply_positions(fields, result[0])
-        if result[1] == b"cancelled":
-            self.cancelled = True
+        self._note_run_state(result[1], result[2])
         self._recompute_limits()
 
     def _trim_commands(self) -> list[list[str]]:

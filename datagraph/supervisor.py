@@ -33,6 +33,7 @@ from .executors.base import Executor
 from .executors.local import LocalExecutor
 from .flow import Flow
 from .io import IO, IOVal
+from .liveness import start_heartbeat
 from .plan import Plan
 from .runtime import Runtime
 from .settings import DEVELOPMENT_SECRET, Settings
@@ -40,6 +41,7 @@ from .store import keys
 from .store.client import BlockingPool, StoreAddress, connect, parse_redis_config
 from .store.codec import Codec
 from .store.scripts import TERMINAL
+from .streams import BATCH, MARKER, entry_id
 
 __all__ = ["Supervisor"]
 
@@ -67,7 +69,7 @@ class Supervisor:
     instance: ClassVar[_Instance] = _Instance()
     _current: ClassVar[Supervisor | None] = None
     #: Coroutines run once per event loop when a runtime is created (telemetry hooks).
-    runtime_hooks: ClassVar[list[RuntimeHook]] = []
+    runtime_hooks: ClassVar[list[RuntimeHook]] = [start_heartbeat]
 
     def __init__(
         self,
@@ -92,7 +94,7 @@ class Supervisor:
                 )
                 secret = DEVELOPMENT_SECRET
         self.codec = Codec(secret)
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = _new_worker_id()
         self._runtimes: weakref.WeakKeyDictionary[object, Runtime] = weakref.WeakKeyDictionary()
         self._creating: weakref.WeakKeyDictionary[object, anyio.Event] = weakref.WeakKeyDictionary()
         self._closed = False
@@ -150,6 +152,13 @@ class Supervisor:
         current, cls._current = cls._current, None
         if current is not None:
             await current.aclose()
+
+    def _forked(self) -> None:
+        """In a forked child: a worker id of its own; the parent's connections are not ours."""
+        self.worker_id = _new_worker_id()
+        self._runtimes = weakref.WeakKeyDictionary()
+        self._creating = weakref.WeakKeyDictionary()
+        self._embedded = None  # an embedded Valkey stays the parent's to stop
 
     def _close_sync(self) -> None:
         self._closed = True
@@ -308,11 +317,13 @@ class Supervisor:
         ok = self.codec.encode_marker({"status": "ok", "processor": "(input)"})
         for io, values in given.items():
             key = keys.stream(run_id, io)
+            seq = 0
             for start in range(0, len(values), self.settings.max_batch):
                 chunk = values[start : start + self.settings.max_batch]
-                batch.custom_command(["XADD", key, "*", "b", self.codec.encode_batch(chunk)])
-            batch.custom_command(["XADD", key, "*", "e", ok])
-            batch.custom_command(["HINCRBY", keys.stats(run_id), f"written:{io}", str(len(values))])
+                seq += 1
+                batch.custom_command(["XADD", key, entry_id(seq), BATCH, self.codec.encode_batch(chunk)])
+            batch.custom_command(["XADD", key, entry_id(seq + 1), MARKER, ok])
+            batch.custom_command(["HSET", keys.stats(run_id), f"written:{io}", str(len(values))])
             batch.custom_command(["EXPIRE", key, ttl])
         try:
             await runtime.client.exec(batch, raise_on_error=True)
@@ -357,10 +368,23 @@ class Supervisor:
 
             batch = Batch(is_atomic=False)
             for io in plan.ios:
-                batch.custom_command(["XADD", keys.stream(run_id, io), "*", "e", marker])
+                batch.custom_command(["XADD", keys.stream(run_id, io), "*", MARKER, marker])
                 batch.custom_command(["EXPIRE", keys.stream(run_id, io), str(int(self.settings.retention))])
             await runtime.client.exec(batch, raise_on_error=True)
         return bool(changed)
+
+
+def _new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _after_fork_in_child() -> None:
+    # Prefork pools (Celery's, multiprocessing's) fork after attach(): each child is a worker.
+    if Supervisor._current is not None:
+        Supervisor._current._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _summarise(values: list[Any], limit: int = 200) -> dict[str, Any]:

@@ -305,3 +305,36 @@ async def test_failure_propagates_with_processor_name(supervisor: Supervisor) ->
     # Nothing yielded before the failure is lost.
     assert seen == list(range(20))
     assert await supervisor.wait(out["y"].run_id, timeout=5) == "failed"
+
+
+async def test_a_failure_stops_the_other_processors_of_the_run(supervisor: Supervisor) -> None:
+    stopped = anyio.Event()
+    fails = Processor("fails_soon", ["n"], ["nothing"])
+    endless = Processor("keeps_going", ["n"], ["ticks"])
+
+    @fails
+    async def _fails(n: IO[int]) -> AsyncIterator[IOVal[int]]:
+        await n.first()
+        await anyio.sleep(0.2)
+        raise KeyError("missing row")
+        yield IOVal("nothing", 0)  # pragma: no cover
+
+    @endless
+    async def _endless(n: IO[int]) -> AsyncIterator[IOVal[int]]:
+        i = await n.first()
+        try:
+            while True:
+                i += 1
+                yield IOVal("ticks", i)
+                await anyio.sleep(0.001)
+        finally:
+            stopped.set()
+
+    out = await supervisor.start_flow(Flow.from_processors(fails, endless).resolve(), [IOVal("n", 0)])
+    with anyio.fail_after(10), pytest.raises(ProcessorFailed) as info:
+        async for _ in out["ticks"]:
+            pass
+    assert info.value.processor == "fails_soon"
+    assert "missing row" in str(info.value)
+    with anyio.fail_after(5):
+        await stopped.wait()

@@ -1,0 +1,391 @@
+"""Running processors on Celery workers, one Celery task per processor of a run.
+
+A *service* is a module that creates its Celery app, imports the processors it
+implements and attaches a supervisor with this executor::
+
+    app = Celery("orders", broker="redis://valkey:6379/1")
+    from orders import processors  # decorates the processors this service implements
+    Supervisor.attach(redis_config={"url": "redis://valkey:6379/0"},
+                      executor=CeleryExecutor(app))
+
+Its worker is Celery's own ``celery -A orders worker --prefetch-multiplier=1
+--disable-prefetch`` (``docs/celery.md`` says why).  Every processor has a
+queue, ``datagraph.<name>``; the executor adds the queues of the processors
+implemented in the process to what its worker consumes, so a dispatched
+processor reaches only services that implement it.  A process that merely
+declares ``Processor(...)`` specs uses the same executor to start flows.
+
+In a worker process the processors run on one event loop in a thread of
+their own (a blocking portal); the Celery task that runs a processor waits
+for it there, holding its pool slot exactly as long as the processor runs.
+That loop also carries the process's heartbeat (:mod:`datagraph.liveness`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+try:
+    from celery import signals
+    from kombu.entity import Exchange, Queue
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        'CeleryExecutor needs Celery, which is not installed: pip install "datagraph[celery]"'
+    ) from exc
+
+from .. import liveness
+from ..exceptions import ConfigError, RunError, StoreError, UnknownProcessorError
+from ..plan import Plan
+from ..processor import Implementation, Processor, registry
+from ..store import keys
+from ..store.scripts import TERMINAL
+from .base import Executor
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from ..supervisor import Supervisor
+
+__all__ = ["QUEUE_PREFIX", "TASK_NAME", "CeleryExecutor"]
+
+log = logging.getLogger("datagraph.celery")
+
+#: The Celery task every processor runs through.
+TASK_NAME = "datagraph.run_processor"
+#: Processor ``p`` is dispatched to the Celery queue ``datagraph.p``.
+QUEUE_PREFIX = "datagraph."
+
+_BACKENDS = ("asyncio", "trio")
+
+
+class CeleryExecutor(Executor):
+    """Dispatches each processor of a run as a Celery task to the services that implement it.
+
+    ``backend`` is the event loop ("asyncio" or "trio") the processors of this
+    process run on when it is a worker.  ``worker_grace`` is how long
+    ``start_flow`` waits for a worker implementing each processor to appear
+    before it raises :class:`~datagraph.exceptions.UnknownProcessorError`
+    (default: one lease, ``Settings.lease``).
+    """
+
+    kind = "celery"
+
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        backend: str = "asyncio",
+        worker_grace: float | None = None,
+    ) -> None:
+        if backend not in _BACKENDS:
+            raise ConfigError(f"CeleryExecutor backend must be 'asyncio' or 'trio', got {backend!r}")
+        if worker_grace is not None and worker_grace < 0:
+            raise ConfigError(f"worker_grace must not be negative, got {worker_grace!r}")
+        self.app = app
+        self.backend = backend
+        self.worker_grace = worker_grace
+        self._consuming = False
+        self._loop: _WorkerLoop | None = None
+        self._loop_lock = threading.Lock()
+        app.task(
+            name=TASK_NAME, ignore_result=True, acks_late=False, reject_on_worker_lost=False,
+            typing=False, shared=False,
+        )(_run_processor_task)
+        # Weak receivers: an executor dropped with its supervisor stops listening.
+        signals.celeryd_after_setup.connect(self._on_worker_setup)
+        signals.worker_ready.connect(self._on_worker_ready)
+        signals.worker_process_init.connect(self._on_process_init)
+        signals.worker_process_shutdown.connect(self._on_process_shutdown)
+        signals.worker_shutdown.connect(self._on_worker_shutdown)
+
+    def __repr__(self) -> str:
+        return f"CeleryExecutor({self.app.main!r}, backend={self.backend!r})"
+
+    # -- routing -------------------------------------------------------------
+
+    @staticmethod
+    def queue_name(processor: str) -> str:
+        """The Celery queue that carries ``processor``'s tasks."""
+        return f"{QUEUE_PREFIX}{processor}"
+
+    @staticmethod
+    def _queue(name: str) -> Queue:
+        exchange = Exchange(name, type="direct")  # type: ignore[no-untyped-call]
+        return Queue(name, exchange, routing_key=name)  # type: ignore[no-untyped-call]
+
+    def implemented(self) -> list[str]:
+        """Names of the processors implemented in this process."""
+        return sorted(p.name for p in registry.all() if p.implementation is not None)
+
+    def subscribe(self) -> list[str]:
+        """Make this process's worker consume the queue of each processor implemented here."""
+        queues = self.app.amqp.queues
+        names = [self.queue_name(p) for p in self.implemented()]
+        for name in names:
+            if name not in queues.consume_from:
+                queues.select_add(self._queue(name))
+        return names
+
+    def consumed_queues(self) -> list[str]:
+        """The processor queues this process consumes (empty unless it is a worker)."""
+        if not self._consuming:
+            return []
+        return sorted(q for q in self.app.amqp.queues.consume_from if q.startswith(QUEUE_PREFIX))
+
+    # -- caller side ---------------------------------------------------------
+
+    async def check(self, supervisor: Supervisor, plan: Plan, processors: list[Processor]) -> None:
+        """Raise ``UnknownProcessorError`` for a processor no live worker consumes."""
+        runtime = await supervisor.runtime()
+        grace = runtime.settings.lease if self.worker_grace is None else self.worker_grace
+        deadline = time.monotonic() + grace
+        delay = 0.05
+        while True:
+            workers = await liveness.live_workers(runtime)
+            served = {q for w in workers for q in w.queues}
+            missing = [p.name for p in processors if self.queue_name(p.name) not in served]
+            if not missing:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await anyio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.5)
+        known = sorted({p for w in workers if w.queues for p in w.processors})
+        name = missing[0]
+        others = f" (and {', '.join(map(repr, missing[1:]))})" if len(missing) > 1 else ""
+        raise UnknownProcessorError(
+            f"processor {name!r}{others} is not implemented by any live Celery worker: none "
+            f"consuming queue {self.queue_name(name)!r} has heart-beaten in the last "
+            f"{runtime.settings.lease:g}s (waited {grace:g}s for workers that are starting). "
+            f"Start a service that implements it (celery -A <service> worker); live workers "
+            f"implement: {', '.join(known) if known else 'nothing'}"
+        )
+
+    async def dispatch(self, supervisor: Supervisor, plan: Plan, processor: Processor) -> None:
+        """Send ``processor`` of the run to its queue; a watchdog fails it if nobody starts it."""
+        runtime = await supervisor.runtime()
+        name = processor.name
+        run_id = plan.run_id
+        now = time.time()
+        start_by = now + runtime.settings.dispatch_timeout
+        try:
+            # Recorded before sending, so the worker's "running" always comes after it.
+            await runtime.client.custom_command([
+                "HSET", keys.stats(run_id), f"state:{name}", liveness.DISPATCHED,
+                f"dispatched:{name}", repr(now), f"start_by:{name}", repr(start_by),
+            ])
+        except Exception as exc:
+            raise StoreError(f"could not record the dispatch of processor {name!r}: {exc}") from exc
+        try:
+            await anyio.to_thread.run_sync(self._send, run_id, name)
+        except Exception as exc:
+            failure = liveness.Failure(
+                processor=name, kind="DispatchError",
+                message=f"could not send processor {name!r} to the Celery broker: {exc}",
+                worker=None, state=liveness.DISPATCHED,
+            )
+            with anyio.CancelScope(shield=True):
+                await liveness.fail_processors(runtime, run_id, [failure])
+            raise RunError(failure.message, run_id=run_id) from exc
+        runtime.host.start_soon(
+            _expect_start, runtime, run_id, name, start_by, name=f"datagraph-dispatch-{name}"
+        )
+
+    def _send(self, run_id: str, name: str) -> None:
+        self.app.send_task(TASK_NAME, args=(run_id, name), queue=self.queue_name(name))
+
+    # -- worker side ---------------------------------------------------------
+
+    def _on_worker_setup(self, sender: Any = None, instance: Any = None, **_: Any) -> None:
+        """``celeryd_after_setup``: consume our queues (also when ``-Q`` selected others)."""
+        if instance is None or instance.app is not self.app:
+            return
+        names = self.subscribe()
+        self._consuming = True
+        multiplier = getattr(instance, "prefetch_multiplier", self.app.conf.worker_prefetch_multiplier)
+        if multiplier != 1 or not self.app.conf.worker_disable_prefetch:
+            log.warning(
+                "this worker may reserve processors it has no free slot for; start it with "
+                "--prefetch-multiplier=1 --disable-prefetch (see the docs on running on Celery)"
+            )
+        log.info("datagraph processors served here: %s", ", ".join(names) or "none")
+
+    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        """``worker_ready``: a pool that runs tasks in this process starts our loop now."""
+        if sender is None or sender.app is not self.app or not self._consuming:
+            return
+        from celery.concurrency.prefork import TaskPool as PreforkPool
+
+        if not isinstance(sender.pool, PreforkPool):
+            self.worker_loop()
+
+    def _on_process_init(self, **_: Any) -> None:
+        """``worker_process_init``: a prefork child starts its own loop (and heartbeat)."""
+        if self._consuming:
+            self.worker_loop()
+
+    def _on_process_shutdown(self, **_: Any) -> None:
+        self._stop_loop()
+
+    def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
+        self._stop_loop()
+
+    def worker_loop(self) -> _WorkerLoop:
+        """This process's processor loop, started (with the heartbeat) on first use."""
+        with self._loop_lock:
+            loop = self._loop
+            if loop is None or loop.pid != os.getpid():
+                loop = self._loop = _WorkerLoop(self.backend)
+            return loop
+
+    def _stop_loop(self) -> None:
+        with self._loop_lock:
+            loop, self._loop = self._loop, None
+        if loop is not None and loop.pid == os.getpid():
+            loop.close()
+
+    def run_task(self, run_id: str, processor: str) -> None:
+        """Body of the Celery task: run ``processor`` of ``run_id``; return when it ends."""
+        future = self.worker_loop().portal.start_task_soon(_execute, run_id, processor)
+        try:
+            future.result()
+        except BaseException:
+            # The task itself was interrupted (a time limit, a shutdown): so is the processor.
+            future.cancel()
+            raise
+
+
+class _WorkerLoop:
+    """An event loop in a thread of its own, where this worker runs its processors."""
+
+    def __init__(self, backend: str) -> None:
+        from ..supervisor import Supervisor
+
+        self.pid = os.getpid()
+        self._stack = contextlib.ExitStack()
+        self.portal = self._stack.enter_context(
+            anyio.from_thread.start_blocking_portal(backend, name="datagraph-worker-loop")
+        )
+        # Connect (which starts the heartbeat) without holding up the pool process's start.
+        self._bring_up = self.portal.start_task_soon(_bring_up, Supervisor.instance)
+
+    def close(self) -> None:
+        from ..supervisor import Supervisor
+
+        try:
+            self.portal.call(_mark_stopped, Supervisor.instance)
+        except Exception as exc:  # shutting down: say so, and go on
+            log.debug("could not mark this worker stopped: %s", exc)
+        with contextlib.suppress(Exception):
+            self.portal.call(self.portal.stop, True)
+        self._stack.close()
+
+
+async def _bring_up(supervisor: Supervisor) -> None:
+    """Create this loop's runtime (and so its heartbeat) before the first task arrives.
+
+    Retried while the store is unreachable: a worker that does not beat is
+    offered no work.
+    """
+    delay = 0.5
+    while True:
+        try:
+            await supervisor.runtime()
+            return
+        except StoreError as exc:
+            log.warning("this worker cannot reach the store yet (retrying in %gs): %s", delay, exc)
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+async def _mark_stopped(supervisor: Supervisor) -> None:
+    await liveness.mark_stopped(await supervisor.runtime())
+
+
+def _run_processor_task(run_id: str, processor: str) -> None:
+    """The Celery task: run one processor of one run in this worker."""
+    from ..supervisor import Supervisor
+
+    executor = Supervisor.instance.executor
+    if not isinstance(executor, CeleryExecutor):
+        raise ConfigError(
+            f"this worker's supervisor uses {executor!r}; attach it with executor=CeleryExecutor(app) "
+            f"to run processor {processor!r}"
+        )
+    executor.run_task(run_id, processor)
+
+
+def _implementation(name: str) -> Implementation | None:
+    processor = registry.get(name)
+    return processor.implementation if processor is not None else None
+
+
+async def _execute(run_id: str, name: str) -> None:
+    from ..runner import run_processor
+    from ..supervisor import Supervisor
+
+    supervisor = Supervisor.instance
+    runtime = await supervisor.runtime()
+    raw_plan, state = await runtime.client.custom_command(
+        ["HMGET", keys.run(run_id), "plan", "state"]
+    )
+    if raw_plan is None:
+        log.warning("run %s is unknown or expired; processor %r not started", run_id, name)
+        return
+    if state is not None and state.decode() in TERMINAL:
+        log.info("run %s already %s; processor %r not started", run_id, state.decode(), name)
+        return
+    plan = Plan.from_json(raw_plan)
+    impl = _implementation(name)
+    if impl is None:
+        await liveness.fail_processors(runtime, run_id, [liveness.Failure(
+            processor=name, kind="UnknownProcessorError",
+            message=f"worker {runtime.worker_id} received processor {name!r} but does not "
+                    "implement it; restart the worker after changing what it implements",
+            worker=runtime.worker_id, state=liveness.DISPATCHED,
+        )])
+        return
+    async with liveness.running(runtime, run_id, name), anyio.create_task_group() as tg:
+        tg.start_soon(_stop_when_run_ends, runtime, run_id, tg.cancel_scope)
+        try:
+            await run_processor(supervisor, runtime, plan, impl)
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def _stop_when_run_ends(runtime: Any, run_id: str, scope: anyio.CancelScope) -> None:
+    """Stop the processor when its run fails or is cancelled elsewhere, freeing its slot.
+
+    Without this, a producer whose reader's worker died could wait on
+    backpressure forever, holding a pool slot.
+    """
+    interval = min(1.0, runtime.settings.heartbeat_interval / 2)
+    while True:
+        await anyio.sleep(interval)
+        try:
+            state = await runtime.client.custom_command(["HGET", keys.run(run_id), "state"])
+        except Exception as exc:
+            log.debug("run %s: could not read its state: %s", run_id, exc)
+            continue
+        if state is None or state in (b"failed", b"cancelled"):
+            scope.cancel()
+            return
+
+
+async def _expect_start(runtime: Any, run_id: str, name: str, start_by: float) -> None:
+    """Caller-side watchdog: once ``start_by`` passes, fail ``name`` if no worker started it."""
+    await anyio.sleep(max(0.0, start_by - time.time()) + 0.05)
+    try:
+        await liveness.check_processors(runtime, run_id, [name])
+    except StoreError as exc:
+        log.warning("run %s: could not check that processor %r started: %s", run_id, name, exc)
