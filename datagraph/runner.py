@@ -44,7 +44,10 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
     outputs = {io: plan.readers.get(io, []) for io in spec["outputs"]}
     # Consumed entries of in-flow edges are trimmed; streams the caller reads are kept.
     trim = [io for io in outputs if io not in plan.outputs] if plan.trim else []
-    writer = StreamWriter(runtime, run_id, name, outputs, max_backlog=plan.max_backlog[name], trim=trim)
+    wait_readers = [p["name"] for p in plan.processors if p.get("wait")]
+    writer = StreamWriter(
+        runtime, run_id, name, outputs, max_backlog=plan.max_backlog[name], trim=trim, unbounded=wait_readers
+    )
     stats_key = keys.stats(run_id)
     started = time.time()
     error: BaseException | None = None

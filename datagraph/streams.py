@@ -319,6 +319,7 @@ class StreamWriter:
         *,
         max_backlog: int,
         trim: Collection[str] = (),
+        unbounded: Collection[str] = (),
         clock: Clock | None = None,
     ) -> None:
         self._rt = runtime
@@ -329,6 +330,9 @@ class StreamWriter:
         self._run_id = run_id
         self._processor = processor
         self._readers = {io: tuple(r) for io, r in outputs.items()}
+        # Readers that wait for the whole stream (wait=True) cannot bound its backlog:
+        # holding the writer back for them would deadlock the partition.
+        self._limiting = {io: tuple(x for x in r if x not in unbounded) for io, r in outputs.items()}
         self._max_backlog = max_backlog
         self._trim = set(trim)
         self._max_batch = runtime.settings.max_batch
@@ -337,7 +341,8 @@ class StreamWriter:
         self.buffers: dict[str, list[Any]] = {io: [] for io in outputs}
         self.written = dict.fromkeys(outputs, 0)
         self._inflight = dict.fromkeys(outputs, 0)
-        self._min_pos = dict.fromkeys(outputs, 0)
+        self._min_pos = dict.fromkeys(outputs, 0)  # slowest limiting reader
+        self._trim_pos = dict.fromkeys(outputs, 0)  # slowest of all readers, and its entry
         self._min_id: dict[str, str | None] = dict.fromkeys(outputs, None)
         self._trimmed_pos = dict.fromkeys(outputs, 0)
         self._seq = dict.fromkeys(outputs, 0)
@@ -355,7 +360,7 @@ class StreamWriter:
         self.waiting_since: float | None = None
 
     def _limit_for_empty(self) -> int:
-        if any(self._readers.values()):
+        if any(self._limiting.values()):
             return max(1, min(self._max_batch, self._max_backlog))
         return self._max_batch
 
@@ -428,7 +433,7 @@ class StreamWriter:
         self._raise_if_failed()
 
     def _room(self, io: str) -> int:
-        if not self._readers[io]:
+        if not self._limiting[io]:
             return self._max_batch
         ahead = self.written[io] + self._inflight[io] - self._min_pos[io]
         return self._max_backlog - ahead
@@ -437,7 +442,7 @@ class StreamWriter:
         for io in self.buffers:
             if self.cancelled or self._error is not None:
                 self.limits[io] = 0
-            elif self._readers[io]:
+            elif self._limiting[io]:
                 self.limits[io] = max(0, min(self._max_batch, self._room(io)))
             else:
                 self.limits[io] = self._max_batch
@@ -685,16 +690,20 @@ class StreamWriter:
         return fields
 
     def _apply_positions(self, fields: list[str], values: list[Any]) -> None:
+        limiting: dict[str, int] = {}
         lowest: dict[str, int] = {}
         lowest_id: dict[str, str | None] = {}
         for i in range(0, len(fields), 2):
-            io = fields[i].rsplit("/", 1)[1]
+            reader, io = fields[i].rsplit("/", 1)
             count = int(values[i]) if values[i] is not None else 0
             entry = values[i + 1].decode() if values[i + 1] is not None else None
             if io not in lowest or count < lowest[io]:
                 lowest[io] = count
                 lowest_id[io] = entry
-        self._min_pos.update(lowest)
+            if reader in self._limiting[io] and (io not in limiting or count < limiting[io]):
+                limiting[io] = count
+        self._min_pos.update(limiting)
+        self._trim_pos.update(lowest)
         self._min_id.update(lowest_id)
 
     async def _refresh_positions(self) -> None:
@@ -734,9 +743,9 @@ class StreamWriter:
                 io in self._trim
                 and readers
                 and entry is not None
-                and self._min_pos[io] - self._trimmed_pos[io] >= step
+                and self._trim_pos[io] - self._trimmed_pos[io] >= step
             ):
-                self._trimmed_pos[io] = self._min_pos[io]
+                self._trimmed_pos[io] = self._trim_pos[io]
                 commands.append(["XTRIM", self._keys[io], "MINID", entry])
         return commands
 
