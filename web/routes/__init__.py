@@ -1,0 +1,1 @@
+"""Routes: pages (HTML), designer (HTML), api (JSON, metrics, health), events (SSE)."""
