@@ -26,6 +26,8 @@ not wait for it.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import re
 import shutil
 import subprocess
@@ -208,7 +210,19 @@ class _Renderer:
         return _render_with_dot_binary(dot_binary, dot_source)
 
 
+    def release(self) -> None:
+        """Drop the WebAssembly instance while the interpreter is still whole.
+
+        Left to the interpreter's final teardown, wasmtime's finalisers run after
+        the modules they need are gone and print errors on exit.
+        """
+        with self._render_lock:
+            self._backend = None
+        gc.collect()
+
+
 _renderer = _Renderer()
+atexit.register(_renderer.release)
 
 
 def render_svg(dot_source: str) -> str:

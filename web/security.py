@@ -80,7 +80,9 @@ _HEADERS = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer Chromium sends "Origin: null"
+    # on the app's own form posts (login, logout), which then look foreign.
+    "referrer-policy": "same-origin",
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
     "permissions-policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
@@ -253,7 +255,9 @@ def _check_origin(request: Request) -> None:
     TLS in front of the app does not make every post look foreign.
     """
     origin = request.headers.get("origin")
-    if origin is None:
+    if origin is None or origin == "null":
+        # No usable origin (old browsers, privacy settings, sandboxed frames):
+        # the CSRF token (forms) or the JSON content type (API) still has to hold.
         return
     host = request.headers.get("host", "")
     if urlsplit(origin).netloc != host:
