@@ -235,13 +235,41 @@ def _cycles(upstream: dict[str, set[str]]) -> list[list[str]]:
                     if member == node:
                         break
                 if len(component) > 1 or node in upstream[node]:
-                    # Order the members along the data direction.
-                    result.append(list(reversed(component)))
+                    result.append(_cycle_through(min(component), set(component), upstream))
 
     for name in sorted(upstream):
         if name not in index:
             visit(name)
     return sorted(result)
+
+
+def _cycle_through(start: str, component: set[str], upstream: dict[str, set[str]]) -> list[str]:
+    """A real cycle from ``start`` back to it, in the direction data flows.
+
+    A strongly connected component may hold several loops; its member list is
+    not itself a cycle, so walk one: the shortest path (breadth first, over
+    edges inside the component) from ``start`` back to ``start``.
+    """
+    downstream: dict[str, list[str]] = {n: [] for n in component}
+    for reader in sorted(component):
+        for producer in sorted(upstream[reader] & component):
+            downstream[producer].append(reader)
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following: list[str] = []
+        for node in frontier:
+            for nxt in downstream[node]:
+                if nxt == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return list(reversed(path))
+                if nxt not in came_from:
+                    came_from[nxt] = node
+                    following.append(nxt)
+        frontier = following
+    raise AssertionError(f"{sorted(component)} is not strongly connected")  # pragma: no cover
 
 
 def _topological_order(upstream: dict[str, set[str]], declared: list[str]) -> list[str]:

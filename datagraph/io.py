@@ -207,6 +207,7 @@ class _Zip(_Reading):
             exhausted = [n for n in names if n in self._ended and not queues[n]]
             if exhausted:
                 if pad is _NOPAD or len(exhausted) == len(names):
+                    await self.aclose()  # stopped at the shortest input: give the reader back
                     raise StopAsyncIteration
                 if all(queues[n] or n in self._ended for n in names):
                     return tuple(queues[n].popleft() if queues[n] else pad for n in names)

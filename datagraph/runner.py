@@ -211,10 +211,24 @@ def _is_marker(reply: Any) -> bool:
     return False
 
 
+def _release_inputs(plan: Plan, name: str) -> list[str]:
+    """Mark this processor's inputs as read to the end, whatever it actually read.
+
+    A processor may stop reading early (``first()``, a zip that stops at the
+    shortest input): once it has finished, its position must not hold the
+    input's writer back, or that writer would wait forever.
+    """
+    fields: list[str] = []
+    for io in plan.processor(name)["inputs"]:
+        fields += [keys.pos_done_field(name, io), "1"]
+    return ["HSET", keys.pos(plan.run_id), *fields] if fields else ["PING"]
+
+
 async def _finish_ok(runtime: Runtime, plan: Plan, name: str, writer: StreamWriter) -> None:
     marker = runtime.codec.encode_marker({"status": "ok", "processor": name})
     result = await writer.close(
-        dict.fromkeys(writer.buffers, marker), extra=[scripts.processor_done_command(runtime, plan, name)]
+        dict.fromkeys(writer.buffers, marker),
+        extra=[_release_inputs(plan, name), scripts.processor_done_command(runtime, plan, name)],
     )
     if result[-1] == -1:
         raise scripts.lost_run_error(plan.run_id)
@@ -284,7 +298,10 @@ async def _finish_failed(
         }
     )
     stats_key = keys.stats(plan.run_id)
-    extra = [["HSET", stats_key, f"state:{name}", status, f"ended:{name}", repr(time.time())]]
+    extra = [
+        _release_inputs(plan, name),
+        ["HSET", stats_key, f"state:{name}", status, f"ended:{name}", repr(time.time())],
+    ]
     with anyio.CancelScope(shield=True), anyio.move_on_after(runtime.settings.request_timeout):
         try:
             await _end_outputs(runtime, writer, dict.fromkeys(writer.buffers, marker), extra)

@@ -687,21 +687,27 @@ class StreamWriter:
             for reader in readers:
                 fields.append(keys.pos_field(reader, io))
                 fields.append(keys.pos_id_field(reader, io))
+                fields.append(keys.pos_done_field(reader, io))
         return fields
 
     def _apply_positions(self, fields: list[str], values: list[Any]) -> None:
         limiting: dict[str, int] = {}
         lowest: dict[str, int] = {}
         lowest_id: dict[str, str | None] = {}
-        for i in range(0, len(fields), 2):
+        for i in range(0, len(fields), 3):
             reader, io = fields[i].rsplit("/", 1)
             count = int(values[i]) if values[i] is not None else 0
             entry = values[i + 1].decode() if values[i + 1] is not None else None
             if io not in lowest or count < lowest[io]:
                 lowest[io] = count
                 lowest_id[io] = entry
+            if values[i + 2] is not None:
+                continue  # that reader has finished: it holds nobody back
             if reader in self._limiting[io] and (io not in limiting or count < limiting[io]):
                 limiting[io] = count
+        for io, readers in self._limiting.items():
+            if readers and io not in limiting:
+                limiting[io] = self.written[io] + self._inflight[io]  # every reader finished
         self._min_pos.update(limiting)
         self._trim_pos.update(lowest)
         self._min_id.update(lowest_id)

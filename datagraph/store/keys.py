@@ -76,6 +76,11 @@ def pos_id_field(reader: str, io: str) -> str:
     return f"{reader}/{io}#id"
 
 
+def pos_done_field(reader: str, io: str) -> str:
+    """Set once ``reader`` has finished: it no longer holds ``io``'s writer back."""
+    return f"{reader}/{io}#done"
+
+
 # -- telemetry -------------------------------------------------------------
 # Registrations and the read side of telemetry (datagraph/registration.py,
 # datagraph/telemetry.py).
