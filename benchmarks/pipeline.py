@@ -1,0 +1,96 @@
+"""pipeline: source -> map(x*2) -> caller, against the raw glide relay.
+
+The sink is the caller itself: ``async for v in outputs["out"].stream()``,
+the way the README reads a flow.  The clock runs from ``start_flow`` to the
+last value read.  Each repeat measures the relay and the flow back to back,
+so both see the same machine load, and rounds alternate asyncio and Trio.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datagraph import Flow, IOVal
+
+from ._flows import PIPELINE, RECORDS, make_records
+from ._harness import BACKENDS, FIGURES_NOTE, Bench, Session, fmt_rate, median
+from .relay import relay_throughput
+
+NAME = "pipeline"
+WARMUP = 2_000
+
+
+def ints(start: int, stop: int) -> list[int]:
+    return list(range(start, stop))
+
+
+async def flow_rate(session: Session, flow: Flow, n: int) -> float:
+    """values/s of one run of ``flow`` given ``n`` (start_flow to last value read)."""
+    elapsed, read = await session.timed_run(flow, [IOVal("n", n)])
+    if read != n:
+        raise RuntimeError(f"{flow.name} delivered {read} values, expected {n}")
+    return n / elapsed
+
+
+async def relay_rate(session: Session, n: int, make: Any = ints) -> float:
+    return n / await relay_throughput(session.bench.store.port, n, make)
+
+
+async def warm_up(session: Session) -> None:
+    """Open this loop's connections and touch every code path once (untimed)."""
+    await flow_rate(session, PIPELINE, WARMUP)
+    await relay_rate(session, WARMUP)
+
+
+def run(bench: Bench) -> dict[str, Any]:
+    n_ints = bench.pick(100_000, 300_000)
+    n_recs = bench.pick(20_000, 60_000)
+    repeats = bench.pick(3, 5)
+    bench.title(
+        NAME,
+        f'source -> map(x*2) -> caller reading outputs["out"].stream(); LocalExecutor; best of {repeats}',
+    )
+    bench.say("  baseline: raw valkey-glide relay (writer -> relay -> reader), 1,000 values per entry")
+    bench.say(f"  {FIGURES_NOTE}")
+
+    async def one_round(session: Session) -> dict[str, float]:
+        await warm_up(session)
+        await flow_rate(session, RECORDS, WARMUP)
+        return {
+            "relay_ints": await relay_rate(session, n_ints),
+            "ints": await flow_rate(session, PIPELINE, n_ints),
+            "relay_records": await relay_rate(session, n_recs, make_records),
+            "records": await flow_rate(session, RECORDS, n_recs),
+        }
+
+    # Rounds alternate the backends, and every ratio is the median of per-round
+    # ratios, so a load change on a shared machine hits both sides of a ratio.
+    rounds: dict[str, list[dict[str, float]]] = {backend: [] for backend in BACKENDS}
+    for _ in range(repeats):
+        for backend in BACKENDS:
+            rounds[backend].append(bench.session(backend, one_round))
+
+    def ratio(top: list[dict[str, float]], bottom: list[dict[str, float]], a: str, b: str) -> float:
+        return median(t[a] / u[b] for t, u in zip(top, bottom, strict=True))
+
+    figures: dict[str, Any] = {"n_ints": n_ints, "n_records": n_recs, "repeats": repeats}
+    for backend in BACKENDS:
+        runs = rounds[backend]
+        got = {key: max(r[key] for r in runs) for key in runs[0]}
+        got["ints_vs_relay"] = ratio(runs, runs, "ints", "relay_ints")
+        got["records_vs_relay"] = ratio(runs, runs, "records", "relay_records")
+        figures[backend] = got
+        bench.row(f"relay, ints, {backend}", fmt_rate(got["relay_ints"]), "baseline", f"N={n_ints:,}")
+        bench.row(f"flow, ints, {backend}", fmt_rate(got["ints"]), f"{got['ints_vs_relay']:.3f}x relay")
+        bench.row(
+            f"relay, 1 KiB dicts, {backend}", fmt_rate(got["relay_records"]), "baseline", f"N={n_recs:,}"
+        )
+        bench.row(
+            f"flow, 1 KiB dicts, {backend}", fmt_rate(got["records"]), f"{got['records_vs_relay']:.3f}x relay"
+        )
+    figures["trio_vs_asyncio_ints"] = ratio(rounds["trio"], rounds["asyncio"], "ints", "ints")
+    figures["trio_vs_asyncio_records"] = ratio(rounds["trio"], rounds["asyncio"], "records", "records")
+    bench.row("trio / asyncio, ints", f"{figures['trio_vs_asyncio_ints']:.3f}x")
+    bench.row("trio / asyncio, 1 KiB dicts", f"{figures['trio_vs_asyncio_records']:.3f}x")
+    bench.record(NAME, **figures)
+    return figures
