@@ -326,6 +326,8 @@ async def check_processors(
                     state=DISPATCHED,
                 ))
             elif state == RUNNING.encode() and worker is not None:
+                if _text(worker) == runtime.worker_id:
+                    continue  # this very process: alive, however late its own beat is
                 suspects[name] = _text(worker)
         if suspects:
             ids = list(dict.fromkeys(suspects.values()))

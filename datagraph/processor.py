@@ -252,6 +252,9 @@ class Implementation:
         result: dict[str, Any] = await self._model.asolve(
             stack=stack, cache_dependencies={}, nested=False, **kwargs
         )
+        # Inputs taken through **kwargs are not in the dependency model's signature.
+        for name in self.io_params:
+            result.setdefault(name, kwargs[name])
         return result
 
     def output_types(self) -> dict[str, Any]:

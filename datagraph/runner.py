@@ -20,7 +20,8 @@ from .plan import Plan
 from .processor import Implementation, Kind
 from .runtime import Runtime
 from .store import keys, scripts
-from .streams import StreamWriter, store_error
+from .store.client import pipeline
+from .streams import StreamWriter
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -61,11 +62,21 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
             tg.start_soon(_mark_running, runtime, running, name=f"datagraph-running-{name}")
             tg.start_soon(writer.run_flusher, name=f"datagraph-flush-{name}")
             try:
-                if spec.get("wait"):
-                    waiting = time.monotonic()
-                    await _wait_for_inputs(runtime, run_id, spec["inputs"], name)
-                    writer.clock.idle += time.monotonic() - waiting
-                await _call(supervisor, impl, plan, writer)
+                scope = anyio.CancelScope()
+                runtime.running.setdefault(run_id, set()).add(scope)
+                try:
+                    with scope:
+                        if spec.get("wait"):
+                            waiting = time.monotonic()
+                            await _wait_for_inputs(runtime, run_id, spec["inputs"], name)
+                            writer.clock.idle += time.monotonic() - waiting
+                        await _call(supervisor, impl, plan, writer)
+                finally:
+                    reason = runtime.stop_reasons.get(run_id)
+                    _forget(runtime, run_id, scope)
+                if scope.cancelled_caught:
+                    # Stopped by cancel() or by another processor's failure in this process.
+                    raise reason or writer.stop_reason()
             except Exception as exc:
                 error = exc
             # Let a flush in flight finish: cancelling it would drop its batch.
@@ -80,6 +91,15 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
     await _finish_failed(runtime, plan, name, writer, error)
     if isinstance(error, anyio.get_cancelled_exc_class()):
         raise error
+
+
+def _forget(runtime: Runtime, run_id: str, scope: anyio.CancelScope) -> None:
+    scopes = runtime.running.get(run_id)
+    if scopes is not None:
+        scopes.discard(scope)
+        if not scopes:
+            del runtime.running[run_id]
+            runtime.stop_reasons.pop(run_id, None)
 
 
 async def _mark_running(runtime: Runtime, command: list[str]) -> None:
@@ -193,13 +213,15 @@ async def _wait_for_inputs(runtime: Runtime, run_id: str, inputs: list[str], nam
     pending = list(inputs)
     delay = 0.002
     while pending:
-        for io in list(pending):
-            try:
-                last = await runtime.client.custom_command(
-                    ["XREVRANGE", keys.stream(run_id, io), "+", "-", "COUNT", "1"]
-                )
-            except GlideBaseError as exc:
-                raise store_error(exc, f"waiting for the inputs of {name!r}") from exc
+        replies, _ = await pipeline(
+            runtime.client,
+            [["XREVRANGE", keys.stream(run_id, io), "+", "-", "COUNT", "1"] for io in pending],
+            retry_for=runtime.settings.reconnect_timeout,
+            doing=f"waiting for the inputs of {name!r} (run {run_id})",
+        )
+        for io, last in zip(list(pending), replies, strict=True):
+            if isinstance(last, GlideBaseError):
+                raise StoreError(f"Valkey refused to read {io!r} of run {run_id}: {last}")
             if last and _is_marker(last):
                 pending.remove(io)
         if pending:
@@ -239,11 +261,13 @@ async def _finish_ok(runtime: Runtime, plan: Plan, name: str, writer: StreamWrit
 
 async def _end_outputs(
     runtime: Runtime, writer: StreamWriter, markers: dict[str, bytes], extra: list[list[str]]
-) -> None:
-    """Write the failure markers, keeping what was yielded before the failure if possible."""
+) -> list[Any]:
+    """Write the failure markers, keeping what was yielded before the failure if possible.
+
+    Returns the replies to ``extra``.
+    """
     try:
-        await writer.close(markers, extra=extra)
-        return
+        return await writer.close(markers, extra=extra)
     except BadValueError:
         pass  # what failed is a buffered value: send the markers without it
     except StoreError as exc:
@@ -257,15 +281,14 @@ async def _end_outputs(
     delay = 0.05
     for _ in range(8):
         try:
-            await writer.close(markers, extra=extra)
-            return
+            return await writer.close(markers, extra=extra)
         except StoreError as exc:
             if "OOM" not in str(exc):
                 raise
             # Valkey may free the deleted streams in the background: give it a moment.
             await anyio.sleep(delay)
             delay *= 2
-    await writer.close(markers, extra=extra)
+    return await writer.close(markers, extra=extra)
 
 
 async def _finish_failed(
@@ -301,21 +324,27 @@ async def _finish_failed(
         }
     )
     stats_key = keys.stats(plan.run_id)
+    error = {"processor": origin, "type": etype, "message": message, "traceback": tb, "worker": worker}
+    # The run's end goes in the same pipeline as the markers: if the event loop is
+    # shutting down and no reply can be read any more, the store has it all the same.
     extra = [
         _release_inputs(plan, name),
         ["HSET", stats_key, f"state:{name}", status, f"ended:{name}", repr(time.time())],
+        scripts.finish_run_command(runtime, plan, status, error=error),
     ]
-    with anyio.CancelScope(shield=True), anyio.move_on_after(runtime.settings.request_timeout):
+    shutting_down = isinstance(exc, anyio.get_cancelled_exc_class())
+    deadline = (
+        min(2.0, runtime.settings.request_timeout) if shutting_down else runtime.settings.request_timeout
+    )
+    with anyio.CancelScope(shield=True), anyio.move_on_after(deadline):
         try:
-            await _end_outputs(runtime, writer, dict.fromkeys(writer.buffers, marker), extra)
-            error = {
-                "processor": origin,
-                "type": etype,
-                "message": message,
-                "traceback": tb,
-                "worker": worker,
-            }
-            await scripts.finish_run(runtime, plan, status, error=error)
+            replies = await _end_outputs(runtime, writer, dict.fromkeys(writer.buffers, marker), extra)
+            if replies and replies[-1] == -1:
+                raise scripts.lost_run_error(plan.run_id)
+            if not cancelled:
+                # The run has failed: its other processors in this process stop now.
+                reason = ProcessorFailed(origin, etype, message, tb, run_id=plan.run_id, worker=worker)
+                runtime.stop_run(plan.run_id, reason)
         except Exception as store_exc:  # the store itself is failing; say so, keep the cause
             log.error(
                 "processor %r of run %s failed (%s: %s) and the failure could not be recorded: %s",

@@ -34,6 +34,9 @@ class Settings:
     linger: float = 0.005
     #: Largest encoded stream entry, in bytes; a larger value is refused.
     max_entry_bytes: int = 16 * 1024 * 1024
+    #: Most readers blocking on connections of their own per event loop; readers past
+    #: that poll on the shared connection (each connection costs file descriptors).
+    max_blocking_readers: int = 256
     #: Entries fetched by one read.
     read_count: int = 256
     #: How long one blocking read waits in the store, in seconds.
@@ -86,6 +89,7 @@ class Settings:
             "max_batch",
             "max_entry_bytes",
             "read_count",
+            "max_blocking_readers",
             "read_block",
             "idle_timeout",
             "retention",

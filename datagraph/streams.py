@@ -141,8 +141,12 @@ class StreamReader:
         self._handed: tuple[str, int] | None = None
         self._client: Any = None
         self._release: Any = None
+        #: Reading on the shared client without BLOCK (the blocking pool is full).
+        self._polling = False
+        self._poll_delay = 0.001
         self._error: BaseException | None = None
         settings = runtime.settings
+        self._ttl = str(int(settings.max_run_duration))
         self._head = [
             "XREAD",
             "COUNT",
@@ -175,8 +179,6 @@ class StreamReader:
         return item
 
     async def _fetch(self) -> None:
-        if self._client is None:
-            self._client, self._release = await self._rt.pool.acquire(self)
         open_ios = self._open
         command = [
             *self._head,
@@ -189,10 +191,16 @@ class StreamReader:
         if self._clock is not None:
             self._clock.idle += now - started
         if not reply:
+            if self._polling:
+                await anyio.sleep(self._poll_delay)
+                self._poll_delay = min(self._poll_delay * 2, 0.05)
+                # Poll again on a blocking client if one has come free meanwhile.
+                self._client = None
             self._check_idle(now)
             for hook in idle_hooks:
                 await hook(self._rt, self._run_id, self._open, self._producers)
             return
+        self._poll_delay = 0.001
         codec = self._rt.codec
         run_id = self._run_id
         for raw_key, entries in reply.items():
@@ -228,12 +236,21 @@ class StreamReader:
         delay = 0.05
         while True:
             if self._client is None:
-                self._client, self._release = await self._rt.pool.acquire(self)
+                if self._rt.pool.full():
+                    # Every blocking connection is taken: read without blocking on the
+                    # shared client, and back off between empty reads (see _fetch).
+                    self._client, self._release, self._polling = self._rt.client, None, True
+                else:
+                    self._client, self._release = await self._rt.pool.acquire(self)
+                    self._polling = False
+            if self._polling:
+                command = [*command[:3], *command[5:]]  # the same XREAD without BLOCK
             batch = Batch(is_atomic=False)
             batch.custom_command(["EXISTS", keys.run(run_id)])
             publish = bool(self._dirty) and self._reader is not None
             if publish:
                 batch.custom_command(["HSET", keys.pos(run_id), *self._position_fields()])
+                batch.custom_command(["EXPIRE", keys.pos(run_id), self._ttl, "NX"])
             batch.custom_command(command)
             try:
                 result = await self._client.exec(batch, raise_on_error=True)
@@ -259,7 +276,7 @@ class StreamReader:
     def _drop_client(self) -> None:
         client, release = self._client, self._release
         self._client = self._release = None
-        if release is not None:
+        if release is not None and not self._polling:
             release.detach()
             self._rt.pool.discard(client)
 
@@ -286,7 +303,10 @@ class StreamReader:
             self._dirty = set()
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._rt.client.custom_command(["HSET", keys.pos(self._run_id), *fields])
+                    batch = Batch(is_atomic=False)
+                    batch.custom_command(["HSET", keys.pos(self._run_id), *fields])
+                    batch.custom_command(["EXPIRE", keys.pos(self._run_id), self._ttl, "NX"])
+                    await self._rt.client.exec(batch, raise_on_error=True)
                 except GlideBaseError as exc:
                     raise store_error(exc, f"publishing read positions of run {self._run_id}") from exc
 
@@ -465,6 +485,10 @@ class StreamWriter:
             return
         self.cancelled = True
         self._recompute_limits()
+
+    def stop_reason(self) -> Exception:
+        """Why the run stopped elsewhere (its failure, or a cancel)."""
+        return self._stopped()
 
     def _stopped(self) -> Exception:
         return self._stop_reason or RunCancelled(f"run {self._run_id} was cancelled", run_id=self._run_id)

@@ -25,6 +25,7 @@ from ._backend import LoopHost, current_loop
 from .exceptions import (
     ConfigError,
     MissingInputError,
+    RunCancelled,
     RunError,
     StoreError,
     UnknownInputError,
@@ -38,7 +39,7 @@ from .plan import Plan
 from .runtime import Runtime
 from .settings import DEVELOPMENT_SECRET, Settings
 from .store import keys
-from .store.client import BlockingPool, StoreAddress, connect, parse_redis_config
+from .store.client import BlockingPool, StoreAddress, connect, parse_redis_config, pipeline
 from .store.codec import Codec
 from .store.scripts import TERMINAL
 from .streams import BATCH, MARKER, entry_id
@@ -206,7 +207,10 @@ class Supervisor:
                 connect_timeout=settings.connect_timeout,
             )
             pool = BlockingPool(
-                self.address, block=settings.read_block, connect_timeout=settings.connect_timeout
+                self.address,
+                block=settings.read_block,
+                connect_timeout=settings.connect_timeout,
+                max_clients=settings.max_blocking_readers,
             )
             host = LoopHost()
             await host.start()
@@ -333,7 +337,14 @@ class Supervisor:
     async def run_state(self, run_id: str) -> str | None:
         """The run's state (running, succeeded, failed, cancelled), or None if unknown."""
         runtime = await self.runtime()
-        state = await runtime.client.custom_command(["HGET", keys.run(run_id), "state"])
+        (state,), _ = await pipeline(
+            runtime.client,
+            [["HGET", keys.run(run_id), "state"]],
+            retry_for=self.settings.reconnect_timeout,
+            doing=f"reading the state of run {run_id}",
+        )
+        if isinstance(state, GlideBaseError):
+            raise StoreError(f"Valkey refused to read the state of run {run_id}: {state}")
         return state.decode() if state is not None else None
 
     async def wait(self, run_id: str, timeout: float | None = None) -> str:  # noqa: ASYNC109
@@ -362,6 +373,7 @@ class Supervisor:
             raise RunError(f"run {run_id} is unknown (or expired)", run_id=run_id)
         plan = Plan.from_json(raw)
         changed = await finish_run(runtime, plan, "cancelled", error=None)
+        runtime.stop_run(run_id, RunCancelled(f"run {run_id} was cancelled", run_id=run_id))
         if changed:
             marker = self.codec.encode_marker({"status": "cancelled", "processor": "(cancel)"})
             from glide import Batch

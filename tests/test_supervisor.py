@@ -239,3 +239,34 @@ async def test_forged_entry_is_refused_and_never_unpickled(supervisor: Superviso
     with anyio.fail_after(5), pytest.raises(TamperedPayloadError, match="bad signature"):
         await forged.first()
     assert not marker_file.exists()
+
+
+async def test_readers_past_the_blocking_pool_poll_and_lose_nothing(valkey_url: str) -> None:
+    Supervisor.detach()
+    supervisor = Supervisor.attach(redis_config={"url": valkey_url}, secret=b"s", max_blocking_readers=1)
+    fan = Processor("pool_src", ["n"], ["xs"])
+    sinks = [Processor(f"pool_sink{i}", ["xs"], [f"ys{i}"]) for i in range(3)]
+
+    @fan
+    async def _fan(n: IO[int]) -> AsyncIterator[IOVal[int]]:
+        for i in range(await n.first()):
+            yield IOVal("xs", i)
+            if i % 500 == 0:
+                await anyio.sleep(0.01)  # make the readers wait now and then
+
+    for i, sink in enumerate(sinks):
+
+        @sink
+        async def _sink(xs: IO[int], _i: int = i) -> AsyncIterator[IOVal[int]]:
+            async for x in xs:
+                yield IOVal(f"ys{_i}", x + _i)
+
+    try:
+        out = await supervisor.start_flow(Flow.from_processors(fan, *sinks).resolve(), [IOVal("n", 5000)])
+        with anyio.fail_after(30):
+            for i in range(3):
+                assert await out[f"ys{i}"].collect() == [x + i for x in range(5000)]
+        runtime = await supervisor.runtime()
+        assert len(runtime.pool._all) <= 1
+    finally:
+        await Supervisor.adetach()

@@ -10,6 +10,8 @@ readers lease a client of their own from :class:`BlockingPool`.
 from __future__ import annotations
 
 import logging
+import socket
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
+import anyio.to_thread
 from glide import (
     AdvancedGlideClientConfiguration,
     Batch,
@@ -55,7 +58,10 @@ TRANSIENT = (GlideTimeoutError, GlideConnectionError)
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT)
+    """A lost connection, a timeout, or a server still loading its data after a restart."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    return isinstance(exc, GlideBaseError) and "LOADING" in str(exc)
 
 
 log = logging.getLogger("datagraph.store")
@@ -179,25 +185,83 @@ class BlockingPool:
     when the reader is garbage collected.  Every client is closed with the pool.
     """
 
-    def __init__(self, address: StoreAddress, *, block: float, connect_timeout: float) -> None:
+    def __init__(
+        self, address: StoreAddress, *, block: float, connect_timeout: float, max_clients: int = 256
+    ) -> None:
+        # Each glide client holds several file descriptors and one Valkey connection:
+        # past ``max_clients`` concurrent readers, further readers poll (see StreamReader).
+        self._max_clients = max_clients
+        self._opening = 0
         self._address = address
         self._request_timeout = block + max(5.0, block)
         self._connect_timeout = connect_timeout
         self._idle: list[GlideClient] = []
         self._all: list[GlideClient] = []
+        # False until a connection succeeds, and again after one fails or is discarded.
+        self._serving = False
+        self._probing = anyio.Lock()
+
+    def full(self) -> bool:
+        """No idle client and the pool at its cap: the caller should poll instead of blocking."""
+        return not self._idle and len(self._all) + self._opening >= self._max_clients
 
     async def acquire(self, owner: object) -> tuple[GlideClient, Callable[[], None]]:
         if self._idle:
             client = self._idle.pop()
         else:
-            client = await connect(
-                self._address,
-                request_timeout=self._request_timeout,
-                connect_timeout=self._connect_timeout,
-            )
+            self._opening += 1  # counted at once, so concurrent callers see the pool filling
+            try:
+                if not self._serving:
+                    await self._wait_until_serving()
+                client = await connect(
+                    self._address,
+                    request_timeout=self._request_timeout,
+                    connect_timeout=self._connect_timeout,
+                )
+            except StoreError:
+                self._serving = False
+                raise
+            finally:
+                self._opening -= 1
+            self._serving = True
             self._all.append(client)
         finalizer = weakref.finalize(owner, self._give_back, client)
         return client, finalizer
+
+    async def _wait_until_serving(self) -> None:
+        """Wait, without blocking the event loop, until the store answers (``connect_timeout`` at most).
+
+        ``GlideClient.create`` blocks the whole event loop until it has connected
+        or its connection timeout expires.  While Valkey restarts, every reader
+        reconnecting at once would freeze the process (heartbeats included) for
+        ``connect_timeout`` each, one after the other.  So after a failure, one
+        reader at a time probes the server asynchronously first; a store that
+        comes back within the timeout is simply waited for, and the readers
+        queued behind a successful probe connect straight away.
+        """
+        async with self._probing:
+            if not self._serving:
+                await self._probe()
+                self._serving = True
+
+    async def _probe(self) -> None:
+        # In a thread, so that a busy event loop cannot make a healthy store look dead.
+        address = self._address
+        deadline = time.monotonic() + self._connect_timeout
+        delay = 0.02
+        while True:
+            try:
+                left = max(0.01, deadline - time.monotonic())
+                await anyio.to_thread.run_sync(_ping, address, left, abandon_on_cancel=True)
+                return
+            except OSError as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise StoreError(
+                        f"cannot connect to Valkey at {address.url}: {exc or type(exc).__name__}. "
+                        "Is the server running, and are redis_config / DATAGRAPH_REDIS_URL right?"
+                    ) from exc
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def _give_back(self, client: GlideClient) -> None:
         if client in self._all:
@@ -205,6 +269,7 @@ class BlockingPool:
 
     def discard(self, client: GlideClient) -> None:
         """Close a client that may still have a reply in flight instead of reusing it."""
+        self._serving = False  # the next new client checks that the store answers first
         if client in self._all:
             self._all.remove(client)
             close_now(client)
@@ -218,6 +283,19 @@ class BlockingPool:
         clients, self._all, self._idle = self._all, [], []
         for client in clients:
             close_now(client)
+
+
+def _ping(address: StoreAddress, timeout: float) -> None:
+    """Raise ``OSError`` unless the server accepts a connection and answers (blocking)."""
+    with socket.create_connection((address.host, address.port), timeout=timeout) as sock:
+        if address.tls:
+            return  # the TLS handshake is glide's to do: accepting is enough here
+        sock.sendall(b"PING\r\n")
+        reply = sock.recv(64)  # any reply (+PONG, -NOAUTH ...) means it serves, but:
+        if not reply:
+            raise ConnectionResetError("the server closed the connection without answering")
+        if reply.startswith(b"-LOADING"):
+            raise ConnectionRefusedError("the server is still loading its dataset")
 
 
 def close_now(client: GlideClient) -> None:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..plan import Plan
     from ..runtime import Runtime
 
-__all__ = ["finish_run", "lost_run_error", "processor_done_command"]
+__all__ = ["finish_run", "finish_run_command", "lost_run_error", "processor_done_command"]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -27,6 +27,8 @@ if not state then return -1 end
 if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'ended', ARGV[2])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
+-- The positions hash must exist now, so that readers arriving later keep its expiry.
+redis.call('HSETNX', KEYS[2], 'ended', ARGV[2])
 for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return 1
 """
@@ -36,6 +38,23 @@ async def finish_run(
     runtime: Runtime, plan: Plan, state: str, *, error: dict[str, Any] | None = None
 ) -> bool:
     """Move the run to a terminal state (once) and start its retention clock."""
+    try:
+        changed = await runtime.client.custom_command(finish_run_command(runtime, plan, state, error=error))
+    except GlideBaseError as exc:
+        raise StoreError(f"could not record the end of run {plan.run_id}: {exc}") from exc
+    if changed == -1:
+        raise lost_run_error(plan.run_id)
+    return bool(changed == 1)
+
+
+def finish_run_command(
+    runtime: Runtime, plan: Plan, state: str, *, error: dict[str, Any] | None = None
+) -> list[str]:
+    """The EVAL behind :func:`finish_run`, to send in a pipeline of one's own.
+
+    Returns 1 when it moved the run, 0 when the run had already ended, -1 when
+    the run is gone.
+    """
     run_keys = keys.run_keys(plan.run_id, plan.ios)
     args = [
         state,
@@ -43,13 +62,7 @@ async def finish_run(
         str(int(runtime.settings.retention)),
         json.dumps(error) if error else "",
     ]
-    try:
-        changed = await runtime.client.custom_command(["EVAL", _FINISH, str(len(run_keys)), *run_keys, *args])
-    except GlideBaseError as exc:
-        raise StoreError(f"could not record the end of run {plan.run_id}: {exc}") from exc
-    if changed == -1:
-        raise lost_run_error(plan.run_id)
-    return bool(changed == 1)
+    return ["EVAL", _FINISH, str(len(run_keys)), *run_keys, *args]
 
 
 def lost_run_error(run_id: str) -> RunLostError:
@@ -74,6 +87,8 @@ end
 redis.call('HSET', KEYS[2], 'done', done)
 if done < #ARGV - 3 or state ~= 'running' then return 0 end
 redis.call('HSET', KEYS[2], 'state', 'succeeded', 'ended', ARGV[2])
+-- The positions hash must exist now, so that readers arriving later keep its expiry.
+redis.call('HSETNX', KEYS[3], 'ended', ARGV[2])
 for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return 1
 """
