@@ -207,8 +207,8 @@ class StreamReader:
             io = self._io_of[raw_key]
             self._last_seen[io] = now
             where = f"{io!r} of run {run_id}"
-            for entry_id, fields in entries.items():
-                self._last_id[io] = entry_id.decode()
+            for raw_id, fields in entries.items():
+                self._last_id[io] = raw_id.decode()
                 field, payload = fields[0]
                 if field == _BATCH_B:
                     self._pending.append((io, codec.decode_batch(payload, where)))
@@ -377,7 +377,6 @@ class StreamWriter:
         self._flushing = False
         self._closed = False
         self._error: BaseException | None = None
-        self.waiting_since: float | None = None
 
     def _limit_for_empty(self) -> int:
         if any(self._limiting.values()):
@@ -444,12 +443,10 @@ class StreamWriter:
             # Backlog at the limit: poll the readers' positions with backoff,
             # counting the wait as backpressure as it goes (telemetry sees it live).
             mark = time.monotonic()
-            self.waiting_since = self.waiting_since or mark
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.05)
             self.clock.backpressured += time.monotonic() - mark
             await self._refresh_positions()
-        self.waiting_since = None
         self._raise_if_failed()
 
     def _room(self, io: str) -> int:
