@@ -47,7 +47,14 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
     trim = [io for io in outputs if io not in plan.outputs] if plan.trim else []
     wait_readers = [p["name"] for p in plan.processors if p.get("wait")]
     writer = StreamWriter(
-        runtime, run_id, name, outputs, max_backlog=plan.max_backlog[name], trim=trim, unbounded=wait_readers
+        runtime,
+        run_id,
+        name,
+        outputs,
+        max_backlog=plan.max_backlog[name],
+        trim=trim,
+        unbounded=wait_readers,
+        upstream=_upstream(plan, name),
     )
     stats_key = keys.stats(run_id)
     started = time.time()
@@ -63,7 +70,7 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
             tg.start_soon(writer.run_flusher, name=f"datagraph-flush-{name}")
             try:
                 scope = anyio.CancelScope()
-                runtime.running.setdefault(run_id, set()).add(scope)
+                runtime.running.setdefault(run_id, {})[scope] = name
                 try:
                     with scope:
                         if spec.get("wait"):
@@ -93,10 +100,38 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
         raise error
 
 
+def _upstream(plan: Plan, name: str) -> set[str]:
+    """Every processor whose output ``name`` reads, directly or not."""
+    found: set[str] = set()
+    frontier = [name]
+    while frontier:
+        reader = frontier.pop()
+        for io in plan.processor(reader)["inputs"]:
+            producer = plan.producers.get(io)
+            if producer is not None and producer not in found:
+                found.add(producer)
+                frontier.append(producer)
+    return found
+
+
+def _downstream(plan: Plan, name: str) -> set[str]:
+    """Every processor that reads, directly or not, what ``name`` writes."""
+    found: set[str] = set()
+    frontier = [name]
+    while frontier:
+        producer = frontier.pop()
+        for io in plan.processor(producer)["outputs"]:
+            for reader in plan.readers.get(io, ()):
+                if reader not in found:
+                    found.add(reader)
+                    frontier.append(reader)
+    return found
+
+
 def _forget(runtime: Runtime, run_id: str, scope: anyio.CancelScope) -> None:
     scopes = runtime.running.get(run_id)
     if scopes is not None:
-        scopes.discard(scope)
+        scopes.pop(scope, None)
         if not scopes:
             del runtime.running[run_id]
             runtime.stop_reasons.pop(run_id, None)
@@ -344,7 +379,7 @@ async def _finish_failed(
             if not cancelled:
                 # The run has failed: its other processors in this process stop now.
                 reason = ProcessorFailed(origin, etype, message, tb, run_id=plan.run_id, worker=worker)
-                runtime.stop_run(plan.run_id, reason)
+                runtime.stop_run(plan.run_id, reason, spare=_downstream(plan, name))
         except Exception as store_exc:  # the store itself is failing; say so, keep the cause
             log.error(
                 "processor %r of run %s failed (%s: %s) and the failure could not be recorded: %s",

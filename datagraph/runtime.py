@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import anyio
@@ -28,17 +29,22 @@ class Runtime:
     def __post_init__(self) -> None:
         #: Cancel scopes of the processors running here, by run: cancelling or failing
         #: a run stops them at once, not only at their next value.
-        self.running: dict[str, set[anyio.CancelScope]] = {}
+        self.running: dict[str, dict[anyio.CancelScope, str]] = {}
         self.stop_reasons: dict[str, Exception] = {}
         # The loop is ending (or the host was cancelled): release the connections.
         self.host.on_exit.append(self.close_now)
 
-    def stop_run(self, run_id: str, reason: Exception) -> None:
-        """Cancel every processor of ``run_id`` running in this runtime, for ``reason``."""
-        scopes = self.running.get(run_id)
-        if scopes:
+    def stop_run(self, run_id: str, reason: Exception, *, spare: Collection[str] = ()) -> None:
+        """Cancel the processors of ``run_id`` running in this runtime, for ``reason``.
+
+        Processors named in ``spare`` go on: downstream of a failure, they first
+        pass on what was written before it, then meet the failure in their input.
+        """
+        scopes = self.running.get(run_id, {})
+        stopping = [scope for scope, name in scopes.items() if name not in spare]
+        if stopping:
             self.stop_reasons[run_id] = reason
-            for scope in list(scopes):
+            for scope in stopping:
                 scope.cancel()
 
     def close_now(self) -> None:

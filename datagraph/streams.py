@@ -340,6 +340,7 @@ class StreamWriter:
         max_backlog: int,
         trim: Collection[str] = (),
         unbounded: Collection[str] = (),
+        upstream: Collection[str] = (),
         clock: Clock | None = None,
     ) -> None:
         self._rt = runtime
@@ -350,6 +351,9 @@ class StreamWriter:
         self._run_id = run_id
         self._processor = processor
         self._readers = {io: tuple(r) for io, r in outputs.items()}
+        # A failure of one of these reaches this processor through its inputs, after
+        # the values written before it: no need to stop early for it.
+        self._upstream = frozenset(upstream)
         # Readers that wait for the whole stream (wait=True) cannot bound its backlog:
         # holding the writer back for them would deadlock the partition.
         self._limiting = {io: tuple(x for x in r if x not in unbounded) for io, r in outputs.items()}
@@ -470,6 +474,8 @@ class StreamWriter:
             self._stop_reason = RunCancelled(f"run {self._run_id} was cancelled", run_id=self._run_id)
         elif state == b"failed":
             failure = json.loads(error) if error else {}
+            if failure.get("processor") in self._upstream:
+                return
             self._stop_reason = ProcessorFailed(
                 str(failure.get("processor", "?")),
                 str(failure.get("type", "Error")),

@@ -8,6 +8,7 @@ a coroutine needs them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -19,7 +20,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import anyio
-from glide import GlideError as GlideBaseError
 
 from ._backend import LoopHost, current_loop
 from .exceptions import (
@@ -27,7 +27,6 @@ from .exceptions import (
     MissingInputError,
     RunCancelled,
     RunError,
-    StoreError,
     UnknownInputError,
 )
 from .executors.base import Executor
@@ -39,9 +38,9 @@ from .plan import Plan
 from .runtime import Runtime
 from .settings import DEVELOPMENT_SECRET, Settings
 from .store import keys
-from .store.client import BlockingPool, StoreAddress, connect, parse_redis_config, pipeline
+from .store.client import BlockingPool, StoreAddress, connect, parse_redis_config, pipeline, refused
 from .store.codec import Codec
-from .store.scripts import TERMINAL
+from .store.scripts import TERMINAL, finish_run
 from .streams import BATCH, MARKER, entry_id
 
 __all__ = ["Supervisor"]
@@ -285,54 +284,37 @@ class Supervisor:
         return {io: IO(self, run_id, io, reader=reader, producers=plan.producers) for io in outputs}
 
     async def _record_run(self, runtime: Runtime, plan: Plan, given: dict[str, list[Any]]) -> None:
-        from glide import Batch
-
         run_id = plan.run_id
-        now = time.time()
+        now = repr(time.time())
         ttl = str(int(self.settings.max_run_duration))
-        batch = Batch(is_atomic=False)
-        summary = {io: _summarise(values) for io, values in given.items()}
-        import json
-
-        batch.custom_command(
-            [
-                "HSET",
-                keys.run(run_id),
-                "state",
-                "running",
-                "started",
-                repr(now),
-                "plan",
-                plan.to_json(),
-                "inputs",
-                json.dumps(summary),
-                "done",
-                "0",
-                "flow",
-                plan.flow.get("name") or "",
-                "submitter",
-                self.worker_id,
-            ]
-        )
-        batch.custom_command(["EXPIRE", keys.run(run_id), ttl])
-        batch.custom_command(["HSET", keys.stats(run_id), "created", repr(now)])
-        batch.custom_command(["EXPIRE", keys.stats(run_id), ttl])
-        batch.custom_command(["ZADD", keys.RUNS, repr(now), run_id])
+        summary = json.dumps({io: _summarise(values) for io, values in given.items()})
+        commands: list[list[Any]] = [
+            ["HSET", keys.run(run_id), "state", "running", "started", now, "plan", plan.to_json(),
+             "inputs", summary, "done", "0", "flow", plan.flow.get("name") or "",
+             "submitter", self.worker_id],
+            ["EXPIRE", keys.run(run_id), ttl],
+            ["HSET", keys.stats(run_id), "created", now],
+            ["EXPIRE", keys.stats(run_id), ttl],
+            ["ZADD", keys.RUNS, now, run_id],
+        ]  # fmt: skip
         ok = self.codec.encode_marker({"status": "ok", "processor": "(input)"})
         for io, values in given.items():
             key = keys.stream(run_id, io)
             seq = 0
             for start in range(0, len(values), self.settings.max_batch):
-                chunk = values[start : start + self.settings.max_batch]
                 seq += 1
-                batch.custom_command(["XADD", key, entry_id(seq), BATCH, self.codec.encode_batch(chunk)])
-            batch.custom_command(["XADD", key, entry_id(seq + 1), MARKER, ok])
-            batch.custom_command(["HSET", keys.stats(run_id), f"written:{io}", str(len(values))])
-            batch.custom_command(["EXPIRE", key, ttl])
-        try:
-            await runtime.client.exec(batch, raise_on_error=True)
-        except GlideBaseError as exc:
-            raise StoreError(f"could not record run {run_id} in Valkey at {self.address.url}: {exc}") from exc
+                payload = self.codec.encode_batch(values[start : start + self.settings.max_batch])
+                commands.append(["XADD", key, entry_id(seq), BATCH, payload])
+            commands.append(["XADD", key, entry_id(seq + 1), MARKER, ok])
+            commands.append(["HSET", keys.stats(run_id), f"written:{io}", str(len(values))])
+            commands.append(["EXPIRE", key, ttl])
+        doing = f"recording run {run_id} in Valkey at {self.address.url}"
+        # Every command here may run twice (explicit ids, plain sets): safe to retry.
+        replies, attempts = await pipeline(
+            runtime.client, commands, retry_for=self.settings.reconnect_timeout, doing=doing
+        )
+        if attempts == 1:
+            refused(replies, doing)
 
     async def run_state(self, run_id: str) -> str | None:
         """The run's state (running, succeeded, failed, cancelled), or None if unknown."""
@@ -343,8 +325,7 @@ class Supervisor:
             retry_for=self.settings.reconnect_timeout,
             doing=f"reading the state of run {run_id}",
         )
-        if isinstance(state, GlideBaseError):
-            raise StoreError(f"Valkey refused to read the state of run {run_id}: {state}")
+        refused([state], f"reading the state of run {run_id}")
         return state.decode() if state is not None else None
 
     async def wait(self, run_id: str, timeout: float | None = None) -> str:  # noqa: ASYNC109
@@ -365,10 +346,13 @@ class Supervisor:
 
         Returns False when the run had already ended.
         """
-        from .store.scripts import finish_run
-
         runtime = await self.runtime()
-        raw = await runtime.client.custom_command(["HGET", keys.run(run_id), "plan"])
+        doing = f"cancelling run {run_id}"
+        (raw,), _ = await pipeline(
+            runtime.client, [["HGET", keys.run(run_id), "plan"]],
+            retry_for=self.settings.reconnect_timeout, doing=doing,
+        )  # fmt: skip
+        refused([raw], doing)
         if raw is None:
             raise RunError(f"run {run_id} is unknown (or expired)", run_id=run_id)
         plan = Plan.from_json(raw)
@@ -376,14 +360,16 @@ class Supervisor:
         runtime.stop_run(run_id, RunCancelled(f"run {run_id} was cancelled", run_id=run_id))
         if changed:
             marker = self.codec.encode_marker({"status": "cancelled", "processor": "(cancel)"})
-            from glide import Batch
-
-            batch = Batch(is_atomic=False)
+            retention = str(int(self.settings.retention))
+            commands: list[list[Any]] = []
             for io in plan.ios:
-                batch.custom_command(["XADD", keys.stream(run_id, io), "*", MARKER, marker])
-                batch.custom_command(["EXPIRE", keys.stream(run_id, io), str(int(self.settings.retention))])
-            await runtime.client.exec(batch, raise_on_error=True)
-        return bool(changed)
+                commands.append(["XADD", keys.stream(run_id, io), "*", MARKER, marker])
+                commands.append(["EXPIRE", keys.stream(run_id, io), retention])
+            replies, _ = await pipeline(
+                runtime.client, commands, retry_for=self.settings.reconnect_timeout, doing=doing
+            )
+            refused(replies, doing)
+        return changed
 
 
 def _new_worker_id() -> str:

@@ -51,6 +51,7 @@ __all__ = [
     "is_transient",
     "parse_redis_config",
     "pipeline",
+    "refused",
 ]
 
 #: Failures that a reconnect may cure: the command may or may not have run.
@@ -360,3 +361,10 @@ async def pipeline(
         if result is None:  # only a WATCHed transaction returns None
             raise StoreError(f"Valkey aborted the pipeline while {doing}")
         return list(result), attempts
+
+
+def refused(replies: list[Any], doing: str) -> None:
+    """Raise :class:`StoreError` for the first command of a pipeline that Valkey refused."""
+    for reply in replies:
+        if isinstance(reply, GlideBaseError):
+            raise StoreError(f"Valkey refused a command while {doing}: {reply}")
