@@ -18,6 +18,7 @@ from ._harness import Bench, Store, dumps, machine, valkey_version
 #: Scenario name -> module (each has ``run(bench)``), in running order.
 SCENARIOS = {
     "pipeline": "benchmarks.pipeline",
+    "codec": "benchmarks.codec",
     "fan": "benchmarks.fan",
     "latency": "benchmarks.latency",
     "scale": "benchmarks.scale",

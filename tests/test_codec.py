@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import hmac
+import pickle
+
 import pytest
+from blake3 import blake3
 
 from datagraph.exceptions import TamperedPayloadError
 from datagraph.store.codec import Codec
@@ -32,3 +36,33 @@ def test_markers_roundtrip_and_are_signed() -> None:
     assert codec.decode_marker(codec.encode_marker(marker), "x") == marker
     with pytest.raises(TamperedPayloadError):
         Codec(b"z").decode_marker(codec.encode_marker(marker), "x")
+
+
+def test_payload_is_the_keyed_blake3_mac_then_the_pickled_batch() -> None:
+    # The wire format, computed independently: a reader in another process (or
+    # language) verifies entries exactly like this.
+    secret = b"any length of secret"
+    key = blake3(secret, derive_key_context="datagraph 2026-11 stream payload MAC v1").digest()
+    body = pickle.dumps([1, "two"], protocol=pickle.HIGHEST_PROTOCOL)
+    assert Codec(secret).encode_batch([1, "two"]) == blake3(body, key=key).digest(16) + body
+
+
+@pytest.mark.parametrize("damage", ["mac byte", "truncated", "empty"])
+def test_damaged_payloads_are_refused(damage: str) -> None:
+    codec = Codec(b"k")
+    payload = bytearray(codec.encode_batch(list(range(100))))
+    if damage == "mac byte":
+        payload[0] ^= 0x80
+    elif damage == "truncated":
+        del payload[-10:]
+    else:
+        payload = bytearray()
+    with pytest.raises(TamperedPayloadError, match="bad signature"):
+        codec.decode_batch(bytes(payload), "x")
+
+
+def test_an_hmac_signed_entry_of_the_earlier_format_is_refused_and_named() -> None:
+    body = pickle.dumps([1], protocol=pickle.HIGHEST_PROTOCOL)
+    old = hmac.digest(b"k", body, "sha256")[:16] + body
+    with pytest.raises(TamperedPayloadError, match="another version of Datagraph"):
+        Codec(b"k").decode_batch(old, "'x' of run r")

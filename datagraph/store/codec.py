@@ -1,10 +1,15 @@
 """Signed stream payloads.
 
-Every payload is ``MAC || body`` where MAC is the HMAC-SHA256 of the body,
-truncated to 128 bits.  The MAC is checked before the body is ever
-unpickled, so a forged or tampered entry never runs code.  (HMAC-SHA256 rather
-than keyed BLAKE2b: with the CPU's SHA extensions it runs about four times as
-fast here, which shows on large values.)
+Every payload is ``MAC || body`` where MAC is keyed BLAKE3 of the body,
+truncated to 128 bits; the 256-bit key is derived from the secret with
+BLAKE3's key-derivation mode, so a secret of any length works.  The MAC is
+checked before the body is ever unpickled, so a forged or tampered entry
+never runs code.
+
+Why BLAKE3: a batch of 1,000 values of 1 KiB is a megabyte, signed once by
+its writer and verified once by each reader.  Keyed BLAKE3 (SIMD, in Rust)
+hashes it about 4.5x as fast as HMAC-SHA256 with the CPU's SHA extensions,
+and 6.5x as fast as CPython's keyed BLAKE2b (``python -m benchmarks.codec``).
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ import json
 import pickle
 from typing import Any
 
+from blake3 import blake3
+
 from ..exceptions import TamperedPayloadError
 
 __all__ = ["Codec"]
 
 _MAC_SIZE = 16
+#: BLAKE3 key-derivation context: a key derived for this purpose is used for nothing else.
+_KEY_CONTEXT = "datagraph 2026-11 stream payload MAC v1"
 
 
 class Codec:
@@ -29,21 +38,21 @@ class Codec:
     def __init__(self, secret: bytes) -> None:
         if not secret:
             raise ValueError("the signing secret must not be empty")
-        self._key = secret
+        self._key = blake3(secret, derive_key_context=_KEY_CONTEXT).digest()
 
-    def _mac(self, body: bytes) -> bytes:
-        return hmac.digest(self._key, body, "sha256")[:_MAC_SIZE]
+    def _mac(self, body: bytes | memoryview) -> bytes:
+        return blake3(body, key=self._key).digest(_MAC_SIZE)
 
     def _sign(self, body: bytes) -> bytes:
         return self._mac(body) + body
 
-    def _verify(self, payload: bytes, where: str) -> bytes:
-        mac, body = payload[:_MAC_SIZE], payload[_MAC_SIZE:]
-        expected = self._mac(body)
-        if not hmac.compare_digest(mac, expected):
+    def _verify(self, payload: bytes, where: str) -> memoryview:
+        # A view, not a slice: a batch can be a megabyte, and it is read twice already.
+        body = memoryview(payload)[_MAC_SIZE:]
+        if not hmac.compare_digest(payload[:_MAC_SIZE], self._mac(body)):
             raise TamperedPayloadError(
-                f"entry on {where} has a bad signature and was refused unread; "
-                "it was written with another DATAGRAPH_SECRET or by someone else"
+                f"entry on {where} has a bad signature and was refused unread; it was written "
+                "with another DATAGRAPH_SECRET, by another version of Datagraph, or by someone else"
             )
         return body
 
@@ -60,7 +69,7 @@ class Codec:
         return self._sign(json.dumps(marker, separators=(",", ":")).encode())
 
     def decode_marker(self, payload: bytes, where: str) -> dict[str, Any]:
-        marker = json.loads(self._verify(payload, where))
+        marker = json.loads(bytes(self._verify(payload, where)))
         if not isinstance(marker, dict):
             raise TamperedPayloadError(f"end marker on {where} is malformed")
         return marker
