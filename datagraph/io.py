@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 import anyio.from_thread
 
 from .exceptions import EmptyStreamError
-from .streams import END, Clock, StreamReader
+from .streams import END, StreamReader, StreamWriter
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -48,7 +48,7 @@ class IO(Generic[T]):
     Every call reads the stream from its beginning.
     """
 
-    __slots__ = ("_clock", "_producers", "_reader", "_supervisor", "name", "run_id")
+    __slots__ = ("_producers", "_reader", "_supervisor", "_writer", "name", "run_id")
 
     def __init__(
         self,
@@ -58,10 +58,10 @@ class IO(Generic[T]):
         *,
         reader: str | None = None,
         producers: dict[str, str] | None = None,
-        clock: Clock | None = None,
+        writer: StreamWriter | None = None,
     ) -> None:
         self._supervisor = supervisor
-        self._clock = clock
+        self._writer = writer
         self.run_id = run_id
         self.name = name
         self._reader = reader
@@ -73,7 +73,7 @@ class IO(Generic[T]):
     async def _open(self, ios: list[str]) -> StreamReader:
         runtime = await self._supervisor.runtime()
         return StreamReader(
-            runtime, self.run_id, ios, reader=self._reader, producers=self._producers, clock=self._clock
+            runtime, self.run_id, ios, reader=self._reader, producers=self._producers, writer=self._writer
         )
 
     def _names_with(self, others: tuple[IO[Any], ...]) -> list[str]:

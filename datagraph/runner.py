@@ -151,7 +151,7 @@ async def _call(supervisor: Supervisor, impl: Implementation, plan: Plan, writer
     inputs: dict[str, Any] = {}
     for io in impl.processor.inputs:
         handle: IO[Any] = IO(
-            supervisor, plan.run_id, io, reader=name, producers=plan.producers, clock=writer.clock
+            supervisor, plan.run_id, io, reader=name, producers=plan.producers, writer=writer
         )
         inputs[io] = SyncIO(handle) if impl.kind in (Kind.SYNC, Kind.SYNC_GEN) else handle
     async with AsyncExitStack() as stack:

@@ -1,0 +1,66 @@
+"""Stream readers and writers against the real Valkey, below the processor API."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from datagraph import Supervisor
+from datagraph.runtime import Runtime
+from datagraph.store import keys
+from datagraph.streams import END, StreamReader, StreamWriter
+
+pytestmark = pytest.mark.anyio
+
+
+async def _new_run(runtime: Runtime) -> str:
+    """A bare run record, enough for readers and writers to find the run alive."""
+    run_id = uuid.uuid4().hex
+    await runtime.client.custom_command(["HSET", keys.run(run_id), "state", "running"])
+    await runtime.client.custom_command(["EXPIRE", keys.run(run_id), "60"])
+    return run_id
+
+
+async def _written(runtime: Runtime, run_id: str, io: str, values: list[Any]) -> None:
+    writer = StreamWriter(runtime, run_id, "(input)", {io: []}, max_backlog=10_000)
+    writer.buffers[io].extend(values)
+    marker = runtime.codec.encode_marker({"status": "ok", "processor": "(input)"})
+    await writer.close({io: marker})
+
+
+async def _position(runtime: Runtime, run_id: str, reader: str, io: str) -> Any:
+    return await runtime.client.custom_command(["HGET", keys.pos(run_id), keys.pos_field(reader, io)])
+
+
+async def test_a_closed_readers_position_rides_with_its_processors_next_flush(
+    supervisor: Supervisor,
+) -> None:
+    runtime = await supervisor.runtime()
+    run_id = await _new_run(runtime)
+    await _written(runtime, run_id, "x", [1, 2, 3])
+    own = StreamWriter(runtime, run_id, "p", {"y": []}, max_backlog=10_000)
+
+    reader = StreamReader(runtime, run_id, ["x"], reader="p", writer=own)
+    assert await reader.__anext__() == ("x", [1, 2, 3])
+    await reader.aclose()
+    # No round trip of its own: the position waits for the writer's flush...
+    assert await _position(runtime, run_id, "p", "x") is None
+    await own.flush()
+    # ...which carries it.
+    assert await _position(runtime, run_id, "p", "x") == b"3"
+
+
+async def test_a_reader_closed_after_its_writer_publishes_its_position_itself(
+    supervisor: Supervisor,
+) -> None:
+    runtime = await supervisor.runtime()
+    run_id = await _new_run(runtime)
+    await _written(runtime, run_id, "x", [1, 2])
+    own = StreamWriter(runtime, run_id, "p", {"y": []}, max_backlog=10_000)
+    await own.close({"y": runtime.codec.encode_marker({"status": "ok", "processor": "p"})})
+
+    reader = StreamReader(runtime, run_id, ["x"], reader="p", writer=own)
+    assert [item async for item in reader] == [("x", [1, 2]), ("x", END)]
+    assert await _position(runtime, run_id, "p", "x") == b"2"
