@@ -195,15 +195,24 @@ class _Zip(_Reading):
         self._pad = pad
         self._queues: dict[str, deque[Any]] = {n: deque() for n in names}
         self._ended: set[str] = set()
+        #: Tuples already zipped: a batch is zipped at once, not value by value.
+        self._ready: deque[tuple[Any, ...]] = deque()
 
     def __aiter__(self) -> _Zip:
         return self
 
     async def __anext__(self) -> tuple[Any, ...]:
+        ready = self._ready
+        if ready:
+            return ready.popleft()
         queues, names, pad = self._queues, self._names, self._pad
         while True:
-            if all(queues[n] for n in names):
-                return tuple(queues[n].popleft() for n in names)
+            columns = [queues[n] for n in names]
+            if all(columns):
+                count = min(map(len, columns))
+                popleft = [q.popleft for q in columns]
+                ready.extend(zip(*([take() for _ in range(count)] for take in popleft), strict=True))
+                return ready.popleft()
             exhausted = [n for n in names if n in self._ended and not queues[n]]
             if exhausted:
                 if pad is _NOPAD or len(exhausted) == len(names):
