@@ -53,6 +53,30 @@ class Plan:
                 return spec
         raise KeyError(name)
 
+    def upstream(self, name: str) -> set[str]:
+        """Every processor whose output ``name`` reads, directly or not."""
+        found: set[str] = set()
+        frontier = [name]
+        while frontier:
+            for io in self.processor(frontier.pop())["inputs"]:
+                producer = self.producers.get(io)
+                if producer is not None and producer not in found:
+                    found.add(producer)
+                    frontier.append(producer)
+        return found
+
+    def downstream(self, name: str) -> set[str]:
+        """Every processor that reads, directly or not, what ``name`` writes."""
+        found: set[str] = set()
+        frontier = [name]
+        while frontier:
+            for io in self.processor(frontier.pop())["outputs"]:
+                for reader in self.readers.get(io, ()):
+                    if reader not in found:
+                        found.add(reader)
+                        frontier.append(reader)
+        return found
+
     @property
     def ios(self) -> list[str]:
         return list(dict.fromkeys([*self.floating_inputs, *self.producers]))

@@ -26,7 +26,7 @@ from .streams import StreamWriter
 if TYPE_CHECKING:
     from .supervisor import Supervisor
 
-__all__ = ["run_processor"]
+__all__ = ["end_unstarted", "run_processor"]
 
 log = logging.getLogger("datagraph.runner")
 
@@ -42,20 +42,7 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
     name = impl.processor.name
     run_id = plan.run_id
     spec = plan.processor(name)
-    outputs = {io: plan.readers.get(io, []) for io in spec["outputs"]}
-    # Consumed entries of in-flow edges are trimmed; streams the caller reads are kept.
-    trim = [io for io in outputs if io not in plan.outputs] if plan.trim else []
-    wait_readers = [p["name"] for p in plan.processors if p.get("wait")]
-    writer = StreamWriter(
-        runtime,
-        run_id,
-        name,
-        outputs,
-        max_backlog=plan.max_backlog[name],
-        trim=trim,
-        unbounded=wait_readers,
-        upstream=_upstream(plan, name),
-    )
+    writer = _open_writer(runtime, plan, name)
     stats_key = keys.stats(run_id)
     started = time.time()
     error: BaseException | None = None
@@ -100,32 +87,30 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
         raise error
 
 
-def _upstream(plan: Plan, name: str) -> set[str]:
-    """Every processor whose output ``name`` reads, directly or not."""
-    found: set[str] = set()
-    frontier = [name]
-    while frontier:
-        reader = frontier.pop()
-        for io in plan.processor(reader)["inputs"]:
-            producer = plan.producers.get(io)
-            if producer is not None and producer not in found:
-                found.add(producer)
-                frontier.append(producer)
-    return found
+async def end_unstarted(runtime: Runtime, plan: Plan, name: str, failure: ProcessorFailed) -> None:
+    """End the outputs of processor ``name``, which will not start: its run has already failed.
+
+    Its readers (the caller, processors on other workers) meet the run's
+    failure instead of waiting for values that will never come.
+    """
+    await _finish_failed(runtime, plan, name, _open_writer(runtime, plan, name), failure)
 
 
-def _downstream(plan: Plan, name: str) -> set[str]:
-    """Every processor that reads, directly or not, what ``name`` writes."""
-    found: set[str] = set()
-    frontier = [name]
-    while frontier:
-        producer = frontier.pop()
-        for io in plan.processor(producer)["outputs"]:
-            for reader in plan.readers.get(io, ()):
-                if reader not in found:
-                    found.add(reader)
-                    frontier.append(reader)
-    return found
+def _open_writer(runtime: Runtime, plan: Plan, name: str) -> StreamWriter:
+    """The writer of processor ``name``'s outputs in ``plan``."""
+    outputs = {io: plan.readers.get(io, []) for io in plan.processor(name)["outputs"]}
+    # Consumed entries of in-flow edges are trimmed; streams the caller reads are kept.
+    trim = [io for io in outputs if io not in plan.outputs] if plan.trim else []
+    return StreamWriter(
+        runtime,
+        plan.run_id,
+        name,
+        outputs,
+        max_backlog=plan.max_backlog[name],
+        trim=trim,
+        unbounded=[p["name"] for p in plan.processors if p.get("wait")],
+        upstream=plan.upstream(name),
+    )
 
 
 def _forget(runtime: Runtime, run_id: str, scope: anyio.CancelScope) -> None:
@@ -379,7 +364,7 @@ async def _finish_failed(
             if not cancelled:
                 # The run has failed: its other processors in this process stop now.
                 reason = ProcessorFailed(origin, etype, message, tb, run_id=plan.run_id, worker=worker)
-                runtime.stop_run(plan.run_id, reason, spare=_downstream(plan, name))
+                runtime.stop_run(plan.run_id, reason, spare=plan.downstream(name))
         except Exception as store_exc:  # the store itself is failing; say so, keep the cause
             log.error(
                 "processor %r of run %s failed (%s: %s) and the failure could not be recorded: %s",

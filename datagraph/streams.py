@@ -33,7 +33,7 @@ from .store import keys
 from .store.client import is_transient, pipeline
 from .store.scripts import lost_run_error
 
-__all__ = ["END", "StreamReader", "StreamWriter", "marker_error"]
+__all__ = ["END", "StreamReader", "StreamWriter", "failure_error", "marker_error"]
 
 #: Field names of stream entries: a batch of values, or an end marker.
 BATCH = "b"
@@ -63,13 +63,18 @@ def marker_error(marker: Mapping[str, Any], run_id: str) -> Exception | None:
         return None
     if status == "cancelled":
         return RunCancelled(f"run {run_id} was cancelled", run_id=run_id)
+    return failure_error(marker, run_id)
+
+
+def failure_error(failure: Mapping[str, Any], run_id: str) -> ProcessorFailed:
+    """The error a failure record stands for (a failure marker, or a failed run's ``error``)."""
     return ProcessorFailed(
-        str(marker.get("processor", "?")),
-        str(marker.get("type", "Error")),
-        str(marker.get("message", "")),
-        str(marker.get("traceback", "")),
+        str(failure.get("processor", "?")),
+        str(failure.get("type", "Error")),
+        str(failure.get("message", "")),
+        str(failure.get("traceback", "")),
         run_id=run_id,
-        worker=marker.get("worker"),
+        worker=failure.get("worker"),
     )
 
 
@@ -490,14 +495,7 @@ class StreamWriter:
             failure = json.loads(error) if error else {}
             if failure.get("processor") in self._upstream:
                 return
-            self._stop_reason = ProcessorFailed(
-                str(failure.get("processor", "?")),
-                str(failure.get("type", "Error")),
-                str(failure.get("message", "")),
-                str(failure.get("traceback", "")),
-                run_id=self._run_id,
-                worker=failure.get("worker"),
-            )
+            self._stop_reason = failure_error(failure, self._run_id)
         else:
             return
         self.cancelled = True

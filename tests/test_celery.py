@@ -28,9 +28,11 @@ import pytest
 import redis
 from celery import Celery
 
-from datagraph import Flow, IOVal, Supervisor
+from datagraph import IO, Flow, IOVal, LocalExecutor, Supervisor
 from datagraph.exceptions import ProcessorFailed, UnknownProcessorError
 from datagraph.executors import CeleryExecutor
+from datagraph.executors import celery as celery_executor
+from datagraph.plan import Plan
 from datagraph.processor import Processor, registry
 from datagraph.store import keys
 from tests.services import specs
@@ -305,6 +307,93 @@ async def test_wait_processor_starts_after_its_input_completes(caller: Superviso
     started = await runtime.client.custom_command(["LRANGE", f"dgtest:{tag}:started", "0", "-1"])
     await runtime.client.custom_command(["DEL", f"dgtest:{tag}:produced", f"dgtest:{tag}:started"])
     assert float(started[0]) >= float(produced[0])
+
+
+@pytest.mark.anyio
+async def test_a_processor_downstream_of_a_failure_passes_on_what_came_before_it(caller: Supervisor) -> None:
+    """The failure reaches the caller through the slow downstream processor, not as a cancel.
+
+    c_faulty (alpha) yields 20 values and raises at once; c_drain (beta) needs
+    about 2 s to pass them on, longer than its worker takes to notice that the
+    run has failed. It must not be stopped for that: it reads on to the failure.
+    """
+    flow = Flow.from_processors(specs.faulty, specs.drain).resolve()
+    out = await caller.start_flow(flow, [IOVal("n", 20)])
+    got: list[int] = []
+    with anyio.fail_after(30), pytest.raises(ProcessorFailed, match="c_faulty gave up") as info:
+        async for value in out["drained"].stream():
+            got.append(value)
+    assert got == list(range(20))
+    assert info.value.processor == "c_faulty"
+    assert await caller.wait(out["drained"].run_id, timeout=10) == "failed"
+
+
+# The worker side of a task that arrives after its run has failed, run in this process:
+# which processors of the run a worker then starts is what the Celery task decides.
+late_boom = Processor("c_late_boom", ["late_n"], ["late_bx"])
+late_after = Processor("c_late_after", ["late_bx"], ["late_out"])  # downstream of the failure
+late_other = Processor("c_late_other", ["late_n"], ["late_o"])  # beside it
+
+
+@late_boom
+async def _late_boom(late_n: IO[int]) -> AsyncIterator[IOVal[int]]:
+    for i in range(await late_n.first()):
+        yield IOVal("late_bx", i)
+    raise RuntimeError("c_late_boom failed before the others started")
+
+
+@late_after
+async def _late_after(late_bx: IO[int]) -> AsyncIterator[IOVal[int]]:
+    async for i in late_bx.stream():
+        yield IOVal("late_out", i)
+
+
+@late_other
+async def _late_other(late_n: IO[int]) -> AsyncIterator[IOVal[int]]:
+    yield IOVal("late_o", await late_n.first())
+
+
+class HoldBack(LocalExecutor):
+    """Starts only the processors not named: the others' "tasks" are delivered by the test."""
+
+    def __init__(self, *held: str) -> None:
+        self.held = set(held)
+
+    async def dispatch(self, supervisor: Supervisor, plan: Plan, processor: Processor) -> None:
+        if processor.name not in self.held:
+            await super().dispatch(supervisor, plan, processor)
+
+
+@pytest.mark.anyio
+async def test_a_task_arriving_after_its_run_failed_passes_the_failure_on(valkey_url: str) -> None:
+    Supervisor.detach()
+    supervisor = Supervisor.attach(
+        redis_config={"url": valkey_url}, executor=HoldBack("c_late_after", "c_late_other"), secret=SECRET
+    )
+    try:
+        flow = Flow.from_processors(late_boom, late_after, late_other).resolve()
+        out = await supervisor.start_flow(flow, [IOVal("late_n", 3)])
+        run_id = out["late_out"].run_id
+        assert await supervisor.wait(run_id, timeout=10) == "failed"
+
+        # Beside the failure: not started, but its readers learn why at once.
+        await celery_executor._execute(run_id, "c_late_other")
+        with anyio.fail_after(5), pytest.raises(ProcessorFailed, match="before the others") as info:
+            await out["late_o"].collect()
+        assert info.value.processor == "c_late_boom"
+
+        # Downstream of it: started all the same, it passes on what came before the failure.
+        await celery_executor._execute(run_id, "c_late_after")
+        got: list[int] = []
+        with anyio.fail_after(5), pytest.raises(ProcessorFailed, match="before the others") as info:
+            async for value in out["late_out"].stream():
+                got.append(value)
+        assert got == [0, 1, 2]
+        assert info.value.processor == "c_late_boom"
+        stats = await _stats(supervisor, run_id)
+        assert stats["state:c_late_other"] == stats["state:c_late_after"] == "failed"
+    finally:
+        await Supervisor.adetach()
 
 
 def test_workers_heartbeat_with_what_they_serve(services: dict[str, Worker], store: redis.Redis) -> None:

@@ -24,6 +24,7 @@ That loop also carries the process's heartbeat (:mod:`datagraph.liveness`).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -48,6 +49,7 @@ from ..plan import Plan
 from ..processor import Implementation, Processor, registry
 from ..store import keys
 from ..store.scripts import TERMINAL
+from ..streams import failure_error
 from .base import Executor
 
 if TYPE_CHECKING:
@@ -331,21 +333,29 @@ def _implementation(name: str) -> Implementation | None:
 
 
 async def _execute(run_id: str, name: str) -> None:
-    from ..runner import run_processor
+    from ..runner import end_unstarted, run_processor
     from ..supervisor import Supervisor
 
     supervisor = Supervisor.instance
     runtime = await supervisor.runtime()
-    raw_plan, state = await runtime.client.custom_command(
-        ["HMGET", keys.run(run_id), "plan", "state"]
+    raw_plan, state, error = await runtime.client.custom_command(
+        ["HMGET", keys.run(run_id), "plan", "state", "error"]
     )
     if raw_plan is None:
         log.warning("run %s is unknown or expired; processor %r not started", run_id, name)
         return
-    if state is not None and state.decode() in TERMINAL:
-        log.info("run %s already %s; processor %r not started", run_id, state.decode(), name)
-        return
     plan = Plan.from_json(raw_plan)
+    failure = _run_error(error) if state == b"failed" else {}
+    if failure.get("processor") in plan.upstream(name):
+        # Downstream of the failure: it passes on what was written before it, then
+        # meets the failure in its input (as it would had it started earlier).
+        log.info("run %s failed upstream of processor %r; starting it to drain its input", run_id, name)
+    elif state is not None and state.decode() in TERMINAL:
+        log.info("run %s already %s; processor %r not started", run_id, state.decode(), name)
+        if state == b"failed":
+            # Cancelled runs' streams are ended by cancel(); a failure must be passed on.
+            await end_unstarted(runtime, plan, name, failure_error(failure, run_id))
+        return
     impl = _implementation(name)
     if impl is None:
         await liveness.fail_processors(runtime, run_id, [liveness.Failure(
@@ -356,30 +366,54 @@ async def _execute(run_id: str, name: str) -> None:
         )])
         return
     async with liveness.running(runtime, run_id, name), anyio.create_task_group() as tg:
-        tg.start_soon(_stop_when_run_ends, runtime, run_id, tg.cancel_scope)
+        tg.start_soon(_stop_when_run_ends, runtime, plan, name, tg.cancel_scope)
         try:
             await run_processor(supervisor, runtime, plan, impl)
         finally:
             tg.cancel_scope.cancel()
 
 
-async def _stop_when_run_ends(runtime: Any, run_id: str, scope: anyio.CancelScope) -> None:
+async def _stop_when_run_ends(runtime: Any, plan: Plan, name: str, scope: anyio.CancelScope) -> None:
     """Stop the processor when its run fails or is cancelled elsewhere, freeing its slot.
 
     Without this, a producer whose reader's worker died could wait on
-    backpressure forever, holding a pool slot.
+    backpressure forever, holding a pool slot.  A processor downstream of the
+    failed one is spared: it first passes on what was written before the
+    failure, then meets the failure in its input and ends by itself (stopping
+    it would turn the failure into a cancel for everyone downstream, and drop
+    those values).  It is stopped all the same if it has not ended within
+    ``idle_timeout``, the patience a reader has with a silent producer.
     """
     interval = min(1.0, runtime.settings.heartbeat_interval / 2)
+    upstream = plan.upstream(name)
+    spare_until: float | None = None
     while True:
         await anyio.sleep(interval)
         try:
-            state = await runtime.client.custom_command(["HGET", keys.run(run_id), "state"])
+            state, error = await runtime.client.custom_command(
+                ["HMGET", keys.run(plan.run_id), "state", "error"]
+            )
         except Exception as exc:
-            log.debug("run %s: could not read its state: %s", run_id, exc)
+            log.debug("run %s: could not read its state: %s", plan.run_id, exc)
             continue
+        if state == b"failed" and _run_error(error).get("processor") in upstream:
+            now = anyio.current_time()
+            if spare_until is None:
+                spare_until = now + runtime.settings.idle_timeout
+            if now < spare_until:
+                continue
         if state is None or state in (b"failed", b"cancelled"):
             scope.cancel()
             return
+
+
+def _run_error(raw: bytes | None) -> dict[str, Any]:
+    """A failed run's error record (processor, type, message, ...); empty if unreadable."""
+    try:
+        error = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return error if isinstance(error, dict) else {}
 
 
 async def _expect_start(runtime: Any, run_id: str, name: str, start_by: float) -> None:

@@ -78,4 +78,13 @@ async def _ticker(n: IO[float]) -> AsyncIterator[IOVal[int]]:
         await anyio.sleep(period)
 
 
+@specs.faulty
+async def _faulty(n: IO[int]) -> AsyncIterator[IOVal[int]]:
+    """Yields n values at once, then fails."""
+    count = await n.first()
+    for i in range(count):
+        yield IOVal("fx", i)
+    raise ValueError(f"c_faulty gave up after {count} values")
+
+
 app = attach("alpha", backend="trio")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+import anyio
+
 from datagraph import IO, IOVal
 
 from . import specs
@@ -44,6 +46,14 @@ async def _total(xs: IO[tuple[str, int]]) -> AsyncIterator[IOVal[int]]:
 async def _echo(ticks: IO[int]) -> AsyncIterator[IOVal[int]]:
     async for i in ticks.stream():
         yield IOVal("echoed", i)
+
+
+@specs.drain
+async def _drain(fx: IO[int]) -> AsyncIterator[IOVal[int]]:
+    """Passes values on slowly: it is still draining its input well after that input failed."""
+    async for i in fx.stream():
+        await anyio.sleep(0.1)
+        yield IOVal("drained", i)
 
 
 app = attach("beta", backend="asyncio")
