@@ -296,6 +296,9 @@ class Supervisor:
             ["HSET", keys.stats(run_id), "created", now],
             ["EXPIRE", keys.stats(run_id), ttl],
             ["ZADD", keys.RUNS, now, run_id],
+            # Index entries of runs whose keys have surely expired (a run's keys live at most
+            # max_run_duration + retention): the index stays bounded with no telemetry reader.
+            ["ZREMRANGEBYSCORE", keys.RUNS, "-inf", f"({time.time() - self._index_horizon()!r}"],
         ]  # fmt: skip
         ok = self.codec.encode_marker({"status": "ok", "processor": "(input)"})
         for io, values in given.items():
@@ -315,6 +318,10 @@ class Supervisor:
         )
         if attempts == 1:
             refused(replies, doing)
+
+    def _index_horizon(self) -> float:
+        """Seconds after its start by which every key of a run has expired."""
+        return self.settings.max_run_duration + self.settings.retention
 
     async def run_state(self, run_id: str) -> str | None:
         """The run's state (running, succeeded, failed, cancelled), or None if unknown."""

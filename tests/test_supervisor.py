@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import AsyncIterator
 
 import anyio
@@ -270,3 +272,24 @@ async def test_readers_past_the_blocking_pool_poll_and_lose_nothing(valkey_url: 
         assert len(runtime.pool._all) <= 1
     finally:
         await Supervisor.adetach()
+
+
+async def test_recording_a_run_drops_index_entries_of_runs_that_have_surely_expired(
+    supervisor: Supervisor,
+) -> None:
+    # With no dashboard or `datagraph status` to prune it, the run index must not grow forever.
+    runtime = await supervisor.runtime()
+    horizon = supervisor.settings.max_run_duration + supervisor.settings.retention
+    now = time.time()
+    ancient, recent = f"ancient-{uuid.uuid4().hex}", f"recent-{uuid.uuid4().hex}"
+    await runtime.client.custom_command(
+        ["ZADD", keys.RUNS, repr(now - horizon - 60), ancient, repr(now - horizon + 3600), recent]
+    )
+    try:
+        out = await supervisor.start_flow(Flow.from_processors(echo).resolve(), [IOVal("text", "hi")])
+        assert await out["echoed"].collect() == ["hi"]
+        assert await runtime.client.custom_command(["ZSCORE", keys.RUNS, ancient]) is None
+        assert await runtime.client.custom_command(["ZSCORE", keys.RUNS, recent]) is not None
+        assert await runtime.client.custom_command(["ZSCORE", keys.RUNS, out["echoed"].run_id]) is not None
+    finally:
+        await runtime.client.custom_command(["ZREM", keys.RUNS, ancient, recent])
