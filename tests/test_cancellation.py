@@ -214,8 +214,13 @@ async def test_cancel_stops_a_processor_between_yields(supervisor: Supervisor) -
     assert await supervisor.cancel(run_id) is True
     with anyio.fail_after(PROMPTLY):
         await stopped.wait()
+    # The runner records the processor's end after its generator has closed: poll for it.
     client = (await supervisor.runtime()).client
-    state = await client.custom_command(["HGET", keys.stats(run_id), "state:cancel-waiter"])
+    state = None
+    with anyio.move_on_after(PROMPTLY):
+        while state != b"cancelled":
+            state = await client.custom_command(["HGET", keys.stats(run_id), "state:cancel-waiter"])
+            await anyio.sleep(0.01)
     assert state == b"cancelled"
 
 
