@@ -42,7 +42,7 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
     name = impl.processor.name
     run_id = plan.run_id
     spec = plan.processor(name)
-    writer = _open_writer(runtime, plan, name)
+    writer = _writer_for(runtime, plan, name)
     stats_key = keys.stats(run_id)
     started = time.time()
     error: BaseException | None = None
@@ -93,10 +93,10 @@ async def end_unstarted(runtime: Runtime, plan: Plan, name: str, failure: Proces
     Its readers (the caller, processors on other workers) meet the run's
     failure instead of waiting for values that will never come.
     """
-    await _finish_failed(runtime, plan, name, _open_writer(runtime, plan, name), failure)
+    await _finish_failed(runtime, plan, name, _writer_for(runtime, plan, name), failure)
 
 
-def _open_writer(runtime: Runtime, plan: Plan, name: str) -> StreamWriter:
+def _writer_for(runtime: Runtime, plan: Plan, name: str) -> StreamWriter:
     """The writer of processor ``name``'s outputs in ``plan``."""
     outputs = {io: plan.readers.get(io, []) for io in plan.processor(name)["outputs"]}
     # Consumed entries of in-flow edges are trimmed; streams the caller reads are kept.
@@ -362,9 +362,11 @@ async def _finish_failed(
             if replies and replies[-1] == -1:
                 raise scripts.lost_run_error(plan.run_id)
             if not cancelled:
-                # The run has failed: its other processors in this process stop now.
+                # The run has failed: its other processors in this process stop now, but
+                # those downstream of where it failed first pass on what came before.
                 reason = ProcessorFailed(origin, etype, message, tb, run_id=plan.run_id, worker=worker)
-                runtime.stop_run(plan.run_id, reason, spare=plan.downstream(name))
+                known = origin in {p["name"] for p in plan.processors}
+                runtime.stop_run(plan.run_id, reason, spare=plan.downstream(origin if known else name))
         except Exception as store_exc:  # the store itself is failing; say so, keep the cause
             log.error(
                 "processor %r of run %s failed (%s: %s) and the failure could not be recorded: %s",

@@ -338,3 +338,40 @@ async def test_a_failure_stops_the_other_processors_of_the_run(supervisor: Super
     assert "missing row" in str(info.value)
     with anyio.fail_after(5):
         await stopped.wait()
+
+
+async def test_every_reader_downstream_of_a_failure_passes_on_what_came_before_it(
+    supervisor: Supervisor,
+) -> None:
+    # Two readers of the failing processor's output: the fast one meets the failure
+    # first, and must not stop the slow one before it has passed on every value.
+    src = Processor("fan_boom_src", ["n"], ["fx"])
+    fast = Processor("fan_boom_fast", ["fx"], ["quick"])
+    slow = Processor("fan_boom_slow", ["fx"], ["late"])
+
+    @src
+    async def _src(n: IO[int]) -> AsyncIterator[IOVal[int]]:
+        for i in range(await n.first()):
+            yield IOVal("fx", i)
+        raise RuntimeError("source gave out")
+
+    @fast
+    async def _fast(fx: IO[int]) -> AsyncIterator[IOVal[int]]:
+        async for v in fx:
+            yield IOVal("quick", v)
+
+    @slow
+    async def _slow(fx: IO[int]) -> AsyncIterator[IOVal[int]]:
+        async for v in fx:
+            await anyio.sleep(0.01)
+            yield IOVal("late", v)
+
+    flow = Flow.from_processors(src, fast, slow).resolve()
+    out = await supervisor.start_flow(flow, [IOVal("n", 50)])
+    for io in ("quick", "late"):
+        seen: list[int] = []
+        with anyio.fail_after(10), pytest.raises(ProcessorFailed, match="source gave out") as info:
+            async for v in out[io].stream():
+                seen.append(v)
+        assert info.value.processor == "fan_boom_src"
+        assert seen == list(range(50)), io
