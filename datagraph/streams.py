@@ -33,7 +33,7 @@ from .store import keys
 from .store.client import is_transient, pipeline
 from .store.scripts import lost_run_error
 
-__all__ = ["END", "StreamReader", "StreamWriter", "failure_error", "marker_error"]
+__all__ = ["END", "StreamReader", "StreamWriter", "failure_error", "marker_error", "run_error"]
 
 #: Field names of stream entries: a batch of values, or an end marker.
 BATCH = "b"
@@ -64,6 +64,15 @@ def marker_error(marker: Mapping[str, Any], run_id: str) -> Exception | None:
     if status == "cancelled":
         return RunCancelled(f"run {run_id} was cancelled", run_id=run_id)
     return failure_error(marker, run_id)
+
+
+def run_error(raw: bytes | str | None) -> dict[str, Any]:
+    """A failed run's ``error`` record (processor, type, message, ...); empty if unreadable."""
+    try:
+        error = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return error if isinstance(error, dict) else {}
 
 
 def failure_error(failure: Mapping[str, Any], run_id: str) -> ProcessorFailed:
@@ -492,7 +501,7 @@ class StreamWriter:
         if state == b"cancelled":
             self._stop_reason = RunCancelled(f"run {self._run_id} was cancelled", run_id=self._run_id)
         elif state == b"failed":
-            failure = json.loads(error) if error else {}
+            failure = run_error(error)
             if failure.get("processor") in self._upstream:
                 return
             self._stop_reason = failure_error(failure, self._run_id)

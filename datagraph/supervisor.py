@@ -288,6 +288,8 @@ class Supervisor:
         now = repr(time.time())
         ttl = str(int(self.settings.max_run_duration))
         summary = json.dumps({io: _summarise(values) for io, values in given.items()})
+        # Seconds after its start by which every key of a run has expired.
+        horizon = self.settings.max_run_duration + self.settings.retention
         commands: list[list[Any]] = [
             ["HSET", keys.run(run_id), "state", "running", "started", now, "plan", plan.to_json(),
              "inputs", summary, "done", "0", "flow", plan.flow.get("name") or "",
@@ -298,7 +300,7 @@ class Supervisor:
             ["ZADD", keys.RUNS, now, run_id],
             # Index entries of runs whose keys have surely expired (a run's keys live at most
             # max_run_duration + retention): the index stays bounded with no telemetry reader.
-            ["ZREMRANGEBYSCORE", keys.RUNS, "-inf", f"({time.time() - self._index_horizon()!r}"],
+            ["ZREMRANGEBYSCORE", keys.RUNS, "-inf", f"({time.time() - horizon!r}"],
         ]  # fmt: skip
         ok = self.codec.encode_marker({"status": "ok", "processor": "(input)"})
         for io, values in given.items():
@@ -318,10 +320,6 @@ class Supervisor:
         )
         if attempts == 1:
             refused(replies, doing)
-
-    def _index_horizon(self) -> float:
-        """Seconds after its start by which every key of a run has expired."""
-        return self.settings.max_run_duration + self.settings.retention
 
     async def run_state(self, run_id: str) -> str | None:
         """The run's state (running, succeeded, failed, cancelled), or None if unknown."""

@@ -24,7 +24,6 @@ That loop also carries the process's heartbeat (:mod:`datagraph.liveness`).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -49,7 +48,7 @@ from ..plan import Plan
 from ..processor import Implementation, Processor, registry
 from ..store import keys
 from ..store.scripts import TERMINAL
-from ..streams import failure_error
+from ..streams import failure_error, run_error
 from .base import Executor
 
 if TYPE_CHECKING:
@@ -345,8 +344,8 @@ async def _execute(run_id: str, name: str) -> None:
         log.warning("run %s is unknown or expired; processor %r not started", run_id, name)
         return
     plan = Plan.from_json(raw_plan)
-    failure = _run_error(error) if state == b"failed" else {}
-    if failure.get("processor") in plan.upstream(name):
+    failure = run_error(error) if state == b"failed" else {}
+    if failure and failure.get("processor") in plan.upstream(name):
         # Downstream of the failure: it passes on what was written before it, then
         # meets the failure in its input (as it would had it started earlier).
         log.info("run %s failed upstream of processor %r; starting it to drain its input", run_id, name)
@@ -396,7 +395,7 @@ async def _stop_when_run_ends(runtime: Any, plan: Plan, name: str, scope: anyio.
         except Exception as exc:
             log.debug("run %s: could not read its state: %s", plan.run_id, exc)
             continue
-        if state == b"failed" and _run_error(error).get("processor") in upstream:
+        if state == b"failed" and run_error(error).get("processor") in upstream:
             now = anyio.current_time()
             if spare_until is None:
                 spare_until = now + runtime.settings.idle_timeout
@@ -405,15 +404,6 @@ async def _stop_when_run_ends(runtime: Any, plan: Plan, name: str, scope: anyio.
         if state is None or state in (b"failed", b"cancelled"):
             scope.cancel()
             return
-
-
-def _run_error(raw: bytes | None) -> dict[str, Any]:
-    """A failed run's error record (processor, type, message, ...); empty if unreadable."""
-    try:
-        error = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    return error if isinstance(error, dict) else {}
 
 
 async def _expect_start(runtime: Any, run_id: str, name: str, start_by: float) -> None:

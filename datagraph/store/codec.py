@@ -9,7 +9,7 @@ never runs code.
 Why BLAKE3: a batch of 1,000 values of 1 KiB is a megabyte, signed once by
 its writer and verified once by each reader.  Keyed BLAKE3 (SIMD, in Rust)
 hashes it about 4.5x as fast as HMAC-SHA256 with the CPU's SHA extensions,
-and 6.5x as fast as CPython's keyed BLAKE2b (``python -m benchmarks.codec``).
+and 6.5x as fast as CPython's keyed BLAKE2b (``python -m benchmarks --only codec``).
 """
 
 from __future__ import annotations
