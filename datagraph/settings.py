@@ -59,6 +59,8 @@ class Settings:
     worker_retention: float = 3600.0
     #: Publish registrations, heartbeats and per-edge metrics.
     telemetry: bool = True
+    #: Record each run's history (a sample of its counters per second); needs ``telemetry``.
+    history: bool = True
     #: How long a dispatched processor may wait for a worker to pick it up, in seconds.
     dispatch_timeout: float = 30.0
 

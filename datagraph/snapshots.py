@@ -464,6 +464,36 @@ def run_summary(
     )
 
 
+@dataclass(frozen=True)
+class EdgeSpec:
+    """An edge of a run's plan: an IO from its producer to one reader."""
+
+    io: str
+    source: str
+    target: str
+    #: Backlog at which the source waits for this reader; None for a run input, an
+    #: output read by the caller and a ``wait=True`` reader (its writer never waits for it).
+    limit: int | None
+
+
+def edge_specs(plan: Mapping[str, Any]) -> list[EdgeSpec]:
+    """The edges of a run's plan, in flow order: run inputs first, then by producer."""
+    producers: dict[str, str] = plan.get("producers") or {}
+    readers: dict[str, list[str]] = plan.get("readers") or {}
+    outputs: list[str] = plan.get("outputs") or []
+    limits: dict[str, int] = plan.get("max_backlog") or {}
+    processors = (plan.get("flow") or {}).get("processors", [])
+    waiting = {p.get("name") for p in processors if isinstance(p, Mapping) and p.get("wait")}
+    specs = []
+    for io in dict.fromkeys([*(plan.get("floating_inputs") or []), *producers]):
+        source = producers.get(io, INPUT)
+        limit = limits.get(source) if source != INPUT else None
+        for target in [*readers.get(io, []), *([OUTPUT] if io in outputs else [])]:
+            bounded = target != OUTPUT and target not in waiting
+            specs.append(EdgeSpec(io, source, target, limit if bounded else None))
+    return specs
+
+
 def run_snapshot(
     run_id: str,
     record: Mapping[str, str],
@@ -486,47 +516,45 @@ def run_snapshot(
     plan = plan if isinstance(plan, Mapping) else {}
     summary = run_summary(run_id, record, plan, now)
     spec: dict[str, Any] = plan.get("flow") or {"name": None, "processors": []}
-    producers: dict[str, str] = plan.get("producers") or {}
-    readers: dict[str, list[str]] = plan.get("readers") or {}
     floating: list[str] = plan.get("floating_inputs") or []
     outputs: list[str] = plan.get("outputs") or []
-    limits: dict[str, int] = plan.get("max_backlog") or {}
     running = summary.state == "running"
 
     edges: list[EdgeSnapshot] = []
     latest: float | None = None
-    for io in dict.fromkeys([*floating, *producers]):
-        source = producers.get(io, INPUT)
-        written = to_int(stats.get(f"written:{io}"))
-        last = to_float(stats.get(f"last:{io}"))
-        if last is None and source == INPUT:
-            last = summary.started
-        if last is not None:
-            latest = last if latest is None else max(latest, last)
-        throughput = 0.0
-        if running:
-            rate = to_float(stats.get(f"rate:{io}"))
-            if rate is not None:
-                throughput = rate if last is not None and now - last <= RATE_FRESH else 0.0
-            elif rates is not None:
-                throughput = rates.get(io, 0.0)
-        limit = limits.get(source) if source != INPUT else None
-        for target in [*readers.get(io, []), *([OUTPUT] if io in outputs else [])]:
-            read = to_int(pos.get(keys.pos_field(target, io)))
-            backlog = max(0, written - read)
-            edge_limit = limit if target != OUTPUT else None
-            edges.append(EdgeSnapshot(
-                io=io,
-                source=source,
-                target=target,
-                written=written,
-                read=read,
-                backlog=backlog,
-                throughput=max(0.0, throughput),
-                last_activity=last,
-                backpressure_limit=edge_limit,
-                fill=min(1.0, backlog / edge_limit) if edge_limit else None,
-            ))
+    moving: dict[str, tuple[int, float | None, float]] = {}  # io -> written, last write, rate
+    for edge in edge_specs(plan):
+        io = edge.io
+        if io not in moving:
+            written = to_int(stats.get(f"written:{io}"))
+            last = to_float(stats.get(f"last:{io}"))
+            if last is None and edge.source == INPUT:
+                last = summary.started
+            if last is not None:
+                latest = last if latest is None else max(latest, last)
+            throughput = 0.0
+            if running:
+                rate = to_float(stats.get(f"rate:{io}"))
+                if rate is not None:
+                    throughput = rate if last is not None and now - last <= RATE_FRESH else 0.0
+                elif rates is not None:
+                    throughput = rates.get(io, 0.0)
+            moving[io] = (written, last, throughput)
+        written, last, throughput = moving[io]
+        read = to_int(pos.get(keys.pos_field(edge.target, io)))
+        backlog = max(0, written - read)
+        edges.append(EdgeSnapshot(
+            io=io,
+            source=edge.source,
+            target=edge.target,
+            written=written,
+            read=read,
+            backlog=backlog,
+            throughput=max(0.0, throughput),
+            last_activity=last,
+            backpressure_limit=edge.limit,
+            fill=min(1.0, backlog / edge.limit) if edge.limit else None,
+        ))
 
     states = []
     for name in summary.processors:

@@ -11,6 +11,7 @@ until a writer actually has to wait.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections import deque
@@ -31,7 +32,7 @@ from .exceptions import (
 from .runtime import Runtime
 from .store import keys
 from .store.client import is_transient, pipeline
-from .store.scripts import lost_run_error
+from .store.scripts import lost_run_error, sample_history_command
 
 __all__ = ["END", "StreamReader", "StreamWriter", "failure_error", "marker_error", "run_error"]
 
@@ -43,6 +44,8 @@ MARKER = "e"
 #: read comes back empty; ``datagraph.liveness`` checks the producers' workers here.
 IdleHook = Callable[[Runtime, str, list[str], Mapping[str, str]], Awaitable[None]]
 idle_hooks: list[IdleHook] = []
+
+log = logging.getLogger("datagraph.streams")
 
 _BATCH_B = BATCH.encode()
 _MARKER_B = MARKER.encode()
@@ -271,9 +274,13 @@ class StreamReader:
             if publish:
                 batch.custom_command(["HSET", keys.pos(run_id), *self._position_fields()])
                 batch.custom_command(["EXPIRE", keys.pos(run_id), self._ttl, "NX"])
+            # A processor that only reads (a sink) reports its time split here.
+            status = self._writer.status_commands() if self._writer is not None else []
+            for extra in status:
+                batch.custom_command(extra)
             batch.custom_command(command)
             try:
-                result = await self._client.exec(batch, raise_on_error=True)
+                result = await self._client.exec(batch, raise_on_error=False)
             except BaseException as exc:
                 # Interrupted mid-command: the client may still get this reply; don't reuse it.
                 self._drop_client()
@@ -287,6 +294,14 @@ class StreamReader:
                 delay = min(delay * 2, 1.0)
                 continue
             assert result is not None
+            sample_at = len(result) - 2 if status and status[-1][0] == "EVAL" else -1
+            for index, reply in enumerate(result):
+                if not isinstance(reply, GlideBaseError):
+                    continue
+                if index == sample_at and self._writer is not None:
+                    self._writer.history_failed(reply)
+                    continue
+                raise store_error(reply, f"reading {', '.join(self._open)} of run {run_id}")
             if publish:
                 self._dirty = set()
             if not result[0]:
@@ -372,6 +387,12 @@ class StreamWriter:
         self._rt = runtime
         self.clock = clock or Clock()
         self._telemetry = runtime.settings.telemetry
+        self._history = runtime.settings.telemetry and runtime.settings.history
+        #: The next pipeline should carry a history sample (set with each status publish).
+        self._sample_due = False
+        self._sample_warned = False
+        #: Outputs written since the status was last published (their ``last:<io>`` is due).
+        self._moved: set[str] = set()
         self._published_at = 0.0
         self._window = (time.monotonic(), dict.fromkeys(outputs, 0))
         self._run_id = run_id
@@ -589,6 +610,7 @@ class StreamWriter:
         rt = self._rt
         run_id = self._run_id
         pending = {io: buf for io, buf in self.buffers.items() if buf}
+        self._moved.update(pending)
         for io in pending:
             self.buffers[io] = []
             self._inflight[io] = len(pending[io])
@@ -638,6 +660,9 @@ class StreamWriter:
             self._riders = []
         extra_at = len(commands)
         commands += extra
+        extra_end = len(commands)
+        # Last, so that a processor's final sample sees its end (``extra`` records it).
+        commands += self._sample_commands(closing=closing)
         result, attempts = await pipeline(
             rt.client,
             commands,
@@ -650,6 +675,9 @@ class StreamWriter:
         self._note_run_state(state, result[state_at + 1])
         for index, reply in enumerate(result):
             if not isinstance(reply, GlideBaseError):
+                continue
+            if index >= extra_end:
+                self.history_failed(reply)
                 continue
             already = index in xadds and "equal or smaller" in str(reply)
             # A retried pipeline finds its own earlier write; a cancelled run may hold
@@ -668,7 +696,35 @@ class StreamWriter:
         if bad_value is not None:
             # What came before the bad value is written; the processor fails here.
             raise bad_value
-        return list(result[extra_at:])
+        return list(result[extra_at:extra_end])
+
+    def status_commands(self) -> list[list[Any]]:
+        """Time split (and a history sample) for a pipeline of this processor's readers.
+
+        At most twice a second, like a flush's; the sample, when there is one, is
+        the last command, and its reply goes to :meth:`history_failed` if it is an error.
+        """
+        if not self._telemetry:
+            return []
+        return self._telemetry_commands({}, closing=False) + self._sample_commands(closing=False)
+
+    def _sample_commands(self, *, closing: bool) -> list[list[Any]]:
+        if not self._sample_due:
+            return []
+        self._sample_due = False
+        return [sample_history_command(self._run_id, force=closing)]
+
+    def history_failed(self, reply: BaseException) -> None:
+        """A history sample was refused: say so once; the run goes on without it."""
+        if not self._sample_warned:
+            self._sample_warned = True
+            log.warning(
+                "run %s: processor %r could not record the run's history (%s); "
+                "the run goes on without it",
+                self._run_id,
+                self._processor,
+                reply,
+            )
 
     def _telemetry_commands(self, pending: Mapping[str, list[Any]], *, closing: bool) -> list[list[Any]]:
         """Time split and per-output rates, at most twice a second (or at the end)."""
@@ -696,10 +752,12 @@ class StreamWriter:
                 fields += [f"rate:{io}", "0"]
             elif elapsed >= 0.5:
                 fields += [f"rate:{io}", f"{(total - counts[io]) / elapsed:.1f}"]
-            if io in pending:
+            if io in pending or io in self._moved:
                 fields += [f"last:{io}", wall]
+        self._moved = set()
         if elapsed >= 0.5:
             self._window = (now, totals)
+        self._sample_due = self._history
         return [["HSET", keys.stats(self._run_id), *fields]]
 
     def _encode(self, io: str, values: list[Any]) -> tuple[list[tuple[bytes, int]], BadValueError | None]:
@@ -783,15 +841,18 @@ class StreamWriter:
             ["HGET", keys.run(self._run_id), "state"],
             ["HGET", keys.run(self._run_id), "error"],
         ]
-        if self._telemetry:
-            # A writer held back by a slow reader still reports where its time goes.
-            commands += self._telemetry_commands({}, closing=False)
+        # A writer held back by a slow reader still reports where its time goes.
+        status = self.status_commands()
+        commands += status
+        sampled = bool(status) and status[-1][0] == "EVAL"
         result, _ = await pipeline(
             self._rt.client,
             commands,
             retry_for=self._rt.settings.reconnect_timeout,
             doing=f"reading reader positions of run {self._run_id}",
         )
+        if sampled and isinstance(result[-1], GlideBaseError):
+            self.history_failed(result.pop())
         for reply in result:
             if isinstance(reply, GlideBaseError):
                 raise StoreError(f"Valkey refused a read of run {self._run_id}'s positions: {reply}")

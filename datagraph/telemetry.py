@@ -43,6 +43,17 @@ from glide import Batch, GlideClient
 from glide import GlideError as GlideBaseError
 
 from .exceptions import ConfigError, StoreError
+from .history import (
+    COARSE_SECONDS,
+    INTERVAL,
+    Bottleneck,
+    EdgeHistory,
+    ProcessorHistory,
+    RunHistory,
+    build_history,
+    merge_samples,
+    parse_entries,
+)
 from .settings import Settings
 from .snapshots import (
     INPUT,
@@ -82,12 +93,16 @@ __all__ = [
     "INPUT",
     "OUTPUT",
     "RUN_STATES",
+    "Bottleneck",
+    "EdgeHistory",
     "EdgeSnapshot",
     "InputSummary",
     "PortInfo",
     "ProcessorInfo",
+    "ProcessorHistory",
     "ProcessorState",
     "RunFailure",
+    "RunHistory",
     "RunSnapshot",
     "RunSummary",
     "StatusSnapshot",
@@ -358,6 +373,46 @@ class Telemetry:
                 run_id, record, stats, pos, online=online, now=now, windows=windows, rates=rates
             ))
         return snapshots
+
+    async def history(self, run_id: str, since: float | None = None) -> RunHistory | None:
+        """How the run's edges and processors moved, and its bottleneck; None when unknown.
+
+        ``since`` (unix seconds) keeps only later samples; the bottleneck is
+        judged on the samples read (the whole run when ``since`` is None).
+        """
+        (history,) = await self.histories([run_id], since=since)
+        return history
+
+    async def histories(
+        self, run_ids: Sequence[str], since: float | None = None
+    ) -> list[RunHistory | None]:
+        """The histories of several runs in one round trip (None for unknown ones)."""
+        if not run_ids:
+            return []
+        # A sample from before ``since`` gives the first rates; the coarse stream
+        # covers what the fine one no longer holds.
+        fine_from = "-" if since is None else str(int((since - 2 * INTERVAL) * 1000))
+        coarse_from = "-" if since is None else str(int((since - 2 * COARSE_SECONDS) * 1000))
+        commands = []
+        for run_id in run_ids:
+            commands += [
+                ["HMGET", keys.run(run_id), "state", "plan"],
+                ["XRANGE", keys.history_coarse(run_id), coarse_from, "+"],
+                ["XRANGE", keys.history(run_id), fine_from, "+"],
+            ]
+        result = await self._exec(commands, "run history")
+        histories: list[RunHistory | None] = []
+        for index, run_id in enumerate(run_ids):
+            (state, plan), coarse, fine = result[3 * index : 3 * index + 3]
+            if state is None:
+                histories.append(None)
+                continue
+            samples = merge_samples(parse_entries(coarse), parse_entries(fine))
+            parsed = loads(plan)
+            histories.append(build_history(
+                run_id, parsed if isinstance(parsed, Mapping) else {}, text(state), samples, since=since
+            ))
+        return histories
 
     async def status(
         self, *, limit: int = 10, state: str | Iterable[str] | None = None

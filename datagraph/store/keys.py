@@ -12,6 +12,8 @@ __all__ = [
     "PROCESSORS",
     "RUNS",
     "WORKERS",
+    "history",
+    "history_coarse",
     "pos",
     "run",
     "run_keys",
@@ -58,9 +60,29 @@ def stats(run_id: str) -> str:
     return f"{_run_prefix(run_id)}:stats"
 
 
+def history(run_id: str) -> str:
+    """Stream: one sample of the run's counters per second (the last 15 minutes).
+
+    Entry ids are the store's clock in milliseconds, so ``XRANGE`` reads by time.
+    """
+    return f"{_run_prefix(run_id)}:hist"
+
+
+def history_coarse(run_id: str) -> str:
+    """Stream: one sample of the run's counters per minute, for the run's whole life."""
+    return f"{_run_prefix(run_id)}:hist:60"
+
+
 def run_keys(run_id: str, ios: list[str]) -> list[str]:
     """Every key a run owns."""
-    return [run(run_id), pos(run_id), stats(run_id), *(stream(run_id, io) for io in ios)]
+    return [
+        run(run_id),
+        pos(run_id),
+        stats(run_id),
+        history(run_id),
+        history_coarse(run_id),
+        *(stream(run_id, io) for io in ios),
+    ]
 
 
 def worker(worker_id: str) -> str:

@@ -15,7 +15,13 @@ if TYPE_CHECKING:
     from ..plan import Plan
     from ..runtime import Runtime
 
-__all__ = ["finish_run", "finish_run_command", "lost_run_error", "processor_done_command"]
+__all__ = [
+    "finish_run",
+    "finish_run_command",
+    "lost_run_error",
+    "processor_done_command",
+    "sample_history_command",
+]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -102,3 +108,71 @@ def processor_done_command(runtime: Runtime, plan: Plan, processor: str) -> list
     names = [p["name"] for p in plan.processors]
     args = [processor, repr(time.time()), str(int(runtime.settings.retention)), *names]
     return ["EVAL", _PROCESSOR_DONE, str(len(script_keys)), *script_keys, *args]
+
+
+#: Seconds of 1-second history kept per run; older samples survive at 1 minute.
+HISTORY_FINE_SECONDS = 900
+#: Seconds between the samples kept for a run's whole life.
+HISTORY_COARSE_SECONDS = 60
+#: Prefix of a reader position (``<reader>/<io>`` in ``pos``) in a history sample.
+HISTORY_READ = "r:"
+
+# Sample the run's cumulative counters into its history streams, at most once per
+# second (and once per minute into the coarse stream), whoever calls it: several
+# processes writing one run give one series.  The store's clock times samples.
+# A sample copies the stats fields written:, busy:, idle:, bp: and state:, and
+# each reader position ``<reader>/<io>`` as ``r:<reader>/<io>``.
+# KEYS[1] stats, KEYS[2] pos, KEYS[3] fine history, KEYS[4] coarse history.
+# ARGV[1] "1" to sample even within the current second (a processor's last flush),
+# ARGV[2] ms of fine history kept, ARGV[3] ms between coarse samples.
+_SAMPLE = """
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then return 0 end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local last = tonumber(redis.call('HGET', KEYS[1], 'sampled') or '0')
+if ARGV[1] ~= '1' and now - (now % 1000) <= last then return 0 end
+local fields = {}
+local copied = {written = true, busy = true, idle = true, bp = true, state = true}
+local stats = redis.call('HGETALL', KEYS[1])
+for i = 1, #stats, 2 do
+  local kind = string.match(stats[i], '^(%a+):')
+  if kind and copied[kind] then
+    fields[#fields + 1] = stats[i]
+    fields[#fields + 1] = stats[i + 1]
+  end
+end
+local pos = redis.call('HGETALL', KEYS[2])
+for i = 1, #pos, 2 do
+  local f = pos[i]
+  if string.find(f, '/', 1, true) and not string.find(f, '#', 1, true) then
+    fields[#fields + 1] = 'r:' .. f
+    fields[#fields + 1] = pos[i + 1]
+  end
+end
+if #fields == 0 then return 0 end
+if #fields > 7000 then fields = {'json', cjson.encode(fields)} end
+redis.call('XADD', KEYS[3], 'MINID', tostring(now - tonumber(ARGV[2])), '*', unpack(fields))
+local step = tonumber(ARGV[3])
+local coarse = tonumber(redis.call('HGET', KEYS[1], 'sampled:coarse') or '-1')
+if now - (now % step) > coarse then
+  redis.call('XADD', KEYS[4], '*', unpack(fields))
+  redis.call('HSET', KEYS[1], 'sampled:coarse', tostring(now))
+end
+redis.call('HSET', KEYS[1], 'sampled', tostring(now))
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('EXPIRE', KEYS[4], ttl)
+return 1
+"""
+
+
+def sample_history_command(run_id: str, *, force: bool = False) -> list[str]:
+    """The EVAL that records one history sample of the run (see ``datagraph.history``).
+
+    Cheap to send often: it returns at once when the run was sampled within the
+    current second, unless ``force`` (a processor's last flush, so the run's end
+    is in its history).  History keys take the expiry of the run's ``stats``.
+    """
+    script_keys = [keys.stats(run_id), keys.pos(run_id), keys.history(run_id), keys.history_coarse(run_id)]
+    args = ["1" if force else "0", str(HISTORY_FINE_SECONDS * 1000), str(HISTORY_COARSE_SECONDS * 1000)]
+    return ["EVAL", _SAMPLE, str(len(script_keys)), *script_keys, *args]

@@ -1,0 +1,383 @@
+"""Run history: samples recorded by the engine, the read API and the bottleneck rule."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import anyio
+import pytest
+
+from datagraph import IO, Flow, IOVal, LocalExecutor, Processor, Supervisor
+from datagraph.history import RunHistory, build_history
+from datagraph.snapshots import INPUT, OUTPUT
+from datagraph.store import keys
+from datagraph.telemetry import Telemetry
+
+# -- the bottleneck rule, on samples made up here -------------------------------------
+
+Proc = tuple[str, list[str], list[str], bool]
+
+
+def make_plan(procs: Sequence[Proc], *, limit: int = 100, outputs: Sequence[str] = ()) -> dict[str, Any]:
+    produced = {io: name for name, _, outs, _ in procs for io in outs}
+    readers: dict[str, list[str]] = {}
+    for name, ins, _, _ in procs:
+        for io in ins:
+            readers.setdefault(io, []).append(name)
+    floating = [io for _, ins, _, _ in procs for io in ins if io not in produced]
+    return {
+        "flow": {
+            "name": "f",
+            "processors": [
+                {"name": n, "inputs": i, "outputs": o, "wait": w, "max_backlog": None} for n, i, o, w in procs
+            ],
+        },
+        "producers": produced,
+        "readers": readers,
+        "floating_inputs": floating,
+        "outputs": list(outputs),
+        "max_backlog": {name: limit for name, *_ in procs},
+    }
+
+
+class Script:
+    """Builds cumulative samples second by second, as the store would record them."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.at = start
+        self.totals: dict[str, float] = {}
+        self.samples: list[tuple[float, dict[str, str]]] = []
+
+    def second(
+        self,
+        shares: Mapping[str, tuple[float, float, float]],
+        backlog: Mapping[tuple[str, str], int] = {},
+        states: Mapping[str, str] = {},
+        written: Mapping[str, int] = {},
+    ) -> None:
+        """One second: (busy, idle, backpressured) per processor, backlog per (io, reader)."""
+        self.at += 1.0
+        fields: dict[str, str] = {}
+        for name, (busy, idle, bp) in shares.items():
+            for kind, share in (("busy", busy), ("idle", idle), ("bp", bp)):
+                key = f"{kind}:{name}"
+                self.totals[key] = self.totals.get(key, 0.0) + share
+                fields[key] = f"{self.totals[key]:.3f}"
+            fields[f"state:{name}"] = states.get(name, "running")
+        for name, state in states.items():
+            fields[f"state:{name}"] = state
+        for (io, reader), lag in backlog.items():
+            total = written.get(io, 10_000)
+            fields[f"written:{io}"] = str(total)
+            fields[f"r:{reader}/{io}"] = str(total - lag)
+        self.samples.append((self.at, fields))
+
+    def history(self, plan: Mapping[str, Any], state: str = "running") -> RunHistory:
+        return build_history("r", plan, state, self.samples)
+
+
+BUSY = (0.95, 0.0, 0.05)
+HELD = (0.2, 0.0, 0.8)
+IDLE = (0.05, 0.95, 0.0)
+EASY = (0.3, 0.7, 0.0)
+
+
+def test_chain_names_the_slow_stage_and_why() -> None:
+    plan = make_plan([("a", ["n"], ["x"], False), ("b", ["x"], ["y"], False), ("c", ["y"], ["z"], False)])
+    script = Script()
+    for _ in range(3):
+        script.second({"a": EASY, "b": EASY, "c": EASY}, {("x", "b"): 5, ("y", "c"): 5})
+    for _ in range(10):
+        script.second({"a": HELD, "b": HELD, "c": BUSY}, {("x", "b"): 95, ("y", "c"): 98})
+    history = script.history(plan)
+    bottleneck = history.bottleneck
+    assert bottleneck is not None
+    assert bottleneck.processor == "c"
+    assert bottleneck.input == "y"
+    assert bottleneck.until is None
+    # Named once the 5-second window turns: within a few samples of the change.
+    assert script.samples[3][0] <= bottleneck.since <= script.samples[6][0]
+    assert "its input `y` is full (98 % of 100)" in bottleneck.reason
+    assert "upstream is backpressured (b)" in bottleneck.reason
+    assert "c is the bottleneck since" in bottleneck.describe()
+
+
+def test_downstream_idle_is_said() -> None:
+    plan = make_plan([("a", ["n"], ["x"], False), ("b", ["x"], ["y"], False), ("c", ["y"], ["z"], False)])
+    script = Script()
+    for _ in range(8):
+        script.second({"a": HELD, "b": BUSY, "c": IDLE}, {("x", "b"): 100, ("y", "c"): 0})
+    bottleneck = script.history(plan).bottleneck
+    assert bottleneck is not None and bottleneck.processor == "b"
+    assert bottleneck.reason.endswith("downstream idle")
+
+
+def test_fan_in_names_the_join_by_its_fullest_input() -> None:
+    plan = make_plan([
+        ("l", ["n"], ["left"], False),
+        ("r", ["n"], ["right"], False),
+        ("join", ["left", "right"], ["out"], False),
+    ])
+    script = Script()
+    for _ in range(8):
+        script.second(
+            {"l": HELD, "r": HELD, "join": BUSY}, {("left", "join"): 90, ("right", "join"): 100}
+        )
+    bottleneck = script.history(plan).bottleneck
+    assert bottleneck is not None
+    assert (bottleneck.processor, bottleneck.input) == ("join", "right")
+
+
+def test_fan_out_names_only_the_slow_reader() -> None:
+    plan = make_plan([
+        ("src", ["n"], ["x"], False),
+        ("fast", ["x"], ["f"], False),
+        ("slow", ["x"], ["s"], False),
+    ])
+    script = Script()
+    for _ in range(8):
+        script.second(
+            {"src": HELD, "fast": IDLE, "slow": BUSY}, {("x", "fast"): 2, ("x", "slow"): 100}
+        )
+    bottleneck = script.history(plan).bottleneck
+    assert bottleneck is not None and bottleneck.processor == "slow"
+
+
+def test_a_waiting_processor_is_no_bottleneck_and_its_input_is_not_full() -> None:
+    plan = make_plan([("src", ["n"], ["x"], False), ("agg", ["x"], ["total"], True)])
+    script = Script()
+    for _ in range(6):
+        # agg waits for the whole of x: a large backlog, but its writer never waits for it.
+        script.second({"src": BUSY}, {("x", "agg"): 5000}, states={"agg": "pending"})
+    for _ in range(6):
+        script.second({"src": (0, 1, 0), "agg": BUSY}, {("x", "agg"): 4000}, states={"src": "done"})
+    history = script.history(plan)
+    assert history.bottleneck is None
+    edge = history.edge("x", "agg")
+    assert edge.backpressure_limit is None and edge.fill == ()
+
+
+def test_a_flow_that_keeps_up_has_no_bottleneck() -> None:
+    plan = make_plan([("a", ["n"], ["x"], False), ("b", ["x"], ["y"], False)])
+    script = Script()
+    for _ in range(10):
+        # b is busy, but its input never fills: it keeps up.
+        script.second({"a": EASY, "b": BUSY}, {("x", "b"): 20})
+    assert script.history(plan).bottleneck is None
+
+
+def test_a_backpressured_processor_is_not_the_bottleneck() -> None:
+    plan = make_plan([("a", ["n"], ["x"], False), ("b", ["x"], ["y"], False), ("c", ["y"], ["z"], False)])
+    script = Script()
+    for _ in range(8):
+        # b's input is full, but b waits on c: c is to blame, and c's input is not full.
+        script.second({"a": HELD, "b": (0.5, 0.0, 0.5), "c": IDLE}, {("x", "b"): 100, ("y", "c"): 50})
+    assert script.history(plan).bottleneck is None
+
+
+def test_a_past_bottleneck_has_an_end() -> None:
+    plan = make_plan([("a", ["n"], ["x"], False), ("b", ["x"], ["y"], False)])
+    script = Script()
+    for _ in range(8):
+        script.second({"a": HELD, "b": BUSY}, {("x", "b"): 100})
+    for _ in range(10):
+        script.second({"a": EASY, "b": EASY}, {("x", "b"): 3})
+    bottleneck = script.history(plan).bottleneck
+    assert bottleneck is not None and bottleneck.processor == "b"
+    assert bottleneck.until is not None
+    assert bottleneck.since < bottleneck.until <= script.samples[12][0]
+    assert "was the bottleneck from" in bottleneck.describe()
+
+
+def test_a_short_gap_does_not_end_a_bottleneck() -> None:
+    plan = make_plan([("a", ["n"], ["x"], False), ("b", ["x"], ["y"], False)])
+    script = Script()
+    for _ in range(8):
+        script.second({"a": HELD, "b": BUSY}, {("x", "b"): 100})
+    first = script.history(plan).bottleneck
+    script.second({"a": HELD, "b": BUSY}, {("x", "b"): 10})  # one sample drained
+    for _ in range(4):
+        script.second({"a": HELD, "b": BUSY}, {("x", "b"): 100})
+    bottleneck = script.history(plan).bottleneck
+    assert first is not None and bottleneck is not None
+    assert bottleneck.since == first.since and bottleneck.until is None
+
+
+def test_series_rates_and_shares() -> None:
+    plan = make_plan([("a", ["n"], ["x"], False), ("b", ["x"], [], False)], limit=1000)
+    script = Script()
+    script.second({"a": EASY, "b": EASY}, {("x", "b"): 0}, written={"x": 100})
+    script.second({"a": EASY, "b": EASY}, {("x", "b"): 100}, written={"x": 400})
+    history = script.history(plan)
+    edge = history.edge("x", "b")
+    assert edge.written == (100, 400)
+    assert edge.read == (100, 300)
+    assert edge.backlog == (0, 100)
+    assert edge.throughput == (0.0, 300.0)
+    assert edge.read_rate == (0.0, 200.0)
+    assert edge.fill == (0.0, 0.1)
+    a = history.processor("a")
+    assert a.busy[1] == pytest.approx(0.3) and a.idle[1] == pytest.approx(0.7)
+    assert a.backpressured[1] == 0.0
+    # since: later samples only, rates still from the sample before.
+    later = build_history("r", plan, "running", script.samples, since=script.samples[1][0])
+    assert later.t == (script.samples[1][0],)
+    assert later.edge("x", "b").throughput == (300.0,)
+    assert json.loads(later.to_json())["edges"][0]["t"] == [script.samples[1][0]]
+
+
+# -- recorded by the engine, read back through Telemetry ---------------------------------
+
+#: Values through the slow flow; the first SLOW_VALUES take 3 ms each at hist_slow.
+COUNT = 2400
+SLOW_VALUES = 1000
+LIMIT = 100
+
+hist_source = Processor("hist_source", ["hist_n"], ["hist_nums"], max_backlog=LIMIT)
+hist_slow = Processor("hist_slow", ["hist_nums"], ["hist_out"])
+
+
+@hist_source
+async def _hist_source(hist_n: IO[int]) -> AsyncIterator[IOVal[int]]:
+    for i in range(await hist_n.first()):
+        yield IOVal("hist_nums", i)
+
+
+@hist_slow
+async def _hist_slow(hist_nums: IO[int]) -> AsyncIterator[IOVal[int]]:
+    async for value in hist_nums:
+        if value < SLOW_VALUES:
+            time.sleep(0.003)  # noqa: ASYNC251 (CPU-bound work: the stage is busy, not idle)
+        yield IOVal("hist_out", value)
+
+
+SLOW_FLOW = Flow.from_processors(hist_source, hist_slow, name="hist-flow").resolve()
+
+
+async def _run_slow_flow(supervisor: Supervisor) -> str:
+    out = await supervisor.start_flow(SLOW_FLOW, [IOVal("hist_n", COUNT)])
+    assert await out["hist_out"].collect() == list(range(COUNT))
+    run_id = out["hist_out"].run_id
+    assert await supervisor.wait(run_id, timeout=10) == "succeeded"
+    return run_id
+
+
+@pytest.mark.anyio
+async def test_engine_records_a_slow_stage_filling_then_draining(supervisor: Supervisor) -> None:
+    started = time.time()
+    run_id = await _run_slow_flow(supervisor)
+    telemetry = await Telemetry.from_supervisor(supervisor)
+    history = await telemetry.history(run_id)
+    assert history is not None and history.state == "succeeded"
+
+    # Samples about a second apart across the whole run, timed by the store's clock.
+    assert len(history.t) >= 3
+    assert started - 1 <= history.t[0] and history.t[-1] <= time.time() + 1
+    gaps = [b - a for a, b in zip(history.t, history.t[1:], strict=False)]
+    assert max(gaps) <= 1.6, gaps
+
+    edge = history.edge("hist_nums", "hist_slow")
+    assert (edge.source, edge.backpressure_limit) == ("hist_source", LIMIT)
+    assert max(edge.backlog) >= LIMIT * 0.8, edge.backlog  # it filled up...
+    assert edge.backlog[-1] == 0  # ...and drained
+    assert edge.written[-1] == edge.read[-1] == COUNT
+    assert list(edge.written) == sorted(edge.written)
+    assert [e.io for e in history.edges] == ["hist_n", "hist_nums", "hist_out"]
+    assert history.edge("hist_n", "hist_source").source == INPUT
+    assert history.edge("hist_out", OUTPUT).written[-1] == COUNT
+
+    slow = history.processor("hist_slow")
+    assert slow.state[-1] == "done"
+    assert max(slow.busy) >= 0.7
+    source = history.processor("hist_source")
+    # (less than all the rest: hist_slow blocks the event loop they share)
+    assert max(source.backpressured) >= 0.3
+
+    bottleneck = history.bottleneck
+    assert bottleneck is not None
+    assert bottleneck.processor == "hist_slow"
+    assert bottleneck.until is not None  # the run is over
+    assert "its input `hist_nums` is full" in bottleneck.reason
+
+    # JSON as the API gives it.
+    data = history.to_dict()
+    edge_fields = {"io", "source", "target", "t", "written", "read", "backlog", "throughput"}
+    assert set(data["edges"][0]) >= edge_fields
+    assert set(data["processors"][0]) >= {"name", "t", "busy", "backpressured", "idle"}
+    assert data["bottleneck"]["processor"] == "hist_slow"
+
+    # History expires with the run's other keys.
+    runtime = await supervisor.runtime()
+    stats_ttl = await runtime.client.custom_command(["TTL", keys.stats(run_id)])
+    for key in (keys.history(run_id), keys.history_coarse(run_id)):
+        ttl = await runtime.client.custom_command(["TTL", key])
+        assert 0 < ttl <= stats_ttl + 1, (key, ttl, stats_ttl)
+
+    # since: only later samples.
+    later = await telemetry.history(run_id, since=history.t[-2])
+    assert later is not None and later.t == history.t[-2:]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("setting", ["telemetry", "history"])
+async def test_history_off_records_nothing(valkey_url: str, anyio_backend: str, setting: str) -> None:
+    Supervisor.detach()
+    supervisor = Supervisor.attach(
+        redis_config={"url": valkey_url}, executor=LocalExecutor(), secret=b"test-secret", **{setting: False}
+    )
+    try:
+        out = await supervisor.start_flow(SLOW_FLOW, [IOVal("hist_n", 300)])
+        assert len(await out["hist_out"].collect()) == 300
+        run_id = out["hist_out"].run_id
+        runtime = await supervisor.runtime()
+        assert await runtime.client.custom_command(["EXISTS", keys.history(run_id)]) == 0
+        assert await runtime.client.custom_command(["EXISTS", keys.history_coarse(run_id)]) == 0
+    finally:
+        await Supervisor.adetach()
+
+
+@pytest.mark.anyio
+async def test_unknown_run_has_no_history(supervisor: Supervisor) -> None:
+    telemetry = await Telemetry.from_supervisor(supervisor)
+    assert await telemetry.history("no-such-run") is None
+
+
+@pytest.mark.anyio
+async def test_a_sink_reports_its_time_while_it_runs(supervisor: Supervisor) -> None:
+    """A processor with no outputs never flushes: its reads carry its time split."""
+    sink = Processor("hist_sink", ["hist_items"], [])
+    seen: list[int] = []
+
+    @sink
+    async def _sink(hist_items: IO[int]) -> AsyncIterator[IOVal[Any]]:
+        async for value in hist_items:
+            seen.append(value)
+            time.sleep(0.002)  # noqa: ASYNC251 (busy, not idle)
+        return
+        yield  # an async generator that yields nothing
+
+    feeder = Processor("hist_feeder", ["hist_count"], ["hist_items"], max_backlog=50)
+
+    @feeder
+    async def _feeder(hist_count: IO[int]) -> AsyncIterator[IOVal[int]]:
+        for i in range(await hist_count.first()):
+            yield IOVal("hist_items", i)
+
+    flow = Flow.from_processors(feeder, sink).resolve()
+    out = await supervisor.start_flow(flow, [IOVal("hist_count", 1200)], all_outputs=True)
+    run_id = out["hist_items"].run_id
+    telemetry = await Telemetry.from_supervisor(supervisor)
+    with anyio.fail_after(10):
+        while True:
+            history = await telemetry.history(run_id)
+            assert history is not None
+            series = history.processor("hist_sink")
+            busy = [b for b, s in zip(series.busy, series.state, strict=True) if s == "running"]
+            if any(b > 0.5 for b in busy):
+                break
+            assert history.state == "running", "the sink's time split was only published at its end"
+            await anyio.sleep(0.2)
+    assert await supervisor.wait(run_id, timeout=10) == "succeeded"
