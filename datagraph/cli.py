@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
+    from .history import EdgeHistory, RunHistory
     from .snapshots import StatusSnapshot
 
 __all__ = ["Command", "add_store_option", "build_parser", "command", "main", "store_url"]
@@ -135,6 +136,11 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--state", choices=RUN_STATES, help="only runs in this state")
     parser.add_argument("--run", metavar="ID", help="only this run, with its processors and error")
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="with --run: how its edges and processors moved over time, and its bottleneck",
+    )
 
 
 @command("status", help="show processors, workers and recent runs", arguments=_status_arguments)
@@ -148,6 +154,11 @@ def status(args: argparse.Namespace) -> int:
         print("datagraph status: no store; pass --redis-url or set DATAGRAPH_REDIS_URL",
               file=sys.stderr)
         return 2
+    if args.history:
+        if args.run is None:
+            print("datagraph status: --history needs --run ID", file=sys.stderr)
+            return 2
+        return _status_history(url, args)
     try:
         data = anyio.run(_read_status, url, args)
     except DatagraphError as exc:
@@ -174,6 +185,93 @@ async def _read_status(url: str, args: argparse.Namespace) -> StatusSnapshot:
             workers=tuple(await telemetry.workers()),
             runs=(run,) if run is not None else (),
         )
+
+
+def _status_history(url: str, args: argparse.Namespace) -> int:
+    import anyio
+
+    from .exceptions import DatagraphError
+    from .telemetry import Telemetry
+
+    async def read() -> RunHistory | None:
+        async with await Telemetry.connect(url) as telemetry:
+            return await telemetry.history(args.run)
+
+    try:
+        history = anyio.run(read)
+    except DatagraphError as exc:
+        print(f"datagraph status: {exc}", file=sys.stderr)
+        return 1
+    if history is None:
+        print(f"datagraph status: no run {args.run!r} in the store (unknown, or expired)", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(history.to_dict(), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(history_text(history))
+    return 0
+
+
+#: Block characters for 0..1, lowest to highest (a space is empty).
+_BLOCKS = " \u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588"
+
+
+def history_text(history: RunHistory, width: int = 100) -> str:
+    """A run's history as a text heatmap ``width`` columns wide: a row per edge and processor."""
+    from .history import buckets, resample
+
+    lines = []
+    if not history.t:
+        return f"run {history.run_id} ({history.state}): no history recorded\n"
+    start, end = history.t[0], history.t[-1]
+    names = [_edge_name(e) for e in history.edges] + [p.name for p in history.processors]
+    label_width = min(40, max(8, *map(len, names)))
+    columns = width - label_width - 5  # "  <label> |<columns>|"
+    spans = buckets(history.t, columns)
+    clock = time.strftime
+    lines.append(
+        f"run {history.run_id} ({history.state}): {clock('%H:%M:%S', time.localtime(start))} to "
+        f"{clock('%H:%M:%S', time.localtime(end))}, {_seconds(end - start)}; "
+        f"a column is {_seconds((end - start) / columns)}"
+    )
+    lines.append("EDGES: queue fill against the backpressure limit (unlimited: backlog against its peak)")
+    for edge in history.edges:
+        if edge.backpressure_limit:
+            levels = resample(edge.t, edge.fill, spans)
+        else:
+            peak = max(edge.backlog, default=0) or 1
+            levels = resample(edge.t, [b / peak for b in edge.backlog], spans)
+        lines.append(f"  {_edge_name(edge)[:label_width].ljust(label_width)} |{_bar(levels)}|")
+    lines.append("PROCESSORS: busy share (backpressured: b, idle: .)")
+    for processor in history.processors:
+        busy = resample(processor.t, processor.busy, spans)
+        held = resample(processor.t, processor.backpressured, spans)
+        idle = resample(processor.t, processor.idle, spans)
+        cells = []
+        for b, h, i in zip(busy, held, idle, strict=True):
+            if b is None:
+                cells.append("\u00b7")
+            elif (h or 0) > max(b, i or 0):
+                cells.append("b")
+            elif (i or 0) > max(b, h or 0):
+                cells.append(".")
+            else:
+                cells.append(_BLOCKS[min(8, round(b * 8))])
+        lines.append(f"  {processor.name[:label_width].ljust(label_width)} |{''.join(cells)}|")
+    if history.bottleneck is not None:
+        lines.append("BOTTLENECK " + history.bottleneck.describe())
+    else:
+        lines.append("BOTTLENECK none: the flow kept up")
+    return "\n".join(lines) + "\n"
+
+
+def _edge_name(edge: EdgeHistory) -> str:
+    return f"{edge.io} ({edge.source} -> {edge.target})"
+
+
+def _bar(levels: Sequence[float | None]) -> str:
+    return "".join("\u00b7" if v is None else _BLOCKS[min(8, round(v * 8))] for v in levels)
 
 
 def _print_status(data: StatusSnapshot, out: TextIO, *, detailed: bool) -> None:

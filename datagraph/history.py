@@ -33,12 +33,15 @@ __all__ = [
     "FULL_FROM",
     "Bottleneck",
     "EdgeHistory",
+    "HistoryRecord",
     "ProcessorHistory",
     "RunHistory",
     "build_history",
+    "buckets",
     "find_bottleneck",
     "merge_samples",
     "parse_entries",
+    "resample",
 ]
 
 #: Seconds between the samples of the recent history.
@@ -164,18 +167,30 @@ class RunHistory(_Snapshot):
         raise KeyError(name)
 
     def throughput(self) -> tuple[float, ...]:
-        """Values per second the run delivered to its caller, or moved on its busiest IO."""
-        outputs = [e for e in self.edges if e.target == OUTPUT] or list(self.edges)
-        if not outputs:
+        """Values per second the run delivered to its caller or, while it delivers
+        nothing yet (say, a ``wait=True`` stage at the end), moved on its busiest IO."""
+        by_io = {e.io: e.throughput for e in self.edges}
+        delivered = {e.io for e in self.edges if e.target == OUTPUT}
+        if any(any(by_io[io]) for io in delivered):
+            return tuple(sum(values) for values in zip(*(by_io[io] for io in delivered), strict=True))
+        if not by_io:
             return ()
-        series = [e.throughput for e in {e.io: e for e in outputs}.values()]
-        return tuple(sum(values) for values in zip(*series, strict=True))
+        return max(by_io.values(), key=sum)
 
 
 # -- building it from samples ------------------------------------------------------
 
 #: One sample: its time (unix seconds) and the counters it copied.
 Sample = tuple[float, Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    """What the store holds of a run's history: its state, plan and samples (oldest first)."""
+
+    state: str
+    plan: Mapping[str, Any]
+    samples: list[Sample]
 
 
 def parse_entries(reply: Any) -> list[Sample]:
@@ -435,3 +450,43 @@ def _reason(
 
 def _percent(share: float) -> str:
     return f"{share * 100:.0f} %"
+
+
+# -- time buckets, for heatmaps ---------------------------------------------------------
+
+
+def buckets(t: Sequence[float], count: int, end: float | None = None) -> list[tuple[float, float]]:
+    """``count`` equal time buckets ``(start, end)`` spanning the samples ``t`` (up to ``end``)."""
+    if not t or count <= 0:
+        return []
+    first, last = t[0], max(t[-1], end if end is not None else t[-1])
+    width = max(last - first, 1e-9) / count
+    return [(first + i * width, first + (i + 1) * width) for i in range(count)]
+
+
+def resample(
+    t: Sequence[float],
+    values: Sequence[float],
+    spans: Sequence[tuple[float, float]],
+    *,
+    mean: bool = False,
+) -> list[float | None]:
+    """The largest (or the mean) value sampled in each span.
+
+    A span with no sample repeats the last value; None before the first sample.
+    Largest by default, so that a queue that filled for one second shows in a
+    bucket of a minute; the mean suits shares of time.
+    """
+    out: list[float | None] = []
+    i = 0
+    last: float | None = None
+    for index, (_, stop) in enumerate(spans):
+        taken: list[float] = []
+        final = index == len(spans) - 1
+        while i < len(t) and (t[i] < stop or final):
+            taken.append(values[i])
+            i += 1
+        if taken:
+            last = sum(taken) / len(taken) if mean else max(taken)
+        out.append(last)
+    return out

@@ -48,6 +48,7 @@ from .history import (
     INTERVAL,
     Bottleneck,
     EdgeHistory,
+    HistoryRecord,
     ProcessorHistory,
     RunHistory,
     build_history,
@@ -387,32 +388,52 @@ class Telemetry:
         self, run_ids: Sequence[str], since: float | None = None
     ) -> list[RunHistory | None]:
         """The histories of several runs in one round trip (None for unknown ones)."""
+        records = await self.history_records(run_ids, since=since)
+        return [
+            build_history(run_id, r.plan, r.state, r.samples, since=since) if r is not None else None
+            for run_id, r in zip(run_ids, records, strict=True)
+        ]
+
+    async def history_records(
+        self, run_ids: Sequence[str], *, since: float | None = None, after: float | None = None
+    ) -> list[HistoryRecord | None]:
+        """The raw samples of several runs, for callers that keep them between reads.
+
+        ``since`` reads from a little before that time (a sample from before it
+        gives the first rates); ``after`` reads only samples later than that
+        time, from the one-second stream.  None for unknown runs.
+        """
         if not run_ids:
             return []
-        # A sample from before ``since`` gives the first rates; the coarse stream
-        # covers what the fine one no longer holds.
-        fine_from = "-" if since is None else str(int((since - 2 * INTERVAL) * 1000))
-        coarse_from = "-" if since is None else str(int((since - 2 * COARSE_SECONDS) * 1000))
+        if after is not None:
+            fine_from, coarse_from = f"({int(after * 1000) + 1}", None
+        elif since is not None:
+            fine_from = str(int((since - 2 * INTERVAL) * 1000))
+            coarse_from = str(int((since - 2 * COARSE_SECONDS) * 1000))
+        else:
+            fine_from, coarse_from = "-", "-"
         commands = []
         for run_id in run_ids:
-            commands += [
-                ["HMGET", keys.run(run_id), "state", "plan"],
-                ["XRANGE", keys.history_coarse(run_id), coarse_from, "+"],
-                ["XRANGE", keys.history(run_id), fine_from, "+"],
-            ]
+            commands.append(["HMGET", keys.run(run_id), "state", "plan"])
+            if coarse_from is not None:
+                commands.append(["XRANGE", keys.history_coarse(run_id), coarse_from, "+"])
+            commands.append(["XRANGE", keys.history(run_id), fine_from, "+"])
         result = await self._exec(commands, "run history")
-        histories: list[RunHistory | None] = []
-        for index, run_id in enumerate(run_ids):
-            (state, plan), coarse, fine = result[3 * index : 3 * index + 3]
+        step = 2 if coarse_from is None else 3
+        records: list[HistoryRecord | None] = []
+        for index in range(len(run_ids)):
+            (state, plan), *streams = result[step * index : step * index + step]
             if state is None:
-                histories.append(None)
+                records.append(None)
                 continue
-            samples = merge_samples(parse_entries(coarse), parse_entries(fine))
+            coarse = parse_entries(streams[0]) if coarse_from is not None else []
             parsed = loads(plan)
-            histories.append(build_history(
-                run_id, parsed if isinstance(parsed, Mapping) else {}, text(state), samples, since=since
+            records.append(HistoryRecord(
+                state=text(state),
+                plan=parsed if isinstance(parsed, Mapping) else {},
+                samples=merge_samples(coarse, parse_entries(streams[-1])),
             ))
-        return histories
+        return records
 
     async def status(
         self, *, limit: int = 10, state: str | Iterable[str] | None = None

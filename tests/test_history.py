@@ -15,6 +15,7 @@ from datagraph.history import RunHistory, build_history
 from datagraph.snapshots import INPUT, OUTPUT
 from datagraph.store import keys
 from datagraph.telemetry import Telemetry
+from tests.history_support import COUNT, LIMIT, SLOW_FLOW, inputs, run_slow_flow
 
 # -- the bottleneck rule, on samples made up here -------------------------------------
 
@@ -231,44 +232,10 @@ def test_series_rates_and_shares() -> None:
 
 # -- recorded by the engine, read back through Telemetry ---------------------------------
 
-#: Values through the slow flow; the first SLOW_VALUES take 3 ms each at hist_slow.
-COUNT = 2400
-SLOW_VALUES = 1000
-LIMIT = 100
-
-hist_source = Processor("hist_source", ["hist_n"], ["hist_nums"], max_backlog=LIMIT)
-hist_slow = Processor("hist_slow", ["hist_nums"], ["hist_out"])
-
-
-@hist_source
-async def _hist_source(hist_n: IO[int]) -> AsyncIterator[IOVal[int]]:
-    for i in range(await hist_n.first()):
-        yield IOVal("hist_nums", i)
-
-
-@hist_slow
-async def _hist_slow(hist_nums: IO[int]) -> AsyncIterator[IOVal[int]]:
-    async for value in hist_nums:
-        if value < SLOW_VALUES:
-            time.sleep(0.003)  # noqa: ASYNC251 (CPU-bound work: the stage is busy, not idle)
-        yield IOVal("hist_out", value)
-
-
-SLOW_FLOW = Flow.from_processors(hist_source, hist_slow, name="hist-flow").resolve()
-
-
-async def _run_slow_flow(supervisor: Supervisor) -> str:
-    out = await supervisor.start_flow(SLOW_FLOW, [IOVal("hist_n", COUNT)])
-    assert await out["hist_out"].collect() == list(range(COUNT))
-    run_id = out["hist_out"].run_id
-    assert await supervisor.wait(run_id, timeout=10) == "succeeded"
-    return run_id
-
-
 @pytest.mark.anyio
 async def test_engine_records_a_slow_stage_filling_then_draining(supervisor: Supervisor) -> None:
     started = time.time()
-    run_id = await _run_slow_flow(supervisor)
+    run_id = await run_slow_flow(supervisor)
     telemetry = await Telemetry.from_supervisor(supervisor)
     history = await telemetry.history(run_id)
     assert history is not None and history.state == "succeeded"
@@ -285,7 +252,7 @@ async def test_engine_records_a_slow_stage_filling_then_draining(supervisor: Sup
     assert edge.backlog[-1] == 0  # ...and drained
     assert edge.written[-1] == edge.read[-1] == COUNT
     assert list(edge.written) == sorted(edge.written)
-    assert [e.io for e in history.edges] == ["hist_n", "hist_nums", "hist_out"]
+    assert [e.io for e in history.edges] == ["hist_n", "hist_slow_for", "hist_nums", "hist_out"]
     assert history.edge("hist_n", "hist_source").source == INPUT
     assert history.edge("hist_out", OUTPUT).written[-1] == COUNT
 
@@ -329,7 +296,7 @@ async def test_history_off_records_nothing(valkey_url: str, anyio_backend: str, 
         redis_config={"url": valkey_url}, executor=LocalExecutor(), secret=b"test-secret", **{setting: False}
     )
     try:
-        out = await supervisor.start_flow(SLOW_FLOW, [IOVal("hist_n", 300)])
+        out = await supervisor.start_flow(SLOW_FLOW, inputs(300, 50))
         assert len(await out["hist_out"].collect()) == 300
         run_id = out["hist_out"].run_id
         runtime = await supervisor.runtime()
@@ -381,3 +348,27 @@ async def test_a_sink_reports_its_time_while_it_runs(supervisor: Supervisor) -> 
             assert history.state == "running", "the sink's time split was only published at its end"
             await anyio.sleep(0.2)
     assert await supervisor.wait(run_id, timeout=10) == "succeeded"
+
+
+@pytest.mark.anyio
+async def test_status_history_prints_a_text_heatmap(supervisor: Supervisor, valkey_url: str) -> None:
+    import sys
+
+    run_id = await run_slow_flow(supervisor)
+    command = [sys.executable, "-m", "datagraph", "status", "--redis-url", valkey_url, "--run", run_id]
+    result = await anyio.run_process([*command, "--history"], check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    assert all(len(line) <= 100 for line in lines[1:-1]), [len(line) for line in lines]
+    row = next(line for line in lines if line.lstrip().startswith("hist_nums (hist_source -> hist_slow)"))
+    assert "\u2588" in row  # full at some point
+    assert lines[-1].startswith("BOTTLENECK hist_slow was the bottleneck from")
+    assert any(line.lstrip().startswith("hist_slow ") for line in lines)
+
+    as_json = await anyio.run_process([*command, "--history", "--json"], check=False)
+    assert json.loads(as_json.stdout)["bottleneck"]["processor"] == "hist_slow"
+
+    missing = await anyio.run_process(
+        [sys.executable, "-m", "datagraph", "status", "--redis-url", valkey_url, "--history"], check=False
+    )
+    assert missing.returncode == 2 and b"--history needs --run ID" in missing.stderr

@@ -25,11 +25,13 @@ from datagraph.snapshots import EdgeSnapshot, ProcessorState
 __all__ = [
     "EDGE_FILL_RED_ABOVE",
     "NO_VALUE",
+    "READ_AT_END",
     "EDGE_FILL_YELLOW_FROM",
     "LEGEND",
     "ReadRates",
     "edge_heat",
     "edge_label",
+    "fill_heat",
     "format_count",
     "format_duration",
     "format_rate",
@@ -40,6 +42,8 @@ __all__ = [
 
 #: Shown where there is no figure (an en dash).
 NO_VALUE = "\u2013"
+#: Time to drain of a queue into a ``wait=True`` processor that has not started reading.
+READ_AT_END = "read at end"
 
 #: Queue fill (backlog / backpressure limit) from which an edge is yellow.
 EDGE_FILL_YELLOW_FROM = 0.60
@@ -92,15 +96,16 @@ LEGEND: tuple[LegendItem, ...] = (
 
 def edge_heat(edge: EdgeSnapshot) -> str:
     """The class of an edge: by queue fill when it has a limit, else by movement."""
-    if edge.fill is None:
-        return EDGE_GREEN if edge.backlog > 0 or edge.throughput > 0 else EDGE_IDLE
-    if edge.fill > EDGE_FILL_RED_ABOVE:
+    return fill_heat(edge.fill, moving=edge.backlog > 0 or edge.throughput > 0)
+
+
+def fill_heat(fill: float | None, *, moving: bool) -> str:
+    """The class of a queue ``fill`` (None: no limit); ``moving``: values queued or flowing."""
+    if fill is not None and fill > EDGE_FILL_RED_ABOVE:
         return EDGE_RED
-    if edge.fill >= EDGE_FILL_YELLOW_FROM:
+    if fill is not None and fill >= EDGE_FILL_YELLOW_FROM:
         return EDGE_YELLOW
-    if edge.backlog == 0 and edge.throughput == 0:
-        return EDGE_IDLE
-    return EDGE_GREEN
+    return EDGE_GREEN if moving else EDGE_IDLE
 
 
 def edge_label(edge: EdgeSnapshot) -> str:

@@ -9,10 +9,12 @@ The SSE event names are the keys of the fragment dictionaries:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
 from datagraph.exceptions import DatagraphError
+from datagraph.history import Bottleneck, RunHistory, Sample, build_history
 from datagraph.preview import StreamPreview, latest_values
 from datagraph.snapshots import (
     INPUT,
@@ -30,6 +32,7 @@ from . import overlay
 from .dashboard import Dashboard
 from .diagram import Diagram, DiagramEdge, diagram, edge_id
 from .graph import GraphRenderError, render_svg_async
+from .heatmap import Heatmap, heatmap, sparkline
 from .hub import Feed
 
 __all__ = [
@@ -46,16 +49,19 @@ __all__ = [
 
 #: SSE event names of a run view, each the inner HTML of the element with that ``sse-swap``.
 RUN_EVENTS = (
-    "run-header", "run-graph", "run-edges", "run-processors", "run-previews", "run-error", "live-status",
+    "run-header", "run-graph", "run-history", "run-edges", "run-processors", "run-previews", "run-error",
+    "live-status",
 )
 #: SSE event names of the operations page.
 OPS_EVENTS = (
-    "ops-summary", "ops-workers", "ops-runs", "ops-failed", "ops-stuck", "ops-hot-edges", "live-status",
+    "ops-summary", "ops-workers", "ops-running", "ops-runs", "ops-failed", "ops-stuck", "ops-hot-edges",
+    "live-status",
 )
 
 _RUN_PARTIALS = {
     "run-header": "partials/run_header.html",
     "run-graph": "partials/run_graph.html",
+    "run-history": "partials/run_history.html",
     "run-edges": "partials/run_edges.html",
     "run-processors": "partials/run_processors.html",
     "run-previews": "partials/run_previews.html",
@@ -65,6 +71,7 @@ _RUN_PARTIALS = {
 _OPS_PARTIALS = {
     "ops-summary": "partials/ops_summary.html",
     "ops-workers": "partials/ops_workers.html",
+    "ops-running": "partials/ops_running.html",
     "ops-runs": "partials/ops_runs.html",
     "ops-failed": "partials/ops_failed.html",
     "ops-stuck": "partials/ops_stuck.html",
@@ -86,6 +93,9 @@ class EdgeRow:
     drain: str
     #: The edge's figures in the graph: throughput, then queue (two lines).
     label: str
+    #: Recent throughput and backlog as sparklines (empty without history).
+    throughput_trend: str = ""
+    backlog_trend: str = ""
 
     @property
     def source_label(self) -> str:
@@ -115,6 +125,10 @@ class RunView:
     #: Why previews are missing, if they are.
     preview_note: str | None = None
     observed: float = field(default_factory=time.time)
+    history: RunHistory | None = None
+    heatmap: Heatmap | None = None
+    #: Why the history is missing, if it is.
+    history_note: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -135,8 +149,41 @@ def _run_diagram(run: RunSnapshot) -> Diagram:
     return diagram(processors, edges, live=True)
 
 
+#: Samples shown as a sparkline in the edges table.
+TREND_SAMPLES = 60
+
+
+class HistoryTracker:
+    """A run's history samples, kept between polls: each poll reads only the new ones.
+
+    The whole history is read again once a minute, so that what the store
+    thinned out to one sample a minute is thinned out here too.
+    """
+
+    REREAD_SECONDS = 60.0
+
+    def __init__(self, telemetry: Telemetry, run_id: str) -> None:
+        self.telemetry = telemetry
+        self.run_id = run_id
+        self._samples: list[Sample] = []
+        self._read_all_at = -float("inf")
+
+    async def read(self) -> RunHistory | None:
+        now = time.monotonic()
+        whole = not self._samples or now - self._read_all_at >= self.REREAD_SECONDS
+        after = None if whole else self._samples[-1][0]
+        (record,) = await self.telemetry.history_records([self.run_id], after=after)
+        if record is None:
+            return None
+        if whole:
+            self._samples, self._read_all_at = list(record.samples), now
+        else:
+            self._samples += record.samples
+        return build_history(self.run_id, record.plan, record.state, self._samples)
+
+
 class RunLive:
-    """What one run's view keeps between polls: its diagram and its read rates."""
+    """What one run's view keeps between polls: its diagram, read rates and history."""
 
     def __init__(self, dashboard: Dashboard, run_id: str, telemetry: Telemetry | None = None) -> None:
         self.dashboard = dashboard
@@ -144,6 +191,7 @@ class RunLive:
         self.telemetry = telemetry if telemetry is not None else dashboard.reader()
         self._diagram: Diagram | None = None
         self._rates = overlay.ReadRates()
+        self._history = HistoryTracker(self.telemetry, run_id)
         self.finished = False
 
     async def snapshot(self) -> RunSnapshot | None:
@@ -151,10 +199,13 @@ class RunLive:
 
     async def view(self, run: RunSnapshot) -> RunView:
         rates = self._rates.observe(run.edges, run.observed_at)
+        waits = {str(p.get("name")) for p in run.spec.get("processors", []) if p.get("wait")}
         rows = []
         for edge in run.edges:
             read_rate = rates.get((edge.io, edge.target))
             _, drain = overlay.time_to_drain(edge.backlog, read_rate, edge.throughput)
+            if edge.target in waits and edge.read == 0 and edge.backlog > 0:
+                drain = overlay.READ_AT_END  # not stalled: it starts once the stream is complete
             label = overlay.edge_label(edge)
             rows.append(EdgeRow(
                 edge, edge_id(edge.io, edge.target), overlay.edge_heat(edge), read_rate, drain, label,
@@ -184,7 +235,14 @@ class RunLive:
             except DatagraphError as exc:
                 preview_note = str(exc)
         self.finished = run.state in TERMINAL
-        return RunView(run, rows, nodes, svg, previews, graph_error, preview_note, run.observed_at)
+        view = RunView(run, rows, nodes, svg, previews, graph_error, preview_note, run.observed_at)
+        try:
+            history = await self._history.read()
+        except DatagraphError as exc:
+            view.history_note = f"cannot read the run's history: {exc}"
+        else:
+            _add_history(view, history)
+        return view
 
     def fragments(self, view: RunView) -> dict[str, str]:
         render = self.dashboard.render
@@ -199,6 +257,30 @@ class RunLive:
                 "partials/live_status.html", view=None, problem="this run is unknown or has expired"
             )}
         return self.fragments(await self.view(run))
+
+
+def _add_history(view: RunView, history: RunHistory | None) -> None:
+    """The heatmap and the edges' sparklines of ``history``."""
+    view.history = history
+    if history is None or not history.t:
+        view.history_note = "no history recorded yet" if history is not None else "no history for this run"
+        return
+    view.heatmap = heatmap(history)
+    for index, row in enumerate(view.edges):
+        try:
+            edge = history.edge(row.edge.io, row.edge.target)
+        except KeyError:
+            continue
+        name = f"{row.edge.io} to {row.target_label}"
+        view.edges[index] = dataclasses.replace(
+            row,
+            throughput_trend=sparkline(
+                edge.throughput[-TREND_SAMPLES:], css="spark-rate", label=f"throughput of {name}, recent"
+            ),
+            backlog_trend=sparkline(
+                edge.backlog[-TREND_SAMPLES:], css="spark-queue", label=f"queue of {name}, recent"
+            ),
+        )
 
 
 def run_feed(dashboard: Dashboard, run_id: str) -> Feed:
@@ -226,6 +308,17 @@ class HotEdge:
     row: EdgeRow
 
 
+@dataclass(frozen=True)
+class RunTrend:
+    """A running run on the operations page: its recent throughput and its bottleneck."""
+
+    run: RunSummary
+    #: Values per second delivered (or moved on its busiest IO), last sample.
+    throughput: float
+    sparkline: str
+    bottleneck: Bottleneck | None
+
+
 @dataclass
 class OpsView:
     workers: list[WorkerSnapshot]
@@ -234,6 +327,7 @@ class OpsView:
     failed: list[RunSummary]
     stuck: list[tuple[RunSnapshot, float]]
     hot_edges: list[HotEdge]
+    trends: list[RunTrend]
     running: int
     stuck_after: float
     failed_window: float
@@ -251,6 +345,9 @@ OPS_RECENT_RUNS = 300
 OPS_RUNNING_RUNS = 100
 #: Hottest edges listed.
 OPS_HOT_EDGES = 10
+#: Running runs whose throughput trend and bottleneck are shown, and over how many seconds.
+OPS_TREND_RUNS = 20
+OPS_TREND_SECONDS = 60.0
 #: Runs listed on the operations page (``/runs`` pages through all).
 OPS_LISTED_RUNS = 25
 
@@ -293,6 +390,7 @@ async def ops_view(
         h.row.edge.throughput,
     ), reverse=True)
     stuck.sort(key=lambda item: -item[1])
+    trends = await _trends(telemetry, running[:OPS_TREND_RUNS], now)
     return OpsView(
         workers=workers,
         runs=listed,
@@ -300,12 +398,33 @@ async def ops_view(
         failed=failed,
         stuck=stuck,
         hot_edges=hot[:OPS_HOT_EDGES],
+        trends=trends,
         running=len(running),
         stuck_after=stuck_after,
         failed_window=failed_window,
         counts=counts,
         observed=now,
     )
+
+
+async def _trends(telemetry: Telemetry, running: list[RunSummary], now: float) -> list[RunTrend]:
+    """The last :data:`OPS_TREND_SECONDS` of each running run's history, in one round trip."""
+    histories = await telemetry.histories([r.id for r in running], since=now - OPS_TREND_SECONDS)
+    trends = []
+    for summary, history in zip(running, histories, strict=True):
+        if history is None:
+            continue
+        rates = history.throughput()
+        label = f"throughput of run {summary.id[:12]}, last {OPS_TREND_SECONDS:.0f} s"
+        trends.append(RunTrend(
+            run=summary,
+            throughput=rates[-1] if rates else 0.0,
+            sparkline=sparkline(rates, css="spark-rate", label=label, width=140),
+            bottleneck=history.bottleneck,
+        ))
+    # Runs with a bottleneck now first, then the busiest.
+    trends.sort(key=lambda t: (t.bottleneck is None or t.bottleneck.until is not None, -t.throughput))
+    return trends
 
 
 def ops_fragments(dashboard: Dashboard, view: OpsView) -> dict[str, str]:

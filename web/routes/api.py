@@ -81,6 +81,15 @@ async def api_run(dashboard: DashboardDep, run_id: str) -> dict[str, Any]:
     return run.to_dict()
 
 
+@router.get("/api/runs/{run_id}/history")
+async def api_run_history(dashboard: DashboardDep, run_id: str, since: float | None = None) -> dict[str, Any]:
+    """Per-edge and per-processor series (1 s apart, 1 min before the last 15 min) and the bottleneck."""
+    history = await dashboard.telemetry.history(run_id, since=since)
+    if history is None:
+        raise HTTPException(404, f"run {run_id} is unknown, or has expired")
+    return history.to_dict()
+
+
 @router.get("/api/flows")
 async def api_flows(dashboard: DashboardDep) -> list[dict[str, Any]]:
     return [f.to_dict() for f in await flows_store.list_flows(dashboard.client)]

@@ -1,0 +1,137 @@
+"""Run history in the dashboard: the JSON API, the heatmap, its live updates, the operations page."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from datagraph import Supervisor
+from datagraph.history import build_history
+from tests.history_support import SLOW_FLOW, inputs, run_slow_flow
+from tests.web_support import open_dashboard, open_sse, text_of
+from web.heatmap import heatmap
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def test_history_api_and_run_page(supervisor: Supervisor) -> None:
+    run_id = await run_slow_flow(supervisor)
+    async with open_dashboard(supervisor) as (_, client):
+        response = await client.get(f"/api/runs/{run_id}/history")
+        assert response.status_code == 200
+        data = response.json()
+        assert data["interval"] == 1.0
+        edge = next(e for e in data["edges"] if e["io"] == "hist_nums")
+        assert edge["source"] == "hist_source" and edge["target"] == "hist_slow"
+        assert len(edge["t"]) == len(edge["backlog"]) == len(edge["throughput"]) >= 3
+        assert max(edge["backlog"]) >= 80 and edge["backlog"][-1] == 0
+        slow = next(p for p in data["processors"] if p["name"] == "hist_slow")
+        assert all(0.0 <= share <= 1.0 for share in slow["busy"] + slow["idle"] + slow["backpressured"])
+        assert data["bottleneck"]["processor"] == "hist_slow"
+        assert data["bottleneck"]["until"] is not None
+
+        later = (await client.get(f"/api/runs/{run_id}/history", params={"since": edge["t"][-1]})).json()
+        assert all(e["t"] == [edge["t"][-1]] for e in later["edges"])
+        assert (await client.get("/api/runs/nope/history")).status_code == 404
+
+        page = await client.get(f"/runs/{run_id}")
+        assert page.status_code == 200
+        html = page.text
+        assert 'data-testid="heatmap"' in html
+        assert 'data-processor="hist_slow"' in html
+        assert "hist_slow was the bottleneck from" in text_of(html)
+        # One row per edge, the slow edge red at some point, with figures on hover.
+        assert html.count('class="edge-row"') >= 2 * 4  # both drawings (fill, throughput)
+        assert re.search(r'<rect class="heat-4"[^>]*><title>hist_nums: hist_source → hist_slow', html)
+        assert 'data-testid="edge-trend"' in html and "<polyline" in html
+
+
+async def test_dashboard_started_after_the_worker_exited_tells_the_story(valkey_url: str) -> None:
+    """The history is kept by the store: a worker that is gone left the whole run's story."""
+    result = await anyio.run_process(
+        [sys.executable, "-m", "tests.history_support", valkey_url], cwd=ROOT, check=False
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    run_id = result.stdout.decode().split()[-1]
+    Supervisor.detach()
+    async with open_dashboard(redis_url=valkey_url) as (_, client):
+        data = (await client.get(f"/api/runs/{run_id}/history")).json()
+        assert data["bottleneck"]["processor"] == "hist_slow"
+        assert "its input `hist_nums` is full" in data["bottleneck"]["reason"]
+        html = (await client.get(f"/runs/{run_id}")).text
+        assert 'data-testid="heatmap"' in html and "hist_slow was the bottleneck" in text_of(html)
+
+
+async def test_heatmap_grows_over_sse(supervisor: Supervisor) -> None:
+    outputs = await supervisor.start_flow(SLOW_FLOW, inputs(count=10**7, slow=10**7))
+    run_id = outputs["hist_out"].run_id
+    try:
+        async with (
+            open_dashboard(supervisor, poll_interval=0.2) as (app, _),
+            open_sse(app, f"/events/runs/{run_id}") as stream,
+        ):
+            samples: list[int] = []
+            with anyio.fail_after(20):
+                while len(samples) < 2 or samples[-1] <= samples[0]:
+                    event = await stream.until("run-history")
+                    found = re.search(r'data-samples="(\d+)"', event.data)
+                    if found:
+                        samples.append(int(found.group(1)))
+            # And the slow stage is named while it holds the flow back.
+            with anyio.fail_after(20):
+                while True:
+                    event = await stream.until("run-history")
+                    if "hist_slow is the bottleneck since" in text_of(event.data):
+                        break
+    finally:
+        await supervisor.cancel(run_id)
+
+
+async def test_operations_page_shows_trend_and_bottleneck(supervisor: Supervisor) -> None:
+    outputs = await supervisor.start_flow(SLOW_FLOW, inputs(count=10**7, slow=10**7))
+    run_id = outputs["hist_out"].run_id
+    try:
+        async with open_dashboard(supervisor) as (_, client):
+            with anyio.fail_after(20):
+                while True:
+                    html = (await client.get("/operations")).text
+                    pattern = rf'data-testid="ops-trend" data-run-id="{run_id}" data-bottleneck="(\w*)"'
+                    row = re.search(pattern, html)
+                    assert row is not None, "the running run is not listed with its trend"
+                    if row.group(1) == "hist_slow":
+                        break
+                    await anyio.sleep(0.5)
+            assert "hist_slow is the bottleneck since" in text_of(html)
+            assert 'class="spark spark-rate"' in html
+    finally:
+        await supervisor.cancel(run_id)
+
+
+def test_heatmap_of_thirty_edges_over_an_hour_stays_bounded() -> None:
+    """3,600 one-second samples of a 30-edge chain: at most MAX_COLUMNS columns, and readable."""
+    from tests.test_history import Script, make_plan
+
+    procs = [(f"p{i}", [f"io{i}"], [f"io{i + 1}"], False) for i in range(30)]
+    plan = make_plan(procs, limit=1000)
+    script = Script()
+    for second in range(3600):
+        lag = (second * 37) % 1000
+        script.second(
+            {name: (0.5, 0.3, 0.2) for name, *_ in procs},
+            {(f"io{i + 1}", f"p{i + 1}"): lag for i in range(29)},
+            written={f"io{i + 1}": second * 100 for i in range(29)},
+        )
+    drawn = heatmap(build_history("r", plan, "running", script.samples))
+    assert drawn is not None
+    assert drawn.columns == 120 and drawn.column_seconds == pytest.approx(3599 / 120)
+    assert drawn.fill.count('class="edge-row"') == 30  # the run input and 29 in-flow edges
+    assert drawn.fill.count('class="band-row"') == 30
+    # Bounded: at most one rectangle per row and column, each with its figures.
+    assert drawn.fill.count("<rect") <= 60 * 120
+    assert drawn.fill.count("<rect") == drawn.fill.count("<title>") - 1 - 60
