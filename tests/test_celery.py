@@ -525,3 +525,37 @@ def test_celery_executor_without_celery_says_how_to_install() -> None:
     )
     assert result.returncode != 0
     assert 'pip install "datagraph[celery]"' in result.stderr
+
+
+@pytest.mark.anyio
+async def test_history_of_a_run_across_two_workers_is_one_series_per_edge(caller: Supervisor) -> None:
+    """c_ticker runs in alpha, c_echo in beta: both sample the run, the store keeps one series."""
+    from datagraph.telemetry import Telemetry
+
+    flow = Flow.from_processors(specs.ticker, specs.echo).resolve()
+    out = await caller.start_flow(flow, [IOVal("n", 0.01)])
+    run_id = out["echoed"].run_id
+    started = time.monotonic()
+    with anyio.fail_after(60):
+        async for value in out["echoed"].stream():
+            if value >= 200 and time.monotonic() - started >= 3.5:
+                break
+    stats = await _stats(caller, run_id)
+    assert stats["worker:c_ticker"] != stats["worker:c_echo"]
+    telemetry = await Telemetry.from_supervisor(caller)
+    history = await telemetry.history(run_id)
+    await caller.cancel(run_id)
+    assert history is not None
+    assert [(e.io, e.source, e.target) for e in history.edges] == [
+        ("n", "(input)", "c_ticker"), ("ticks", "c_ticker", "c_echo"), ("echoed", "c_echo", "(output)"),
+    ]
+    ticks = history.edge("ticks", "c_echo")
+    # Written by one worker, read by the other, in the same samples.
+    assert ticks.written[-1] >= 150 and ticks.read[-1] >= 150
+    assert list(ticks.written) == sorted(ticks.written) and list(ticks.read) == sorted(ticks.read)
+    # About one sample a second, not one per worker per second.
+    span = history.t[-1] - history.t[0]
+    assert 3 <= len(history.t) <= span + 3, (len(history.t), span)
+    # Each worker's time split is in the series (c_ticker's sleeps count as busy: they are its own work).
+    assert any(b > 0.5 for b in history.processor("c_ticker").busy)
+    assert any(i > 0.5 for i in history.processor("c_echo").idle)
