@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .snapshots import INPUT, OUTPUT, EdgeSpec, _Snapshot, edge_specs, loads, text, to_float
+from .snapshots import INPUT, OUTPUT, EdgeSpec, _Snapshot, edge_specs, text
 from .store import keys
 from .store.scripts import HISTORY_COARSE_SECONDS, HISTORY_FINE_SECONDS, HISTORY_READ
 
@@ -193,8 +193,12 @@ class HistoryRecord:
     samples: list[Sample]
 
 
-def parse_entries(reply: Any) -> list[Sample]:
-    """Samples from an ``XRANGE`` reply of a history stream (any shape glide gives)."""
+def parse_entries(reply: Any, names: Sequence[str]) -> list[Sample]:
+    """Samples from an ``XRANGE`` reply of a history stream (any shape glide gives).
+
+    ``names`` is the run's list of sampled names (``keys.history_names``): an
+    entry's field ``v`` holds their values, comma-separated, in that order.
+    """
     if not reply:
         return []
     items = reply.items() if isinstance(reply, Mapping) else reply
@@ -202,23 +206,32 @@ def parse_entries(reply: Any) -> list[Sample]:
     for raw_id, raw_fields in items:
         ms = text(raw_id).partition("-")[0]
         if isinstance(raw_fields, Mapping):
-            pairs = list(raw_fields.items())
+            packed = raw_fields.get(b"v", raw_fields.get("v"))
         elif raw_fields and isinstance(raw_fields[0], list | tuple):
-            pairs = [(f, v) for f, v in raw_fields]
+            packed = next((v for f, v in raw_fields if text(f) == "v"), None)
         else:
-            pairs = [(raw_fields[i], raw_fields[i + 1]) for i in range(0, len(raw_fields), 2)]
-        fields = {text(f): text(v) for f, v in pairs}
-        if "json" in fields:  # a sample too large for the stream's fields
-            flat = loads(fields.pop("json")) or []
-            fields = {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+            packed = next(
+                (raw_fields[i + 1] for i in range(0, len(raw_fields), 2) if text(raw_fields[i]) == "v"), None
+            )
+        values = text(packed).split(",") if packed is not None else []
+        fields = {name: value for name, value in zip(names, values, strict=False) if value}
         samples.append((int(ms) / 1000, fields))
     return samples
 
 
 def merge_samples(coarse: Sequence[Sample], fine: Sequence[Sample]) -> list[Sample]:
-    """The coarse samples from before the fine ones begin, then the fine ones."""
+    """The coarse samples from before the fine ones begin, then the fine ones.
+
+    Of samples taken in the same millisecond (processors ending together), the last.
+    """
     start = fine[0][0] if fine else float("inf")
-    return [s for s in coarse if s[0] < start] + list(fine)
+    merged: list[Sample] = []
+    for sample in [*(s for s in coarse if s[0] < start), *fine]:
+        if merged and merged[-1][0] == sample[0]:
+            merged[-1] = sample
+        else:
+            merged.append(sample)
+    return merged
 
 
 def build_history(
@@ -238,17 +251,21 @@ def build_history(
     specs_of = [p for p in (plan.get("flow") or {}).get("processors", []) if isinstance(p, Mapping)]
     names = [str(p.get("name")) for p in specs_of]
     waits = {str(p.get("name")) for p in specs_of if p.get("wait")}
+    t = [at for at, _ in samples]
     first = 0
     if since is not None:
-        first = next((i for i, (at, _) in enumerate(samples) if at >= since), len(samples))
-    t = [at for at, _ in samples]
+        first = next((i for i, at in enumerate(t) if at >= since), len(t))
+    column = _Columns(samples)
 
     edges = []
+    fills: list[tuple[EdgeSpec, list[float] | None]] = []
     for spec in specs:
-        written = [_count(s, f"written:{spec.io}") for _, s in samples]
-        read = [_count(s, HISTORY_READ + keys.pos_field(spec.target, spec.io)) for _, s in samples]
-        backlog = [max(0, w - r) for w, r in zip(written, read, strict=True)]
+        written = column.counts(f"written:{spec.io}")
+        read = column.counts(HISTORY_READ + keys.pos_field(spec.target, spec.io))
+        backlog = [w - r if w > r else 0 for w, r in zip(written, read, strict=True)]
         limit = spec.limit
+        fill = [b / limit if b < limit else 1.0 for b in backlog] if limit else None
+        fills.append((spec, fill))
         edges.append(EdgeHistory(
             io=spec.io,
             source=spec.source,
@@ -260,30 +277,29 @@ def build_history(
             backlog=tuple(backlog[first:]),
             throughput=tuple(_rates(t, written)[first:]),
             read_rate=tuple(_rates(t, read)[first:]),
-            fill=tuple(min(1.0, b / limit) for b in backlog[first:]) if limit else (),
+            fill=tuple(fill[first:]) if fill is not None else (),
         ))
 
     processors = []
+    seconds: dict[str, tuple[list[float], list[float], list[float]]] = {}
+    states: dict[str, list[str]] = {}
     for name in names:
-        seconds = [_seconds(s, name) for _, s in samples]
-        shares = [_shares(seconds[i - 1] if i else (0.0, 0.0, 0.0), seconds[i]) for i in range(len(t))]
+        cumulative = (
+            column.seconds(f"busy:{name}"), column.seconds(f"idle:{name}"), column.seconds(f"bp:{name}")
+        )
+        seconds[name] = cumulative
+        states[name] = column.states(f"state:{name}")
+        busy, idle, held = _share_series(cumulative, range(-1, len(t) - 1))
         processors.append(ProcessorHistory(
             name=name,
             wait=name in waits,
             t=tuple(t[first:]),
-            state=tuple(s.get(f"state:{name}", "pending") for _, s in samples[first:]),
-            busy=tuple(share[0] for share in shares[first:]),
-            backpressured=tuple(share[2] for share in shares[first:]),
-            idle=tuple(share[1] for share in shares[first:]),
+            state=tuple(states[name][first:]),
+            busy=tuple(busy[first:]),
+            backpressured=tuple(held[first:]),
+            idle=tuple(idle[first:]),
         ))
 
-    bottleneck = find_bottleneck(
-        t,
-        {name: [_seconds(s, name) for _, s in samples] for name in names},
-        {name: [s.get(f"state:{name}", "pending") for _, s in samples] for name in names},
-        [(e, _full_edge(e, samples)) for e in specs],
-        running=state == "running",
-    )
     return RunHistory(
         run_id=run_id,
         state=state,
@@ -291,22 +307,36 @@ def build_history(
         t=tuple(t[first:]),
         edges=tuple(edges),
         processors=tuple(processors),
-        bottleneck=bottleneck,
+        bottleneck=find_bottleneck(t, seconds, states, fills, running=state == "running"),
     )
 
 
-def _count(sample: Mapping[str, str], field: str) -> int:
-    value = to_float(sample.get(field))
-    return int(value) if value is not None else 0
+class _Columns:
+    """The samples' values by name, converted once each."""
+
+    def __init__(self, samples: Sequence[Sample]) -> None:
+        self._samples = samples
+
+    def _raw(self, name: str) -> list[str | None]:
+        return [s.get(name) for _, s in self._samples]
+
+    def counts(self, name: str) -> list[int]:
+        return [int(_number(v)) for v in self._raw(name)]
+
+    def seconds(self, name: str) -> list[float]:
+        return [_number(v) for v in self._raw(name)]
+
+    def states(self, name: str) -> list[str]:
+        return [v or "pending" for v in self._raw(name)]
 
 
-def _seconds(sample: Mapping[str, str], name: str) -> tuple[float, float, float]:
-    """Cumulative (busy, idle, backpressured) seconds of processor ``name``."""
-    return (
-        to_float(sample.get(f"busy:{name}")) or 0.0,
-        to_float(sample.get(f"idle:{name}")) or 0.0,
-        to_float(sample.get(f"bp:{name}")) or 0.0,
-    )
+def _number(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return float(value)
+    except ValueError:
+        return 0.0
 
 
 def _rates(t: Sequence[float], counts: Sequence[int]) -> list[float]:
@@ -318,28 +348,52 @@ def _rates(t: Sequence[float], counts: Sequence[int]) -> list[float]:
     return rates
 
 
-def _shares(
-    before: tuple[float, float, float], after: tuple[float, float, float]
-) -> tuple[float, float, float]:
-    """(busy, idle, backpressured) shares of the time between two cumulative readings."""
-    deltas = [max(0.0, a - b) for a, b in zip(after, before, strict=True)]
-    total = sum(deltas)
+#: Cumulative (busy, idle, backpressured) seconds of one processor, a value per sample.
+Cumulative = tuple[Sequence[float], Sequence[float], Sequence[float]]
+
+
+def _shares(cumulative: Cumulative, before: int, after: int) -> tuple[float, float, float]:
+    """(busy, idle, backpressured) shares of the time between samples ``before`` and ``after``.
+
+    From the start of the run when ``before`` is -1.
+    """
+    busy, idle, bp = cumulative
+    if before < 0:
+        deltas = (busy[after], idle[after], bp[after])
+    else:
+        deltas = (busy[after] - busy[before], idle[after] - idle[before], bp[after] - bp[before])
+    b, i, p = (d if d > 0 else 0.0 for d in deltas)
+    total = b + i + p
     if total <= 0:
         return (0.0, 0.0, 0.0)
-    return (deltas[0] / total, deltas[1] / total, deltas[2] / total)
+    return (b / total, i / total, p / total)
 
 
-def _full_edge(spec: EdgeSpec, samples: Sequence[Sample]) -> list[float | None]:
-    """The edge's fill at each sample, or None where it has no limit."""
-    if not spec.limit:
-        return [None] * len(samples)
-    fills: list[float | None] = []
-    for _, s in samples:
-        backlog = _count(s, f"written:{spec.io}") - _count(
-            s, HISTORY_READ + keys.pos_field(spec.target, spec.io)
-        )
-        fills.append(min(1.0, max(0, backlog) / spec.limit))
-    return fills
+def _share_series(
+    cumulative: Cumulative, before: Sequence[int]
+) -> tuple[list[float], list[float], list[float]]:
+    """Shares (busy, idle, backpressured) at every sample ``i``, since sample ``before[i]``.
+
+    :func:`_shares` for a whole series at once (the hot loop of a long history).
+    """
+    busy, idle, bp = cumulative
+    out: tuple[list[float], list[float], list[float]] = ([], [], [])
+    for i, j in enumerate(before):
+        if j < 0:
+            db, di, dp = busy[i], idle[i], bp[i]
+        else:
+            db, di, dp = busy[i] - busy[j], idle[i] - idle[j], bp[i] - bp[j]
+        db, di, dp = (db if db > 0 else 0.0), (di if di > 0 else 0.0), (dp if dp > 0 else 0.0)
+        total = db + di + dp
+        if total > 0:
+            out[0].append(db / total)
+            out[1].append(di / total)
+            out[2].append(dp / total)
+        else:
+            out[0].append(0.0)
+            out[1].append(0.0)
+            out[2].append(0.0)
+    return out
 
 
 # -- the bottleneck ------------------------------------------------------------------
@@ -347,9 +401,9 @@ def _full_edge(spec: EdgeSpec, samples: Sequence[Sample]) -> list[float | None]:
 
 def find_bottleneck(
     t: Sequence[float],
-    seconds: Mapping[str, Sequence[tuple[float, float, float]]],
+    seconds: Mapping[str, Cumulative],
     states: Mapping[str, Sequence[str]],
-    edges: Sequence[tuple[EdgeSpec, Sequence[float | None]]],
+    edges: Sequence[tuple[EdgeSpec, Sequence[float] | None]],
     *,
     running: bool,
 ) -> Bottleneck | None:
@@ -363,16 +417,29 @@ def find_bottleneck(
     waiting processor is never the bottleneck and its input never "full".
     Of several candidates, the one with the fullest input, then the busiest.
     A bottleneck lasts while it is named, across gaps of up to :data:`GAP` samples.
+    ``seconds`` holds cumulative (busy, idle, backpressured) seconds per
+    processor, ``edges`` each edge's fill per sample (None without a limit).
     """
-    named: list[tuple[str, str, float, float] | None] = []  # (processor, input, fill, busy)
-    inputs: dict[str, list[tuple[EdgeSpec, Sequence[float | None]]]] = {}
+    starts = _window_starts(t)
+    inputs: dict[str, list[tuple[EdgeSpec, Sequence[float]]]] = {}
     for spec, fills in edges:
-        inputs.setdefault(spec.target, []).append((spec, fills))
-    start = 0
-    for i, now in enumerate(t):
-        while start < i - 1 and t[start + 1] <= now - WINDOW:
-            start += 1
-        named.append(_candidate(i, max(0, min(start, i - 1)), seconds, states, inputs) if i else None)
+        if fills is not None:
+            inputs.setdefault(spec.target, []).append((spec, fills))
+    named: list[tuple[str, str, float, float] | None] = [None] * len(t)  # processor, input, fill, busy
+    for name, bounded in inputs.items():
+        cumulative, state = seconds.get(name), states.get(name)
+        if cumulative is None or state is None:
+            continue
+        window_busy, _, window_held = _share_series(cumulative, starts)
+        for i in range(1, len(t)):
+            busy, backpressured = window_busy[i], window_held[i]
+            if busy < BUSY_FROM or backpressured >= BACKPRESSURED_FROM or state[i] != "running":
+                continue
+            for spec, fills in bounded:
+                fill = max(fills[starts[i] + 1 : i + 1])
+                best = named[i]
+                if fill >= FULL_FROM and (best is None or (fill, busy) > (best[2], best[3])):
+                    named[i] = (name, spec.io, fill, busy)
 
     last = next((i for i in range(len(named) - 1, -1, -1) if named[i] is not None), None)
     if last is None:
@@ -388,42 +455,28 @@ def find_bottleneck(
         elif (gap := gap + 1) > GAP:
             break
     ongoing = running and len(t) - 1 - last <= GAP
-    j = max(0, next((k for k in range(last, -1, -1) if t[k] <= t[last] - WINDOW), 0))
-    shares = {name: _shares(s[j], s[last]) for name, s in seconds.items() if s}
-    reason = _reason(processor, io, fill, busy, edges, shares)
+    shares = {name: _shares(c, starts[last], last) for name, c in seconds.items()}
     return Bottleneck(
         processor=processor,
         since=t[first],
         until=None if ongoing else t[last],
-        reason=reason,
+        reason=_reason(processor, io, fill, busy, [spec for spec, _ in edges], shares),
         busy=busy,
         input=io,
         fill=fill,
     )
 
 
-def _candidate(
-    i: int,
-    j: int,
-    seconds: Mapping[str, Sequence[tuple[float, float, float]]],
-    states: Mapping[str, Sequence[str]],
-    inputs: Mapping[str, Sequence[tuple[EdgeSpec, Sequence[float | None]]]],
-) -> tuple[str, str, float, float] | None:
-    best: tuple[str, str, float, float] | None = None
-    for name, series in seconds.items():
-        if states[name][i] != "running" or name not in inputs:
-            continue
-        busy, _, backpressured = _shares(series[j], series[i])
-        if busy < BUSY_FROM or backpressured >= BACKPRESSURED_FROM:
-            continue
-        for spec, fills in inputs[name]:
-            window = [f for f in fills[j + 1 : i + 1] if f is not None]
-            fill = max(window, default=0.0)
-            if fill < FULL_FROM:
-                continue
-            if best is None or (fill, busy) > (best[2], best[3]):
-                best = (name, spec.io, fill, busy)
-    return best
+def _window_starts(t: Sequence[float]) -> list[int]:
+    """For each sample, the latest earlier sample at least :data:`WINDOW` seconds before it
+    (the first sample when there is none; -1 for the first itself)."""
+    starts = [-1] * len(t)
+    j = 0
+    for i in range(1, len(t)):
+        while j < i - 1 and t[j + 1] <= t[i] - WINDOW:
+            j += 1
+        starts[i] = j
+    return starts
 
 
 def _reason(
@@ -431,15 +484,13 @@ def _reason(
     io: str,
     fill: float,
     busy: float,
-    edges: Sequence[tuple[EdgeSpec, Sequence[float | None]]],
+    edges: Sequence[EdgeSpec],
     shares: Mapping[str, tuple[float, float, float]],
 ) -> str:
-    limit = next((spec.limit for spec, _ in edges if spec.io == io and spec.target == processor), None)
+    limit = next((spec.limit for spec in edges if spec.io == io and spec.target == processor), None)
     words = f"busy {_percent(busy)}, its input `{io}` is full ({_percent(fill)} of {limit:,})"
-    upstream = {spec.source for spec, _ in edges if spec.target == processor and spec.source != INPUT}
-    downstream = {
-        spec.target for spec, _ in edges if spec.source == processor and spec.target != OUTPUT
-    }
+    upstream = {spec.source for spec in edges if spec.target == processor and spec.source != INPUT}
+    downstream = {spec.target for spec in edges if spec.source == processor and spec.target != OUTPUT}
     held = sorted(p for p in upstream if shares.get(p, (0, 0, 0))[2] >= BACKPRESSURED_FROM)
     if held:
         words += f"; upstream is backpressured ({', '.join(held)})"

@@ -415,23 +415,25 @@ class Telemetry:
         commands = []
         for run_id in run_ids:
             commands.append(["HMGET", keys.run(run_id), "state", "plan"])
+            commands.append(["LRANGE", keys.history_names(run_id), "0", "-1"])
             if coarse_from is not None:
                 commands.append(["XRANGE", keys.history_coarse(run_id), coarse_from, "+"])
             commands.append(["XRANGE", keys.history(run_id), fine_from, "+"])
         result = await self._exec(commands, "run history")
-        step = 2 if coarse_from is None else 3
+        step = 3 if coarse_from is None else 4
         records: list[HistoryRecord | None] = []
         for index in range(len(run_ids)):
-            (state, plan), *streams = result[step * index : step * index + step]
+            (state, plan), raw_names, *streams = result[step * index : step * index + step]
             if state is None:
                 records.append(None)
                 continue
-            coarse = parse_entries(streams[0]) if coarse_from is not None else []
+            names = [text(name) for name in raw_names or ()]
+            coarse = parse_entries(streams[0], names) if coarse_from is not None else []
             parsed = loads(plan)
             records.append(HistoryRecord(
                 state=text(state),
                 plan=parsed if isinstance(parsed, Mapping) else {},
-                samples=merge_samples(coarse, parse_entries(streams[-1])),
+                samples=merge_samples(coarse, parse_entries(streams[-1], names)),
             ))
         return records
 

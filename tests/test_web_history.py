@@ -48,7 +48,9 @@ async def test_history_api_and_run_page(supervisor: Supervisor) -> None:
         assert "hist_slow was the bottleneck from" in text_of(html)
         # One row per edge, the slow edge red at some point, with figures on hover.
         assert html.count('class="edge-row"') >= 2 * 4  # both drawings (fill, throughput)
-        assert re.search(r'<rect class="heat-4"[^>]*><title>hist_nums: hist_source → hist_slow', html)
+        row = html.split('<g class="edge-row" data-label="hist_nums: hist_source \u2192 hist_slow">', 1)[1]
+        row = row.split("</g>", 1)[0]
+        assert '<rect class="heat-4"' in row and "queued (100% of 100)" in row
         assert 'data-testid="edge-trend"' in html and "<polyline" in html
 
 

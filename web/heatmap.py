@@ -122,7 +122,7 @@ def _fill_cells(edge: EdgeHistory, spans: Sequence[tuple[float, float]]) -> list
         css = overlay.fill_heat(full, moving=queued > 0 or (moving or 0) > 0)
         queue = f"{overlay.format_count(queued)} queued"
         if limit and full is not None:
-            queue += f" of {limit:,} ({full:.0%})"
+            queue += f" ({full:.0%} of {overlay.format_count(limit)})"
         cells.append(_Cell(css, f"{queue}, {overlay.format_rate(moving or 0.0)}"))
     return cells
 
@@ -234,7 +234,7 @@ def _row(
         if current is not None:
             x = LABEL_WIDTH + start * cell
             span = (spans[start][0], spans[index - 1][1])
-            title = f"{label} {_when(span)}: {current.title}"
+            title = f"{_when(span)}: {current.title}"
             parts.append(
                 f'<rect class="{current.css}" x="{x:.1f}" y="{top:.0f}" width="{(index - start) * cell:.1f}" '
                 f'height="{ROW_HEIGHT}"><title>{escape(title)}</title></rect>'

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from datagraph.exceptions import DatagraphError
-from datagraph.history import Bottleneck, RunHistory, Sample, build_history
+from datagraph.history import Bottleneck, RunHistory, Sample, build_history, merge_samples
 from datagraph.preview import StreamPreview, latest_values
 from datagraph.snapshots import (
     INPUT,
@@ -151,6 +151,8 @@ def _run_diagram(run: RunSnapshot) -> Diagram:
 
 #: Samples shown as a sparkline in the edges table.
 TREND_SAMPLES = 60
+#: Seconds between two readings (and drawings) of a live run's history, at least.
+HISTORY_REDRAW_SECONDS = 2.0
 
 
 class HistoryTracker:
@@ -178,7 +180,7 @@ class HistoryTracker:
         if whole:
             self._samples, self._read_all_at = list(record.samples), now
         else:
-            self._samples += record.samples
+            self._samples = merge_samples((), [*self._samples, *record.samples])
         return build_history(self.run_id, record.plan, record.state, self._samples)
 
 
@@ -192,6 +194,8 @@ class RunLive:
         self._diagram: Diagram | None = None
         self._rates = overlay.ReadRates()
         self._history = HistoryTracker(self.telemetry, run_id)
+        #: The last drawing of the history and when it was made (monotonic).
+        self._drawn: tuple[float, RunHistory, Heatmap | None] | None = None
         self.finished = False
 
     async def snapshot(self) -> RunSnapshot | None:
@@ -237,12 +241,29 @@ class RunLive:
         self.finished = run.state in TERMINAL
         view = RunView(run, rows, nodes, svg, previews, graph_error, preview_note, run.observed_at)
         try:
-            history = await self._history.read()
+            await self._draw_history(view)
         except DatagraphError as exc:
             view.history_note = f"cannot read the run's history: {exc}"
-        else:
-            _add_history(view, history)
         return view
+
+    async def _draw_history(self, view: RunView) -> None:
+        """The history on ``view``, read and drawn again once its newest column has moved on.
+
+        A column of an hour-long run covers half a minute: redrawing (and sending
+        every viewer) the whole heatmap each second would change nothing they see.
+        """
+        now = time.monotonic()
+        if self._drawn is not None:
+            drawn_at, history, drawing = self._drawn
+            wait = max(HISTORY_REDRAW_SECONDS, drawing.column_seconds if drawing else 0.0)
+            if now - drawn_at < wait:
+                _add_history(view, history, drawing)
+                return
+        history = await self._history.read()
+        drawing = heatmap(history) if history is not None and history.t else None
+        if history is not None:
+            self._drawn = (now, history, drawing)
+        _add_history(view, history, drawing)
 
     def fragments(self, view: RunView) -> dict[str, str]:
         render = self.dashboard.render
@@ -259,13 +280,13 @@ class RunLive:
         return self.fragments(await self.view(run))
 
 
-def _add_history(view: RunView, history: RunHistory | None) -> None:
+def _add_history(view: RunView, history: RunHistory | None, drawing: Heatmap | None) -> None:
     """The heatmap and the edges' sparklines of ``history``."""
     view.history = history
     if history is None or not history.t:
         view.history_note = "no history recorded yet" if history is not None else "no history for this run"
         return
-    view.heatmap = heatmap(history)
+    view.heatmap = drawing
     for index, row in enumerate(view.edges):
         try:
             edge = history.edge(row.edge.io, row.edge.target)

@@ -14,6 +14,7 @@ __all__ = [
     "WORKERS",
     "history",
     "history_coarse",
+    "history_names",
     "pos",
     "run",
     "run_keys",
@@ -73,6 +74,11 @@ def history_coarse(run_id: str) -> str:
     return f"{_run_prefix(run_id)}:hist:60"
 
 
+def history_names(run_id: str) -> str:
+    """List: the names of the values a history sample holds, in order (it only grows)."""
+    return f"{_run_prefix(run_id)}:hist:names"
+
+
 def run_keys(run_id: str, ios: list[str]) -> list[str]:
     """Every key a run owns."""
     return [
@@ -81,6 +87,7 @@ def run_keys(run_id: str, ios: list[str]) -> list[str]:
         stats(run_id),
         history(run_id),
         history_coarse(run_id),
+        history_names(run_id),
         *(stream(run_id, io) for io in ios),
     ]
 

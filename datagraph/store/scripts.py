@@ -121,10 +121,16 @@ HISTORY_READ = "r:"
 # second (and once per minute into the coarse stream), whoever calls it: several
 # processes writing one run give one series.  The store's clock times samples.
 # A sample copies the stats fields written:, busy:, idle:, bp: and state:, and
-# each reader position ``<reader>/<io>`` as ``r:<reader>/<io>``.
-# KEYS[1] stats, KEYS[2] pos, KEYS[3] fine history, KEYS[4] coarse history.
-# ARGV[1] "1" to sample even within the current second (a processor's last flush),
-# ARGV[2] ms of fine history kept, ARGV[3] ms between coarse samples.
+# each reader position ``<reader>/<io>`` as ``r:<reader>/<io>``.  An entry holds
+# only the values, comma-separated in field ``v``, in the order of the names
+# list (KEYS[5]), which only grows (hash fields are never removed during a run);
+# "" where a name has no value yet.  So a sample of a 30-edge flow costs a few
+# hundred bytes, and every entry has the same single field, which streams store
+# once per node.
+# KEYS[1] stats, KEYS[2] pos, KEYS[3] fine history, KEYS[4] coarse history,
+# KEYS[5] names.  ARGV[1] "1" to sample even within the current second (a
+# processor's last flush), ARGV[2] ms of fine history kept, ARGV[3] ms between
+# coarse samples.
 _SAMPLE = """
 local ttl = redis.call('TTL', KEYS[1])
 if ttl < 0 then return 0 end
@@ -132,36 +138,43 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local last = tonumber(redis.call('HGET', KEYS[1], 'sampled') or '0')
 if ARGV[1] ~= '1' and now - (now % 1000) <= last then return 0 end
-local fields = {}
+local known = redis.call('LRANGE', KEYS[5], 0, -1)
+local index = {}
+for i = 1, #known do index[known[i]] = i end
+local values = {}
+local function take(name, value)
+  local i = index[name]
+  if not i then
+    redis.call('RPUSH', KEYS[5], name)
+    known[#known + 1] = name
+    i = #known
+    index[name] = i
+  end
+  values[i] = value
+end
 local copied = {written = true, busy = true, idle = true, bp = true, state = true}
 local stats = redis.call('HGETALL', KEYS[1])
 for i = 1, #stats, 2 do
   local kind = string.match(stats[i], '^(%a+):')
-  if kind and copied[kind] then
-    fields[#fields + 1] = stats[i]
-    fields[#fields + 1] = stats[i + 1]
-  end
+  if kind and copied[kind] then take(stats[i], stats[i + 1]) end
 end
 local pos = redis.call('HGETALL', KEYS[2])
 for i = 1, #pos, 2 do
   local f = pos[i]
-  if string.find(f, '/', 1, true) and not string.find(f, '#', 1, true) then
-    fields[#fields + 1] = 'r:' .. f
-    fields[#fields + 1] = pos[i + 1]
-  end
+  if string.find(f, '/', 1, true) and not string.find(f, '#', 1, true) then take('r:' .. f, pos[i + 1]) end
 end
-if #fields == 0 then return 0 end
-if #fields > 7000 then fields = {'json', cjson.encode(fields)} end
-redis.call('XADD', KEYS[3], 'MINID', tostring(now - tonumber(ARGV[2])), '*', unpack(fields))
+if #known == 0 then return 0 end
+for i = 1, #known do values[i] = values[i] or '' end
+local packed = table.concat(values, ',')
+redis.call('XADD', KEYS[3], 'MINID', tostring(now - tonumber(ARGV[2])), '*', 'v', packed)
 local step = tonumber(ARGV[3])
 local coarse = tonumber(redis.call('HGET', KEYS[1], 'sampled:coarse') or '-1')
 if now - (now % step) > coarse then
-  redis.call('XADD', KEYS[4], '*', unpack(fields))
+  redis.call('XADD', KEYS[4], '*', 'v', packed)
   redis.call('HSET', KEYS[1], 'sampled:coarse', tostring(now))
 end
 redis.call('HSET', KEYS[1], 'sampled', tostring(now))
-redis.call('EXPIRE', KEYS[3], ttl)
-redis.call('EXPIRE', KEYS[4], ttl)
+for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
 return 1
 """
 
@@ -173,6 +186,12 @@ def sample_history_command(run_id: str, *, force: bool = False) -> list[str]:
     current second, unless ``force`` (a processor's last flush, so the run's end
     is in its history).  History keys take the expiry of the run's ``stats``.
     """
-    script_keys = [keys.stats(run_id), keys.pos(run_id), keys.history(run_id), keys.history_coarse(run_id)]
+    script_keys = [
+        keys.stats(run_id),
+        keys.pos(run_id),
+        keys.history(run_id),
+        keys.history_coarse(run_id),
+        keys.history_names(run_id),
+    ]
     args = ["1" if force else "0", str(HISTORY_FINE_SECONDS * 1000), str(HISTORY_COARSE_SECONDS * 1000)]
     return ["EVAL", _SAMPLE, str(len(script_keys)), *script_keys, *args]
