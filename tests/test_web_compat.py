@@ -71,7 +71,8 @@ def fits(produced: Any, read: Any) -> bool:
 
 
 @pytest.mark.parametrize(("produced", "read"), [
-    (int, int), (int, float), (bool, int), (bool, float), (float, float), (str, str), (type(None), type(None)),
+    (int, int), (int, float), (bool, int), (bool, float), (float, float), (str, str),
+    (type(None), type(None)),
     (datetime.datetime, datetime.datetime), (bytes, bytes),
 ])
 def test_scalars_that_fit(produced: Any, read: Any) -> None:
