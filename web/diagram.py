@@ -24,11 +24,18 @@ from dataclasses import dataclass, field
 
 from datagraph.snapshots import INPUT, OUTPUT
 
-__all__ = ["Diagram", "DiagramEdge", "design_edges", "diagram"]
+__all__ = ["Diagram", "DiagramEdge", "design_edges", "diagram", "partitions"]
 
 #: Widths of the placeholders (characters): the longest text they will hold.
 _EDGE_TEXT_WIDTH = 12
 _NODE_TEXT_WIDTH = 18
+
+#: Font sizes (points; an SVG shown at its natural size draws 1 pt as 4/3 px), and the
+#: widest (points, about 930 px) a flow is laid out left to right before it is laid out
+#: top to bottom instead: pages show graphs at their natural size, so text stays readable.
+NODE_FONT_PT = 11
+EDGE_FONT_PT = 10
+MAX_WIDTH_PT = 700
 
 _TOKEN = re.compile(r"%%([ENQ]\d+|C[EN]\d+)%%_*")
 
@@ -119,6 +126,77 @@ def _names(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | tuple) else []
 
 
+def partitions(processors: Sequence[tuple[str, bool]], edges: Iterable[DiagramEdge]) -> dict[str, int]:
+    """Each processor's partition, as ``Flow.resolve()`` numbers them: a ``wait=True``
+    processor fed by another one starts the next partition, and what reads from a
+    partition is in it or a later one. Empty when the wiring has a cycle."""
+    waits = dict(processors)
+    upstream: dict[str, set[str]] = {name: set() for name in waits}
+    for edge in edges:
+        if edge.source in waits and edge.target in waits:
+            upstream[edge.target].add(edge.source)
+    result: dict[str, int] = {}
+    remaining = dict(upstream)
+    while remaining:
+        ready = [name for name, ups in remaining.items() if ups <= result.keys()]
+        if not ready:
+            return {}
+        for name in ready:
+            base = max((result[u] for u in upstream[name]), default=0)
+            result[name] = base + (1 if waits[name] and upstream[name] else 0)
+            del remaining[name]
+    return result
+
+
+def _columns(processors: Sequence[tuple[str, bool]], edges: Sequence[DiagramEdge]) -> dict[str, int]:
+    """Each processor's column laid out left to right (its longest path from a source, from 1)."""
+    names = {name for name, _ in processors}
+    upstream: dict[str, set[str]] = {name: set() for name in names}
+    for edge in edges:
+        if edge.source in names and edge.target in names:
+            upstream[edge.target].add(edge.source)
+    depth: dict[str, int] = {}
+    remaining = dict(upstream)
+    while remaining:
+        ready = [name for name, ups in remaining.items() if ups <= depth.keys()]
+        if not ready:  # a cycle: one column each, the widest it could be
+            return {name: i + 1 for i, name in enumerate(sorted(names))}
+        for name in ready:
+            depth[name] = 1 + max((depth[u] for u in upstream[name]), default=0)
+            del remaining[name]
+    return depth
+
+
+def estimated_width(
+    processors: Sequence[tuple[str, bool]], edges: Sequence[DiagramEdge], label_chars: Mapping[str, int],
+    edge_chars: int,
+) -> float:
+    """About how wide (points) the graph is laid out left to right: its columns of
+    nodes (``label_chars``: the widest line of each processor's label) and, between
+    them, columns of edge labels (``edge_chars`` wide) and rank separation."""
+    column_of = _columns(processors, edges)
+    node_cols: dict[int, int] = {}
+    for name, col in column_of.items():
+        node_cols[col] = max(node_cols.get(col, 0), label_chars.get(name, len(name)))
+    io_chars = max((len(e.io) for e in edges), default=0)
+    if any(e.source == INPUT for e in edges):
+        node_cols[0] = io_chars
+    if any(e.target == OUTPUT for e in edges):
+        node_cols[max(node_cols, default=0) + 1] = io_chars
+    char = 0.55  # a Helvetica character is about 0.55 em wide, digits and lower case
+    nodes = sum(chars * char * NODE_FONT_PT + 22 for chars in node_cols.values())
+    gaps = max(len(node_cols) - 1, 0) * (edge_chars * char * EDGE_FONT_PT + 0.55 * 72)
+    return nodes + gaps
+
+
+def _stage_label(index: int, members: Sequence[tuple[str, bool]]) -> str:
+    if index == 0:
+        return "stage 1 · streams as values arrive"
+    waiting = [name for name, wait in members if wait]
+    who = ", ".join(waiting) if waiting else "it"
+    return f"stage {index + 1} · starts once every input of {who} is complete"
+
+
 def diagram(
     processors: Sequence[tuple[str, bool]],
     edges: Iterable[DiagramEdge],
@@ -126,24 +204,56 @@ def diagram(
     live: bool,
     node_classes: Mapping[str, str] | None = None,
     edge_classes: Mapping[tuple[str, str], str] | None = None,
+    edge_notes: Mapping[tuple[str, str], str] | None = None,
+    links: Mapping[str, str] | None = None,
 ) -> Diagram:
     """The DOT of processors ``(name, wait)`` joined by ``edges``.
 
     ``live`` leaves placeholders for :meth:`Diagram.fill`; otherwise nodes and
     edges get ``node_classes`` / ``edge_classes`` (processor name, or
-    (io, target)) and plain labels.
+    (io, target)) and plain labels, an edge's label with its line from
+    ``edge_notes`` (the type flowing along it) under the IO name. ``links``
+    maps element ids (``node-<processor>``, ``input-<io>``, ``output-<io>``)
+    to the address the node links to.
+
+    A flow with ``wait=True`` processors is drawn in stages (Graphviz
+    clusters, ``id="stage-<n>"``), one per partition, with the edges into a
+    waiting processor ending in a bar: the barrier. A flow that would be wider than
+    :data:`MAX_WIDTH_PT` laid out left to right is laid out top to bottom, so
+    that it keeps its natural size (its text readable) in a page's width.
     """
     node_classes = node_classes or {}
     edge_classes = edge_classes or {}
+    edge_notes = edge_notes or {}
+    links = links or {}
+    edges = list(edges)
+    stage_of = partitions(processors, edges)
+    waits = dict(processors)
+    edge_chars = max(
+        [_EDGE_TEXT_WIDTH] if live else [len(e.io) for e in edges] + [len(n) for n in edge_notes.values()],
+        default=0,
+    )
+    label_chars = {
+        name: max(len(name) + (8 if wait else 0), _NODE_TEXT_WIDTH if live else 0)
+        for name, wait in processors
+    }
+    wide = estimated_width(processors, edges, label_chars, edge_chars) > MAX_WIDTH_PT
+    rankdir = "TB" if wide else "LR"
     out = Diagram(dot="")
     lines = [
         "digraph flow {",
-        '  graph [rankdir=LR bgcolor="transparent" nodesep=0.3 ranksep=0.55 pad=0.1 '
-        'fontname="Helvetica"];',
-        '  node [fontname="Helvetica" fontsize=11 shape=box style="rounded,filled" '
+        f'  graph [rankdir={rankdir} bgcolor="transparent" nodesep=0.3 ranksep=0.55 pad=0.1 '
+        'fontname="Helvetica" fontsize=10];',
+        f'  node [fontname="Helvetica" fontsize={NODE_FONT_PT} shape=box style="rounded,filled" '
         'fillcolor="#eef2f7" margin="0.14,0.06"];',
-        '  edge [fontname="Helvetica" fontsize=9 arrowsize=0.7];',
+        f'  edge [fontname="Helvetica" fontsize={EDGE_FONT_PT} arrowsize=0.7];',
     ]
+
+    def link(dom_id: str) -> dict[str, str]:
+        href = links.get(dom_id)
+        return {"href": _quote(href), "tooltip": _quote("select")} if href else {}
+
+    stages: dict[int, list[str]] = {}
     for index, (name, wait) in enumerate(processors):
         title = name + (" (waits)" if wait else "")
         if live:
@@ -153,7 +263,22 @@ def diagram(
         else:
             label = _label(title)
             css = _quote(node_classes.get(name, "processor"))
-        lines.append(f"  {_quote(name)} {_attrs(id=_quote('node-' + name), label=label, **{'class': css})};")
+        node_id = "node-" + name
+        stages.setdefault(stage_of.get(name, 0), []).append(
+            f"  {_quote(name)} {_attrs(id=_quote(node_id), label=label, **{'class': css}, **link(node_id))};"
+        )
+    if len(stages) > 1:
+        for index in sorted(stages):
+            members = [(n, w) for n, w in processors if stage_of.get(n, 0) == index]
+            lines += [
+                f"  subgraph {_quote(f'cluster_stage_{index + 1}')} {{",
+                f'    graph [id={_quote(f"stage-{index + 1}")} label={_quote(_stage_label(index, members))} '
+                'labeljust=l style="dashed,rounded" color="#8a96a3" class="stage"];',
+                *("  " + line for line in stages[index]),
+                "  }",
+            ]
+    else:
+        lines += [line for group in stages.values() for line in group]
     seen_inputs: set[str] = set()
     seen_outputs: set[str] = set()
     seen_ids: dict[str, int] = {}
@@ -163,17 +288,19 @@ def diagram(
             source = f"input {edge.io}"
             if edge.io not in seen_inputs:
                 seen_inputs.add(edge.io)
+                io_id = "input-" + edge.io
                 lines.append(
                     f"  {_quote(source)} "
-                    f"{_attrs(id=_quote('input-' + edge.io), label=_label(edge.io), shape='ellipse', style='dashed', **{'class': _quote('io-node')})};"  # noqa: E501
+                    f"{_attrs(id=_quote(io_id), label=_label(edge.io), shape='ellipse', style='dashed', **{'class': _quote('io-node')}, **link(io_id))};"  # noqa: E501
                 )
         if target == OUTPUT:
             target = f"output {edge.io}"
             if edge.io not in seen_outputs:
                 seen_outputs.add(edge.io)
+                io_id = "output-" + edge.io
                 lines.append(
                     f"  {_quote(target)} "
-                    f"{_attrs(id=_quote('output-' + edge.io), label=_label(edge.io), shape='ellipse', style='dashed', **{'class': _quote('io-node')})};"  # noqa: E501
+                    f"{_attrs(id=_quote(io_id), label=_label(edge.io), shape='ellipse', style='dashed', **{'class': _quote('io-node')}, **link(io_id))};"  # noqa: E501
                 )
         dom_id = edge_id(edge.io, edge.target)
         seen_ids[dom_id] = seen_ids.get(dom_id, 0) + 1
@@ -189,11 +316,13 @@ def diagram(
             )
             css = _quote(f"%%CE{index}%%")
         else:
-            label = _label(edge.io)
+            note = edge_notes.get(key)
+            label = _label(edge.io, note) if note else _label(edge.io)
             css = _quote(edge_classes.get(key, "heat-0"))
+        barrier = {"arrowhead": "teenormal"} if len(stages) > 1 and waits.get(edge.target) else {}
         lines.append(
             f"  {_quote(source)} -> {_quote(target)} "
-            f"{_attrs(id=_quote(dom_id), label=label, **{'class': css})};"
+            f"{_attrs(id=_quote(dom_id), label=label, **{'class': css}, **barrier)};"
         )
     lines.append("}")
     out.dot = "\n".join(lines) + "\n"
