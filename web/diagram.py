@@ -189,12 +189,10 @@ def estimated_width(
     return nodes + gaps
 
 
-def _stage_label(index: int, members: Sequence[tuple[str, bool]]) -> str:
+def _stage_label(index: int) -> str:
     if index == 0:
-        return "stage 1 · streams as values arrive"
-    waiting = [name for name, wait in members if wait]
-    who = ", ".join(waiting) if waiting else "it"
-    return f"stage {index + 1} · starts once every input of {who} is complete"
+        return "stage 1 · streams"
+    return f"stage {index + 1} · once its inputs are complete"
 
 
 def diagram(
@@ -269,10 +267,9 @@ def diagram(
         )
     if len(stages) > 1:
         for index in sorted(stages):
-            members = [(n, w) for n, w in processors if stage_of.get(n, 0) == index]
             lines += [
                 f"  subgraph {_quote(f'cluster_stage_{index + 1}')} {{",
-                f'    graph [id={_quote(f"stage-{index + 1}")} label={_quote(_stage_label(index, members))} '
+                f'    graph [id={_quote(f"stage-{index + 1}")} label={_quote(_stage_label(index))} '
                 'labeljust=l style="dashed,rounded" color="#8a96a3" class="stage"];',
                 *("  " + line for line in stages[index]),
                 "  }",

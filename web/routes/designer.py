@@ -80,7 +80,7 @@ async def design_svg(
         else:
             edge_classes.setdefault(key, "heat-0")
         if typed.mismatch is not None:
-            edge_notes[key] = f"⚠ {typed.type} → {typed.read_as}"
+            edge_notes[key] = f"{typed.type} ≠ {typed.read_as}"
         elif typed.type:
             edge_notes.setdefault(key, typed.type)
     dot = diagram(
