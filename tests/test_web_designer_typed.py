@@ -216,6 +216,7 @@ async def test_inspector_shows_a_processor_and_an_io(supervisor: Supervisor) -> 
                 "/designer/workspace", params={"processor": ["d_emit"], "io": "d_seed"}, headers=HX
             )
         ).text
+        assert _by_id(_svg(io_html))["input-d_seed"].get("class") == "node io-node selected"
         inspector = io_html.split('data-testid="designer-inspector"', 1)[1].split("</aside>", 1)[0]
         producers = inspector.split('data-testid="inspector-producers"', 1)[1].split("</ul>", 1)[0]
         assert 'data-testid="inspector-add" data-processor="d_seeder"' in producers

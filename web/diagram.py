@@ -204,6 +204,8 @@ def diagram(
     edge_classes: Mapping[tuple[str, str], str] | None = None,
     edge_notes: Mapping[tuple[str, str], str] | None = None,
     links: Mapping[str, str] | None = None,
+    selected: str = "",
+    max_width_pt: float | None = None,
 ) -> Diagram:
     """The DOT of processors ``(name, wait)`` joined by ``edges``.
 
@@ -212,7 +214,8 @@ def diagram(
     (io, target)) and plain labels, an edge's label with its line from
     ``edge_notes`` (the type flowing along it) under the IO name. ``links``
     maps element ids (``node-<processor>``, ``input-<io>``, ``output-<io>``)
-    to the address the node links to.
+    to the address the node links to; the element with id ``selected`` gets the
+    class ``selected`` too.
 
     A flow with ``wait=True`` processors is drawn in stages (Graphviz
     clusters, ``id="stage-<n>"``), one per partition, with the edges into a
@@ -235,7 +238,8 @@ def diagram(
         name: max(len(name) + (8 if wait else 0), _NODE_TEXT_WIDTH if live else 0)
         for name, wait in processors
     }
-    wide = estimated_width(processors, edges, label_chars, edge_chars) > MAX_WIDTH_PT
+    budget = MAX_WIDTH_PT if max_width_pt is None else max_width_pt
+    wide = estimated_width(processors, edges, label_chars, edge_chars) > budget
     rankdir = "TB" if wide else "LR"
     out = Diagram(dot="")
     lines = [
@@ -246,6 +250,9 @@ def diagram(
         'fillcolor="#eef2f7" margin="0.14,0.06"];',
         f'  edge [fontname="Helvetica" fontsize={EDGE_FONT_PT} arrowsize=0.7];',
     ]
+
+    def io_class(dom_id: str) -> str:
+        return "io-node selected" if dom_id == selected else "io-node"
 
     def link(dom_id: str) -> dict[str, str]:
         href = links.get(dom_id)
@@ -260,7 +267,8 @@ def diagram(
             css = _quote(f"%%CN{index}%%")
         else:
             label = _label(title)
-            css = _quote(node_classes.get(name, "processor"))
+            marked = " selected" if selected == "node-" + name else ""
+            css = _quote(node_classes.get(name, "processor") + marked)
         node_id = "node-" + name
         stages.setdefault(stage_of.get(name, 0), []).append(
             f"  {_quote(name)} {_attrs(id=_quote(node_id), label=label, **{'class': css}, **link(node_id))};"
@@ -288,7 +296,7 @@ def diagram(
                 io_id = "input-" + edge.io
                 lines.append(
                     f"  {_quote(source)} "
-                    f"{_attrs(id=_quote(io_id), label=_label(edge.io), shape='ellipse', style='dashed', **{'class': _quote('io-node')}, **link(io_id))};"  # noqa: E501
+                    f"{_attrs(id=_quote(io_id), label=_label(edge.io), shape='ellipse', style='dashed', **{'class': _quote(io_class(io_id))}, **link(io_id))};"  # noqa: E501
                 )
         if target == OUTPUT:
             target = f"output {edge.io}"
@@ -297,7 +305,7 @@ def diagram(
                 io_id = "output-" + edge.io
                 lines.append(
                     f"  {_quote(target)} "
-                    f"{_attrs(id=_quote(io_id), label=_label(edge.io), shape='ellipse', style='dashed', **{'class': _quote('io-node')}, **link(io_id))};"  # noqa: E501
+                    f"{_attrs(id=_quote(io_id), label=_label(edge.io), shape='ellipse', style='dashed', **{'class': _quote(io_class(io_id))}, **link(io_id))};"  # noqa: E501
                 )
         dom_id = edge_id(edge.io, edge.target)
         seen_ids[dom_id] = seen_ids.get(dom_id, 0) + 1

@@ -55,17 +55,22 @@ async def _design(
     return assemble(names, {i.name: i for i in infos}, fallback, name=name or None), infos
 
 
+#: Widest (points) the designer lays a flow out left to right: its graph shares the
+#: card with the inspector.
+DESIGN_WIDTH_PT = 420
+
+
 async def design_svg(
     design: Design, links: dict[str, str] | None = None, selected: str = ""
 ) -> tuple[str, str | None]:
-    """The design's graph as SVG, or why it could not be drawn."""
+    """The design's graph as SVG, or why it could not be drawn; ``selected`` is the
+    id of the node to mark (``node-<processor>``, ``input-<io>``, ``output-<io>``)."""
     if not design.specs:
         return "", None
     marked = design.in_cycle | design.duplicate_producers
     node_classes = {
         spec["name"]: ("state-failed problem" if spec["name"] in marked
                        else "offline" if spec["name"] in design.offline else "state-pending")
-        + (" selected" if spec["name"] == selected else "")
         for spec in design.specs
     }
     edge_classes: dict[tuple[str, str], str] = {}
@@ -86,7 +91,7 @@ async def design_svg(
     dot = diagram(
         [(s["name"], bool(s.get("wait"))) for s in design.specs], [t.edge for t in design.edges],
         live=False, node_classes=node_classes, edge_classes=edge_classes, edge_notes=edge_notes,
-        links=links,
+        links=links, selected=selected, max_width_pt=DESIGN_WIDTH_PT,
     ).dot
     try:
         return await render_svg_async(dot), None
@@ -130,7 +135,12 @@ async def _workspace_context(
     registry = Registry(infos)
     if select not in design.names:
         select = ""
-    svg, graph_error = await design_svg(design, _node_links(design, name, source), select)
+    links = _node_links(design, name, source)
+    if select:
+        marked = f"node-{select}"
+    else:
+        marked = next((i for i in (f"input-{io}", f"output-{io}") if io and i in links), "")
+    svg, graph_error = await design_svg(design, links, marked)
     base = [*(("processor", n) for n in design.names), ("name", name)]
     return {
         "design": design, "svg": svg, "graph_error": graph_error, "name": name, "source": source,
