@@ -24,6 +24,7 @@ SCENARIOS = {
     "scale": "benchmarks.scale",
     "memory": "benchmarks.memory",
     "telemetry": "benchmarks.telemetry",
+    "designer": "benchmarks.designer",
     "celery": "benchmarks.celery_stream",
 }
 

@@ -281,3 +281,48 @@ async def test_palette_groups_by_module_and_filters(supervisor: Supervisor) -> N
         only = (await client.get("/designer/palette", params={"q": "d_strict"}, headers=HX)).text
         assert re.findall(r'<li data-processor="([^"]+)">', only) == ["d_strict"]
         assert re.search(r"1 of \d+ match", text_of(only))
+
+
+async def test_a_registry_of_500_groups_and_filters_in_good_time(valkey_url: str, anyio_backend: str) -> None:
+    """A guard against gross regressions only: ``python -m benchmarks --only designer`` measures."""
+    import json
+    import time
+
+    from datagraph.store import keys
+    from datagraph.telemetry import Telemetry
+
+    url = valkey_url.rsplit("/", 1)[0] + "/7"  # a database of its own: other tests see none of these
+    now = time.time()
+    fields: list[str] = []
+    implementers: list[str] = []
+    for i in range(500):
+        name = f"big_{i:03d}"
+        port = {"type": "int", "schema": {"type": "integer"}}
+        record = {
+            "name": name,
+            "inputs": [{"name": f"big_io_{i}", **port}],
+            "outputs": [{"name": f"big_io_{i + 1}", **port}],
+            "wait": False,
+            "module": f"big.module_{i % 25:02d}",
+            "doc": f"step {i}",
+            "updated": now,
+        }
+        fields += [name, json.dumps(record)]
+        implementers += [keys.implementer_field(name, "big-worker"), repr(now)]
+    async with await Telemetry.connect(url) as telemetry:
+        await telemetry.client.custom_command(["HSET", keys.PROCESSORS, *fields])
+        await telemetry.client.custom_command(["HSET", keys.IMPLEMENTERS, *implementers])
+        try:
+            async with open_dashboard(redis_url=url) as (_, client):
+                page = (await client.get("/designer")).text
+                assert len(re.findall(r'data-testid="designer-palette-group"', page)) == 25
+                started = time.perf_counter()
+                html = (
+                    await client.get("/designer/palette", params={"q": "module_07 step"}, headers=HX)
+                ).text
+                elapsed = time.perf_counter() - started
+                assert re.findall(r'data-module="([^"]+)" data-testid', html) == ["big.module_07"]
+                assert len(re.findall(r'<li data-processor="', html)) == 20
+                assert elapsed < 2.0, f"filtering 500 processors took {elapsed:.2f}s"
+        finally:
+            await telemetry.client.custom_command(["DEL", keys.PROCESSORS, keys.IMPLEMENTERS])
