@@ -86,8 +86,20 @@ def test_select_remove_and_keys_on_the_graph(
     expect(page.locator('#designer-graph [id="node-parse_orders"]')).to_have_count(0)
     expect(page).not_to_have_url(re.compile(r"parse_orders"))
 
-    # The keyboard does the same: focus a node, Enter selects, Delete removes.
-    page.locator('#designer-graph [id="node-merge_events"] a').focus()
+    # The keyboard does the same: Tab reaches the nodes, Enter selects, Delete removes.
+    page.locator('[data-testid="designer-remove"][data-processor="merge_events"]').focus()
+    focused_node = """() => {
+        const node = document.activeElement && document.activeElement.closest('#designer-graph g.node');
+        return node ? node.id : null;
+    }"""
+    reached = []
+    for _ in range(6):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate(focused_node))
+        if reached[-1] == "node-merge_events":
+            break
+    assert reached[0] is not None, "Tab from the selection does not reach the graph"
+    assert reached[-1] == "node-merge_events", reached
     page.keyboard.press("Enter")
     expect(inspector.get_by_test_id("inspector-title")).to_have_text("merge_events")
     expect(page.locator('#designer-graph [id="node-merge_events"] a')).to_be_focused()
