@@ -10,10 +10,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from datagraph import IO, IOVal, Processor, Supervisor
+from datagraph.demo import etl_flow
 from datagraph.snapshots import INPUT, OUTPUT
 from tests.web_support import open_dashboard, text_of
-from web.diagram import DiagramEdge, diagram, partitions
+from web.diagram import DiagramEdge, design_edges, diagram
 from web.graph import render_svg
+from web.layout import partitions
 
 pytestmark = pytest.mark.anyio
 
@@ -143,6 +145,11 @@ def test_partitions_follow_wait_processors_and_what_reads_them() -> None:
         partitions([("a", False), ("b", True)], [DiagramEdge("p", "a", "b"), DiagramEdge("q", "b", "a")])
         == {}
     )
+    # The same numbers as the engine's own, on the demo's flow.
+    flow = etl_flow()
+    specs = [p.spec() for p in flow.processors]
+    demo = partitions([(p["name"], p["wait"]) for p in specs], design_edges(specs))
+    assert demo == flow.topology.partitions and demo["daily_report"] == 1
     live = diagram(processors, edges, live=True)
     svg = render_svg(live.dot)
     ids = _by_id(ET.fromstring(svg))

@@ -24,17 +24,16 @@ from dataclasses import dataclass, field
 
 from datagraph.snapshots import INPUT, OUTPUT
 
-__all__ = ["Diagram", "DiagramEdge", "design_edges", "diagram", "partitions"]
+from .layout import EDGE_FONT_PT, NODE_FONT_PT, estimated_width, partitions
+
+__all__ = ["Diagram", "DiagramEdge", "design_edges", "diagram"]
 
 #: Widths of the placeholders (characters): the longest text they will hold.
 _EDGE_TEXT_WIDTH = 12
 _NODE_TEXT_WIDTH = 18
 
-#: Font sizes (points; an SVG shown at its natural size draws 1 pt as 4/3 px), and the
-#: widest (points, about 930 px) a flow is laid out left to right before it is laid out
-#: top to bottom instead: pages show graphs at their natural size, so text stays readable.
-NODE_FONT_PT = 11
-EDGE_FONT_PT = 10
+#: The widest (points, about 930 px) a flow is laid out left to right before it is laid
+#: out top to bottom instead: pages show graphs at their natural size, so text stays readable.
 MAX_WIDTH_PT = 700
 
 _TOKEN = re.compile(r"%%([ENQ]\d+|C[EN]\d+)%%_*")
@@ -126,69 +125,6 @@ def _names(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | tuple) else []
 
 
-def partitions(processors: Sequence[tuple[str, bool]], edges: Iterable[DiagramEdge]) -> dict[str, int]:
-    """Each processor's partition, as ``Flow.resolve()`` numbers them: a ``wait=True``
-    processor fed by another one starts the next partition, and what reads from a
-    partition is in it or a later one. Empty when the wiring has a cycle."""
-    waits = dict(processors)
-    upstream: dict[str, set[str]] = {name: set() for name in waits}
-    for edge in edges:
-        if edge.source in waits and edge.target in waits:
-            upstream[edge.target].add(edge.source)
-    result: dict[str, int] = {}
-    remaining = dict(upstream)
-    while remaining:
-        ready = [name for name, ups in remaining.items() if ups <= result.keys()]
-        if not ready:
-            return {}
-        for name in ready:
-            base = max((result[u] for u in upstream[name]), default=0)
-            result[name] = base + (1 if waits[name] and upstream[name] else 0)
-            del remaining[name]
-    return result
-
-
-def _columns(processors: Sequence[tuple[str, bool]], edges: Sequence[DiagramEdge]) -> dict[str, int]:
-    """Each processor's column laid out left to right (its longest path from a source, from 1)."""
-    names = {name for name, _ in processors}
-    upstream: dict[str, set[str]] = {name: set() for name in names}
-    for edge in edges:
-        if edge.source in names and edge.target in names:
-            upstream[edge.target].add(edge.source)
-    depth: dict[str, int] = {}
-    remaining = dict(upstream)
-    while remaining:
-        ready = [name for name, ups in remaining.items() if ups <= depth.keys()]
-        if not ready:  # a cycle: one column each, the widest it could be
-            return {name: i + 1 for i, name in enumerate(sorted(names))}
-        for name in ready:
-            depth[name] = 1 + max((depth[u] for u in upstream[name]), default=0)
-            del remaining[name]
-    return depth
-
-
-def estimated_width(
-    processors: Sequence[tuple[str, bool]], edges: Sequence[DiagramEdge], label_chars: Mapping[str, int],
-    edge_chars: int,
-) -> float:
-    """About how wide (points) the graph is laid out left to right: its columns of
-    nodes (``label_chars``: the widest line of each processor's label) and, between
-    them, columns of edge labels (``edge_chars`` wide) and rank separation."""
-    column_of = _columns(processors, edges)
-    node_cols: dict[int, int] = {}
-    for name, col in column_of.items():
-        node_cols[col] = max(node_cols.get(col, 0), label_chars.get(name, len(name)))
-    io_chars = max((len(e.io) for e in edges), default=0)
-    if any(e.source == INPUT for e in edges):
-        node_cols[0] = io_chars
-    if any(e.target == OUTPUT for e in edges):
-        node_cols[max(node_cols, default=0) + 1] = io_chars
-    char = 0.55  # a Helvetica character is about 0.55 em wide, digits and lower case
-    nodes = sum(chars * char * NODE_FONT_PT + 22 for chars in node_cols.values())
-    gaps = max(len(node_cols) - 1, 0) * (edge_chars * char * EDGE_FONT_PT + 0.55 * 72)
-    return nodes + gaps
-
-
 def _stage_label(index: int) -> str:
     if index == 0:
         return "stage 1 · streams"
@@ -219,9 +155,10 @@ def diagram(
 
     A flow with ``wait=True`` processors is drawn in stages (Graphviz
     clusters, ``id="stage-<n>"``), one per partition, with the edges into a
-    waiting processor ending in a bar: the barrier. A flow that would be wider than
-    :data:`MAX_WIDTH_PT` laid out left to right is laid out top to bottom, so
-    that it keeps its natural size (its text readable) in a page's width.
+    waiting processor ending in a bar: the barrier. A flow that would be wider
+    than ``max_width_pt`` (default :data:`MAX_WIDTH_PT`) laid out left to right
+    is laid out top to bottom, so that it keeps its natural size (its text
+    readable) in a page's width.
     """
     node_classes = node_classes or {}
     edge_classes = edge_classes or {}
@@ -239,7 +176,7 @@ def diagram(
         for name, wait in processors
     }
     budget = MAX_WIDTH_PT if max_width_pt is None else max_width_pt
-    wide = estimated_width(processors, edges, label_chars, edge_chars) > budget
+    wide = estimated_width(processors, edges, label_chars, edge_chars, NODE_FONT_PT, EDGE_FONT_PT) > budget
     rankdir = "TB" if wide else "LR"
     out = Diagram(dot="")
     lines = [
