@@ -193,7 +193,11 @@ def diagram(
 
     def link(dom_id: str) -> dict[str, str]:
         href = links.get(dom_id)
-        return {"href": _quote(href), "tooltip": _quote("select")} if href else {}
+        if not href:
+            return {}
+        kind, _, name = dom_id.partition("-")
+        what = "its ports, types and workers" if kind == "node" else "what produces and reads it"
+        return {"href": _quote(href), "tooltip": _quote(f"{name}: {what}")}
 
     stages: dict[int, list[str]] = {}
     for index, (name, wait) in enumerate(processors):

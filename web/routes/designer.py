@@ -170,9 +170,16 @@ async def designer_page(
         else:
             names, name = list(record.processor_names), record.name
     context = await _workspace_context(dashboard, names, name, flow, select=select, io=io, notice=notice)
-    context.update(saved=await flows_store.list_flows(dashboard.client), active_page="designer", q="")
-    context["groups"] = grouped(context["infos"])
+    await _add_page_context(dashboard, context)
     return page(request, dashboard, "pages/designer.html", context)
+
+
+async def _add_page_context(dashboard: Dashboard, context: dict[str, Any]) -> None:
+    """What the whole page shows beyond the workspace: the palette and the saved flows."""
+    context.update(
+        saved=await flows_store.list_flows(dashboard.client), active_page="designer", q="",
+        groups=grouped(context["infos"]),
+    )
 
 
 @router.get("/designer/workspace")
@@ -244,7 +251,7 @@ async def designer_save(request: Request, dashboard: DashboardDep) -> Response:
     if not is_htmx(request):
         if error:
             context = await _workspace_context(dashboard, names, name, source, save_error=error)
-            context.update(saved=await flows_store.list_flows(dashboard.client), active_page="designer", q="")
+            await _add_page_context(dashboard, context)
             return page(request, dashboard, "pages/designer.html", context, status_code=422)
         return RedirectResponse(designer_url([], "", name), status_code=303)
     context = await _workspace_context(
