@@ -121,7 +121,8 @@ async def test_wait_processors_are_drawn_as_a_later_stage(supervisor: Supervisor
         ).text
         ids = _by_id(_svg(html))
         assert "stage-1" in ids and "stage-2" in ids and "stage-3" not in ids
-        assert "once its inputs are complete" in " ".join(_texts(ids["stage-2"]))
+        assert _texts(ids["stage-2"]) == ["stage 2"]
+        assert 'xlink:title="stage 2: its waiting processors start once every stream they read' in html
         # Graphviz draws a cluster's outline; its nodes follow it, in the order stated.
         assert ids["stage-2"].get("class") == "cluster stage"
         one = (await client.get("/designer/workspace", params={"processor": ["d_emit"]}, headers=HX)).text

@@ -125,10 +125,13 @@ def _names(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | tuple) else []
 
 
-def _stage_label(index: int) -> str:
+def _stage_tooltip(index: int) -> str:
     if index == 0:
-        return "stage 1 · streams"
-    return f"stage {index + 1} · once its inputs are complete"
+        return "stage 1: starts with the run, values stream through as they are written"
+    return (
+        f"stage {index + 1}: its waiting processors start once every stream they read is complete; "
+        "what reads from them follows"
+    )
 
 
 def diagram(
@@ -154,8 +157,9 @@ def diagram(
     class ``selected`` too.
 
     A flow with ``wait=True`` processors is drawn in stages (Graphviz
-    clusters, ``id="stage-<n>"``), one per partition, with the edges into a
-    waiting processor ending in a bar: the barrier. A flow that would be wider
+    clusters, ``id="stage-<n>"``, labelled "stage <n>" with what that means as
+    their tooltip), one per partition, with the edges into a waiting processor
+    ending in a bar: the barrier. A flow that would be wider
     than ``max_width_pt`` (default :data:`MAX_WIDTH_PT`) laid out left to right
     is laid out top to bottom, so that it keeps its natural size (its text
     readable) in a page's width.
@@ -218,7 +222,8 @@ def diagram(
         for index in sorted(stages):
             lines += [
                 f"  subgraph {_quote(f'cluster_stage_{index + 1}')} {{",
-                f'    graph [id={_quote(f"stage-{index + 1}")} label={_quote(_stage_label(index))} '
+                f'    graph [id={_quote(f"stage-{index + 1}")} label={_quote(f"stage {index + 1}")} '
+                f"tooltip={_quote(_stage_tooltip(index))} "
                 'labeljust=l style="dashed,rounded" color="#8a96a3" class="stage"];',
                 *("  " + line for line in stages[index]),
                 "  }",
@@ -265,7 +270,8 @@ def diagram(
             note = edge_notes.get(key)
             label = _label(edge.io, note) if note else _label(edge.io)
             css = _quote(edge_classes.get(key, "heat-0"))
-        barrier = {"arrowhead": "teenormal"} if len(stages) > 1 and waits.get(edge.target) else {}
+        into_barrier = len(stages) > 1 and waits.get(edge.target)
+        barrier = {"arrowhead": "normaltee", "arrowsize": "1"} if into_barrier else {}
         lines.append(
             f"  {_quote(source)} -> {_quote(target)} "
             f"{_attrs(id=_quote(dom_id), label=label, **{'class': css}, **barrier)};"

@@ -225,7 +225,8 @@ def test_graph_text_is_readable(
         page.goto(f"{dashboard}/runs/{demo_stack.live_run_id}")
         expect(page.locator('[id="node-daily_report"]')).to_be_visible()
         # The wait=True stage is drawn apart, on the run view too.
-        expect(page.locator('[id="stage-2"]')).to_contain_text("once its inputs are complete")
+        expect(page.locator('[id="stage-2"]')).to_contain_text("stage 2")
+        expect(page.locator('[id="stage-1"]')).to_contain_text("stage 1")
         assert _smallest_graph_text(page, "#content") >= MIN_TEXT_PX
         shoot(page, f"run-{width}")
         page.goto(dashboard + "/designer?flow=orders-etl")
