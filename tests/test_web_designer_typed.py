@@ -211,6 +211,8 @@ async def test_inspector_shows_a_processor_and_an_io(supervisor: Supervisor) -> 
         assert "max_backlog 7" in text and "wait no: streams" in text
         assert "online" in text and __name__ in text
         assert 'data-testid="inspector-remove" data-processor="d_strict"' in inspector
+        # The port whose type does not fit is marked.
+        assert '<tr data-port="d_text" class="mismatch"' in inspector
         assert 'class="node state-pending selected"' in html
         assert response_header_url(
             await client.get(
