@@ -25,6 +25,7 @@ SCENARIOS = {
     "memory": "benchmarks.memory",
     "telemetry": "benchmarks.telemetry",
     "history": "benchmarks.history",
+    "designer": "benchmarks.designer",
     "celery": "benchmarks.celery_stream",
 }
 

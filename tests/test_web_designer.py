@@ -150,6 +150,7 @@ async def test_bad_flow_name_is_a_message_not_an_error(supervisor: Supervisor) -
             "csrf_token": token, "name": "", "processor": ["web_source"],
         })
         assert plain.status_code == 422
+        assert 'data-testid="designer-add" data-processor="web_source"' in plain.text  # the palette too
 
 
 async def test_export_builds_the_same_flow(supervisor: Supervisor) -> None:

@@ -16,9 +16,12 @@ from typing import Any
 
 from datagraph.exceptions import CycleError, DatagraphError
 from datagraph.flow import Flow
-from datagraph.snapshots import ProcessorInfo
+from datagraph.snapshots import INPUT, OUTPUT, PortInfo, ProcessorInfo
 
-__all__ = ["Design", "assemble", "export_python", "spec_of"]
+from .compat import Incompatibility, incompatibility
+from .diagram import DiagramEdge, design_edges
+
+__all__ = ["Design", "TypedEdge", "assemble", "export_python", "spec_of"]
 
 
 def spec_of(info: ProcessorInfo) -> dict[str, Any]:
@@ -39,6 +42,19 @@ class Message:
     text: str
 
 
+@dataclass(frozen=True)
+class TypedEdge:
+    """An edge of the design with the type flowing along it."""
+
+    edge: DiagramEdge
+    #: The producer's output type (the reader's input type for a run input); "" when unknown.
+    type: str
+    #: The reader's input type, "" when the edge goes to the caller or is unknown.
+    read_as: str = ""
+    #: Why the reader cannot take what the producer yields, if it cannot.
+    mismatch: Incompatibility | None = None
+
+
 @dataclass
 class Design:
     """A set of processors as assembled in the designer."""
@@ -55,6 +71,12 @@ class Design:
     in_cycle: set[str] = field(default_factory=set)
     duplicate_producers: set[str] = field(default_factory=set)
     offline: set[str] = field(default_factory=set)
+    #: Every edge with its type, and the edges whose types do not fit.
+    edges: list[TypedEdge] = field(default_factory=list)
+
+    @property
+    def mismatches(self) -> list[TypedEdge]:
+        return [e for e in self.edges if e.mismatch is not None]
 
     @property
     def valid(self) -> bool:
@@ -131,12 +153,48 @@ def assemble(
             design.messages.append(Message(
                 "info", f"inputs still needed (no processor here produces them; give them at launch): {them}"
             ))
+    design.edges = typed_edges(design.specs, infos)
+    for typed in design.mismatches:
+        design.messages.append(Message("warning", mismatch_message(typed)))
     if design.flow is None and not design.floating_inputs:
         produced = set(producers)
         design.floating_inputs = tuple(dict.fromkeys(
             io for spec in design.specs for io in spec["inputs"] if io not in produced
         ))
     return design
+
+
+def _port(info: ProcessorInfo | None, name: str, outputs: bool) -> PortInfo | None:
+    if info is None:
+        return None
+    return next((p for p in (info.outputs if outputs else info.inputs) if p.name == name), None)
+
+
+def typed_edges(specs: Sequence[Mapping[str, Any]], infos: Mapping[str, ProcessorInfo]) -> list[TypedEdge]:
+    """The design's edges, each with the type along it and whether its reader can take it."""
+    result = []
+    for edge in design_edges(specs):
+        produced = None if edge.source == INPUT else _port(infos.get(edge.source), edge.io, True)
+        read = None if edge.target == OUTPUT else _port(infos.get(edge.target), edge.io, False)
+        mismatch = None
+        if produced is not None and read is not None:
+            mismatch = incompatibility(produced.schema, read.schema)
+        shown = produced or read
+        result.append(TypedEdge(
+            edge, shown.type if shown is not None else "", read.type if read is not None else "", mismatch,
+        ))
+    return result
+
+
+def mismatch_message(typed: TypedEdge) -> str:
+    edge, problem = typed.edge, typed.mismatch
+    detail = f" ({problem})" if problem is not None else ""
+    return (
+        f"type mismatch on {edge.io!r}: {edge.source!r} produces {typed.type}, but {edge.target!r} "
+        f"reads it as {typed.read_as}{detail}. The flow still launches (values are not converted); "
+        f"to fix it, change one of the two annotations, or put a processor between them that turns "
+        f"{typed.type} into {typed.read_as}"
+    )
 
 
 _IDENTIFIER = re.compile(r"[^0-9a-zA-Z_]")
