@@ -219,7 +219,7 @@ _BLOCKS = " \u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588"
 
 def history_text(history: RunHistory, width: int = 100) -> str:
     """A run's history as a text heatmap ``width`` columns wide: a row per edge and processor."""
-    from .history import buckets, resample
+    from .history import Buckets
 
     lines = []
     if not history.t:
@@ -228,7 +228,7 @@ def history_text(history: RunHistory, width: int = 100) -> str:
     names = [_edge_name(e) for e in history.edges] + [p.name for p in history.processors]
     label_width = min(40, max(8, *map(len, names)))
     columns = width - label_width - 5  # "  <label> |<columns>|"
-    spans = buckets(history.t, columns)
+    grid = Buckets(history.t, columns)
     clock = time.strftime
     lines.append(
         f"run {history.run_id} ({history.state}): {clock('%H:%M:%S', time.localtime(start))} to "
@@ -238,16 +238,16 @@ def history_text(history: RunHistory, width: int = 100) -> str:
     lines.append("EDGES: queue fill against the backpressure limit (unlimited: backlog against its peak)")
     for edge in history.edges:
         if edge.backpressure_limit:
-            levels = resample(edge.t, edge.fill, spans)
+            levels = grid.resample(edge.fill)
         else:
             peak = max(edge.backlog, default=0) or 1
-            levels = resample(edge.t, [b / peak for b in edge.backlog], spans)
+            levels = grid.resample([b / peak for b in edge.backlog])
         lines.append(f"  {_edge_name(edge)[:label_width].ljust(label_width)} |{_bar(levels)}|")
     lines.append("PROCESSORS: busy share (backpressured: b, idle: .)")
     for processor in history.processors:
-        busy = resample(processor.t, processor.busy, spans)
-        held = resample(processor.t, processor.backpressured, spans)
-        idle = resample(processor.t, processor.idle, spans)
+        busy = grid.resample(processor.busy, mean=True)
+        held = grid.resample(processor.backpressured, mean=True)
+        idle = grid.resample(processor.idle, mean=True)
         cells = []
         for b, h, i in zip(busy, held, idle, strict=True):
             if b is None:

@@ -37,11 +37,11 @@ __all__ = [
     "ProcessorHistory",
     "RunHistory",
     "build_history",
-    "buckets",
+    "Buckets",
     "find_bottleneck",
+    "Samples",
     "merge_samples",
     "parse_entries",
-    "resample",
 ]
 
 #: Seconds between the samples of the recent history.
@@ -180,31 +180,53 @@ class RunHistory(_Snapshot):
 
 # -- building it from samples ------------------------------------------------------
 
-#: One sample: its time (unix seconds) and the counters it copied.
-Sample = tuple[float, Mapping[str, str]]
+class Samples:
+    """A run's history samples, oldest first: times, and a row of values per sample.
+
+    ``names`` lists what the values are (``written:<io>``, ``r:<reader>/<io>``,
+    ``busy:<processor>``, ...), as the store keeps it: a list that only grows,
+    so an older row may be shorter.  Values are text, "" where missing.
+    Reading a column transposes every row at once (in C, not value by value).
+    """
+
+    __slots__ = ("_columns", "names", "rows", "t")
+
+    def __init__(self, t: list[float], names: Sequence[str], rows: list[list[str]]) -> None:
+        self.t = t
+        self.names = list(names)
+        self.rows = rows
+        self._columns: dict[str, tuple[str, ...]] | None = None
+
+    @classmethod
+    def from_mappings(cls, samples: Sequence[tuple[float, Mapping[str, str]]]) -> Samples:
+        """Samples given as ``(time, {name: value})`` pairs."""
+        names = list(dict.fromkeys(name for _, values in samples for name in values))
+        rows = [[values.get(name, "") for name in names] for _, values in samples]
+        return cls([at for at, _ in samples], names, rows)
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def column(self, name: str) -> tuple[str, ...]:
+        """The values of ``name`` at every sample ("" where it has none)."""
+        if self._columns is None:
+            width = len(self.names)
+            padded = [row if len(row) == width else (row + [""] * width)[:width] for row in self.rows]
+            columns = zip(*padded, strict=True) if padded else iter([()] * width)
+            self._columns = dict(zip(self.names, columns, strict=True))
+        return self._columns.get(name) or ("",) * len(self.t)
 
 
-@dataclass(frozen=True)
-class HistoryRecord:
-    """What the store holds of a run's history: its state, plan and samples (oldest first)."""
-
-    state: str
-    plan: Mapping[str, Any]
-    samples: list[Sample]
-
-
-def parse_entries(reply: Any, names: Sequence[str]) -> list[Sample]:
+def parse_entries(reply: Any, names: Sequence[str]) -> Samples:
     """Samples from an ``XRANGE`` reply of a history stream (any shape glide gives).
 
     ``names`` is the run's list of sampled names (``keys.history_names``): an
     entry's field ``v`` holds their values, comma-separated, in that order.
     """
-    if not reply:
-        return []
-    items = reply.items() if isinstance(reply, Mapping) else reply
-    samples: list[Sample] = []
+    t: list[float] = []
+    rows: list[list[str]] = []
+    items = (reply.items() if isinstance(reply, Mapping) else reply) if reply else ()
     for raw_id, raw_fields in items:
-        ms = text(raw_id).partition("-")[0]
         if isinstance(raw_fields, Mapping):
             packed = raw_fields.get(b"v", raw_fields.get("v"))
         elif raw_fields and isinstance(raw_fields[0], list | tuple):
@@ -213,32 +235,45 @@ def parse_entries(reply: Any, names: Sequence[str]) -> list[Sample]:
             packed = next(
                 (raw_fields[i + 1] for i in range(0, len(raw_fields), 2) if text(raw_fields[i]) == "v"), None
             )
-        values = text(packed).split(",") if packed is not None else []
-        fields = {name: value for name, value in zip(names, values, strict=False) if value}
-        samples.append((int(ms) / 1000, fields))
-    return samples
+        t.append(int(text(raw_id).partition("-")[0]) / 1000)
+        rows.append(text(packed).split(",") if packed is not None else [])
+    return Samples(t, names, rows)
 
 
-def merge_samples(coarse: Sequence[Sample], fine: Sequence[Sample]) -> list[Sample]:
+def merge_samples(coarse: Samples, fine: Samples) -> Samples:
     """The coarse samples from before the fine ones begin, then the fine ones.
 
     Of samples taken in the same millisecond (processors ending together), the last.
+    The names are the longer list (they only grow).
     """
-    start = fine[0][0] if fine else float("inf")
-    merged: list[Sample] = []
-    for sample in [*(s for s in coarse if s[0] < start), *fine]:
-        if merged and merged[-1][0] == sample[0]:
-            merged[-1] = sample
+    start = fine.t[0] if fine.t else float("inf")
+    t: list[float] = []
+    rows: list[list[str]] = []
+    for at, row in [*((a, r) for a, r in zip(coarse.t, coarse.rows, strict=True) if a < start),
+                    *zip(fine.t, fine.rows, strict=True)]:
+        if t and t[-1] == at:
+            rows[-1] = row
         else:
-            merged.append(sample)
-    return merged
+            t.append(at)
+            rows.append(row)
+    names = fine.names if len(fine.names) >= len(coarse.names) else coarse.names
+    return Samples(t, names, rows)
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    """What the store holds of a run's history: its state, plan and samples."""
+
+    state: str
+    plan: Mapping[str, Any]
+    samples: Samples
 
 
 def build_history(
     run_id: str,
     plan: Mapping[str, Any],
     state: str,
-    samples: Sequence[Sample],
+    samples: Samples,
     *,
     since: float | None = None,
 ) -> RunHistory:
@@ -251,7 +286,7 @@ def build_history(
     specs_of = [p for p in (plan.get("flow") or {}).get("processors", []) if isinstance(p, Mapping)]
     names = [str(p.get("name")) for p in specs_of]
     waits = {str(p.get("name")) for p in specs_of if p.get("wait")}
-    t = [at for at, _ in samples]
+    t = samples.t
     first = 0
     if since is not None:
         first = next((i for i, at in enumerate(t) if at >= since), len(t))
@@ -314,20 +349,25 @@ def build_history(
 class _Columns:
     """The samples' values by name, converted once each."""
 
-    def __init__(self, samples: Sequence[Sample]) -> None:
+    def __init__(self, samples: Samples) -> None:
         self._samples = samples
 
-    def _raw(self, name: str) -> list[str | None]:
-        return [s.get(name) for _, s in self._samples]
-
     def counts(self, name: str) -> list[int]:
-        return [int(_number(v)) for v in self._raw(name)]
+        column = self._samples.column(name)
+        try:
+            return [int(v) if v else 0 for v in column]
+        except ValueError:  # not what the engine writes; read what can be read
+            return [int(_number(v)) for v in column]
 
     def seconds(self, name: str) -> list[float]:
-        return [_number(v) for v in self._raw(name)]
+        column = self._samples.column(name)
+        try:
+            return [float(v) if v else 0.0 for v in column]
+        except ValueError:
+            return [_number(v) for v in column]
 
     def states(self, name: str) -> list[str]:
-        return [v or "pending" for v in self._raw(name)]
+        return [v or "pending" for v in self._samples.column(name)]
 
 
 def _number(value: str | None) -> float:
@@ -340,12 +380,13 @@ def _number(value: str | None) -> float:
 
 
 def _rates(t: Sequence[float], counts: Sequence[int]) -> list[float]:
-    rates = [0.0] * len(t)
-    for i in range(1, len(t)):
-        elapsed = t[i] - t[i - 1]
-        if elapsed > 0:
-            rates[i] = max(0.0, (counts[i] - counts[i - 1]) / elapsed)
-    return rates
+    """Per second between each sample and the one before (0 for the first)."""
+    if not t:
+        return []
+    return [0.0] + [
+        (c1 - c0) / (t1 - t0) if t1 > t0 and c1 > c0 else 0.0
+        for t0, t1, c0, c1 in zip(t, t[1:], counts, counts[1:], strict=False)
+    ]
 
 
 #: Cumulative (busy, idle, backpressured) seconds of one processor, a value per sample.
@@ -372,28 +413,23 @@ def _shares(cumulative: Cumulative, before: int, after: int) -> tuple[float, flo
 def _share_series(
     cumulative: Cumulative, before: Sequence[int]
 ) -> tuple[list[float], list[float], list[float]]:
-    """Shares (busy, idle, backpressured) at every sample ``i``, since sample ``before[i]``.
-
-    :func:`_shares` for a whole series at once (the hot loop of a long history).
-    """
-    busy, idle, bp = cumulative
-    out: tuple[list[float], list[float], list[float]] = ([], [], [])
-    for i, j in enumerate(before):
-        if j < 0:
-            db, di, dp = busy[i], idle[i], bp[i]
+    """Shares (busy, idle, backpressured) at every sample ``i``, since sample ``before[i]``
+    (since the run's start where that is -1): :func:`_shares` for a whole series at once."""
+    deltas = []
+    consecutive = isinstance(before, range) and before.start == -1 and before.step == 1
+    for series in cumulative:
+        if consecutive:  # since the sample before: no index lookups
+            prior: Sequence[float] = [0.0, *series[:-1]] if series else []
         else:
-            db, di, dp = busy[i] - busy[j], idle[i] - idle[j], bp[i] - bp[j]
-        db, di, dp = (db if db > 0 else 0.0), (di if di > 0 else 0.0), (dp if dp > 0 else 0.0)
-        total = db + di + dp
-        if total > 0:
-            out[0].append(db / total)
-            out[1].append(di / total)
-            out[2].append(dp / total)
-        else:
-            out[0].append(0.0)
-            out[1].append(0.0)
-            out[2].append(0.0)
-    return out
+            prior = [series[j] if j >= 0 else 0.0 for j in before]
+        deltas.append([x - y if x > y else 0.0 for x, y in zip(series, prior, strict=True)])
+    busy, idle, held = deltas
+    totals = [b + i + h for b, i, h in zip(busy, idle, held, strict=True)]
+    return (
+        [b / t if t > 0 else 0.0 for b, t in zip(busy, totals, strict=True)],
+        [i / t if t > 0 else 0.0 for i, t in zip(idle, totals, strict=True)],
+        [h / t if t > 0 else 0.0 for h, t in zip(held, totals, strict=True)],
+    )
 
 
 # -- the bottleneck ------------------------------------------------------------------
@@ -506,38 +542,59 @@ def _percent(share: float) -> str:
 # -- time buckets, for heatmaps ---------------------------------------------------------
 
 
-def buckets(t: Sequence[float], count: int, end: float | None = None) -> list[tuple[float, float]]:
-    """``count`` equal time buckets ``(start, end)`` spanning the samples ``t`` (up to ``end``)."""
-    if not t or count <= 0:
-        return []
-    first, last = t[0], max(t[-1], end if end is not None else t[-1])
-    width = max(last - first, 1e-9) / count
-    return [(first + i * width, first + (i + 1) * width) for i in range(count)]
+class Buckets:
+    """Equal time buckets over a history's samples, for heatmaps.
 
-
-def resample(
-    t: Sequence[float],
-    values: Sequence[float],
-    spans: Sequence[tuple[float, float]],
-    *,
-    mean: bool = False,
-) -> list[float | None]:
-    """The largest (or the mean) value sampled in each span.
-
-    A span with no sample repeats the last value; None before the first sample.
-    Largest by default, so that a queue that filled for one second shows in a
-    bucket of a minute; the mean suits shares of time.
+    ``spans`` are the buckets' ``(start, end)`` times; each series sampled at
+    the same times is reduced per bucket with one slice per bucket.
     """
-    out: list[float | None] = []
-    i = 0
-    last: float | None = None
-    for index, (_, stop) in enumerate(spans):
-        taken: list[float] = []
-        final = index == len(spans) - 1
-        while i < len(t) and (t[i] < stop or final):
-            taken.append(values[i])
-            i += 1
-        if taken:
-            last = sum(taken) / len(taken) if mean else max(taken)
-        out.append(last)
-    return out
+
+    def __init__(self, t: Sequence[float], count: int) -> None:
+        self.spans: list[tuple[float, float]] = []
+        #: Per bucket, the samples in it as a slice ``[lo, hi)`` of the series.
+        self._ranges: list[tuple[int, int]] = []
+        if not t or count <= 0:
+            return
+        first, last = t[0], t[-1]
+        width = max(last - first, 1e-9) / count
+        self.spans = [(first + i * width, first + (i + 1) * width) for i in range(count)]
+        lo = 0
+        for index in range(count):
+            hi = lo
+            if index == count - 1:
+                hi = len(t)
+            else:
+                stop = self.spans[index][1]
+                while hi < len(t) and t[hi] < stop:
+                    hi += 1
+            self._ranges.append((lo, hi))
+            lo = hi
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def resample(self, values: Sequence[float], *, mean: bool = False) -> list[float | None]:
+        """The largest (or the mean) value sampled in each bucket.
+
+        A bucket with no sample repeats the last value; None before the first
+        sample.  Largest by default, so that a queue that filled for one
+        second shows in a bucket of a minute; the mean suits shares of time.
+        """
+        out: list[float | None] = []
+        last: float | None = None
+        for lo, hi in self._ranges:
+            if hi > lo:
+                chunk = values[lo:hi]
+                last = sum(chunk) / (hi - lo) if mean else max(chunk)
+            out.append(last)
+        return out
+
+    def last(self, values: Sequence[str], before: str) -> list[str]:
+        """The last value in each bucket (or before it; ``before`` ahead of the first)."""
+        out = []
+        current = before
+        for lo, hi in self._ranges:
+            if hi > lo:
+                current = values[hi - 1]
+            out.append(current)
+        return out

@@ -428,7 +428,7 @@ class Telemetry:
                 records.append(None)
                 continue
             names = [text(name) for name in raw_names or ()]
-            coarse = parse_entries(streams[0], names) if coarse_from is not None else []
+            coarse = parse_entries(streams[0] if coarse_from is not None else None, names)
             parsed = loads(plan)
             records.append(HistoryRecord(
                 state=text(state),

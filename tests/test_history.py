@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from datagraph import IO, Flow, IOVal, LocalExecutor, Processor, Supervisor
-from datagraph.history import RunHistory, build_history
+from datagraph.history import RunHistory, Samples, build_history
 from datagraph.snapshots import INPUT, OUTPUT
 from datagraph.store import keys
 from datagraph.telemetry import Telemetry
@@ -77,7 +77,7 @@ class Script:
         self.samples.append((self.at, fields))
 
     def history(self, plan: Mapping[str, Any], state: str = "running") -> RunHistory:
-        return build_history("r", plan, state, self.samples)
+        return build_history("r", plan, state, Samples.from_mappings(self.samples))
 
 
 BUSY = (0.95, 0.0, 0.05)
@@ -224,7 +224,8 @@ def test_series_rates_and_shares() -> None:
     assert a.busy[1] == pytest.approx(0.3) and a.idle[1] == pytest.approx(0.7)
     assert a.backpressured[1] == 0.0
     # since: later samples only, rates still from the sample before.
-    later = build_history("r", plan, "running", script.samples, since=script.samples[1][0])
+    samples = Samples.from_mappings(script.samples)
+    later = build_history("r", plan, "running", samples, since=script.samples[1][0])
     assert later.t == (script.samples[1][0],)
     assert later.edge("x", "b").throughput == (300.0,)
     assert json.loads(later.to_json())["edges"][0]["t"] == [script.samples[1][0]]

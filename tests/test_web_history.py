@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from datagraph import Supervisor
-from datagraph.history import build_history
+from datagraph.history import Samples, build_history
 from tests.history_support import SLOW_FLOW, inputs, run_slow_flow
 from tests.web_support import open_dashboard, open_sse, text_of
 from web.heatmap import heatmap
@@ -129,7 +129,7 @@ def test_heatmap_of_thirty_edges_over_an_hour_stays_bounded() -> None:
             {(f"io{i + 1}", f"p{i + 1}"): lag for i in range(29)},
             written={f"io{i + 1}": second * 100 for i in range(29)},
         )
-    drawn = heatmap(build_history("r", plan, "running", script.samples))
+    drawn = heatmap(build_history("r", plan, "running", Samples.from_mappings(script.samples)))
     assert drawn is not None
     assert drawn.columns == 120 and drawn.column_seconds == pytest.approx(3599 / 120)
     assert drawn.fill.count('class="edge-row"') == 30  # the run input and 29 in-flow edges

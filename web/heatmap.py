@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-from datagraph.history import EdgeHistory, ProcessorHistory, RunHistory, buckets, resample
+from datagraph.history import Buckets, EdgeHistory, ProcessorHistory, RunHistory
 from datagraph.snapshots import INPUT, OUTPUT
 
 from . import overlay
@@ -63,10 +63,11 @@ def heatmap(history: RunHistory, *, max_columns: int = MAX_COLUMNS) -> Heatmap |
     if not history.t:
         return None
     columns = max(1, min(max_columns, len(history.t)))
-    spans = buckets(history.t, columns)
-    fill_rows = [(_edge_label(e), _fill_cells(e, spans)) for e in history.edges]
-    rate_rows = [(_edge_label(e), _throughput_cells(e, spans)) for e in history.edges]
-    bands = [(p.name, _band_cells(p, spans)) for p in history.processors]
+    grid = Buckets(history.t, columns)
+    spans = grid.spans
+    fill_rows = [(_edge_label(e), _fill_cells(e, grid)) for e in history.edges]
+    rate_rows = [(_edge_label(e), _throughput_cells(e, grid)) for e in history.edges]
+    bands = [(p.name, _band_cells(p, grid)) for p in history.processors]
     column_seconds = (spans[-1][1] - spans[0][0]) / columns
     return Heatmap(
         fill=_svg(fill_rows, bands, spans, "queue fill against the backpressure limit"),
@@ -109,43 +110,49 @@ def _edge_label(edge: EdgeHistory) -> str:
     return f"{edge.io}: {source} \u2192 {target}"
 
 
-def _fill_cells(edge: EdgeHistory, spans: Sequence[tuple[float, float]]) -> list[_Cell | None]:
-    backlog = resample(edge.t, edge.backlog, spans)
-    rate = resample(edge.t, edge.throughput, spans)
-    fill = resample(edge.t, edge.fill, spans) if edge.backpressure_limit else [None] * len(spans)
-    limit = edge.backpressure_limit
+def _fill_cells(edge: EdgeHistory, grid: Buckets) -> list[_Cell | None]:
+    backlog = grid.resample(edge.backlog)
+    rate = grid.resample(edge.throughput)
+    fill = grid.resample(edge.fill) if edge.backpressure_limit else [None] * len(grid)
+    limit = f" of {overlay.format_count(edge.backpressure_limit)}" if edge.backpressure_limit else ""
     cells: list[_Cell | None] = []
+    previous: tuple[object, ...] | None = None
     for queued, moving, full in zip(backlog, rate, fill, strict=True):
         if queued is None:
             cells.append(None)
             continue
+        figures = (queued, moving, full)
+        if figures == previous:
+            cells.append(cells[-1])  # the same cell again: merged when drawn
+            continue
+        previous = figures
         css = overlay.fill_heat(full, moving=queued > 0 or (moving or 0) > 0)
         queue = f"{overlay.format_count(queued)} queued"
-        if limit and full is not None:
-            queue += f" ({full:.0%} of {overlay.format_count(limit)})"
+        if full is not None:
+            queue += f" ({full:.0%}{limit})"
         cells.append(_Cell(css, f"{queue}, {overlay.format_rate(moving or 0.0)}"))
     return cells
 
 
-def _throughput_cells(edge: EdgeHistory, spans: Sequence[tuple[float, float]]) -> list[_Cell | None]:
-    rate = resample(edge.t, edge.throughput, spans)
+def _throughput_cells(edge: EdgeHistory, grid: Buckets) -> list[_Cell | None]:
+    rate = grid.resample(edge.throughput)
     peak = max((r for r in rate if r is not None), default=0.0)
+    shown_peak = overlay.format_rate(peak)
     cells: list[_Cell | None] = []
     for r in rate:
         if r is None:
             cells.append(None)
             continue
         level = 0 if r <= 0 or peak <= 0 else 1 + min(3, int(r / peak * 4 - 1e-9))
-        figures = f"{overlay.format_rate(r)} (peak {overlay.format_rate(peak)})"
-        cells.append(_Cell(THROUGHPUT_CLASSES[level], figures))
+        cells.append(_Cell(THROUGHPUT_CLASSES[level], f"{overlay.format_rate(r)} (peak {shown_peak})"))
     return cells
 
 
-def _band_cells(processor: ProcessorHistory, spans: Sequence[tuple[float, float]]) -> list[_Cell | None]:
-    busy = resample(processor.t, processor.busy, spans, mean=True)
-    held = resample(processor.t, processor.backpressured, spans, mean=True)
-    idle = resample(processor.t, processor.idle, spans, mean=True)
-    states = _states(processor, spans)
+def _band_cells(processor: ProcessorHistory, grid: Buckets) -> list[_Cell | None]:
+    busy = grid.resample(processor.busy, mean=True)
+    held = grid.resample(processor.backpressured, mean=True)
+    idle = grid.resample(processor.idle, mean=True)
+    states = grid.last(processor.state, "pending")
     cells: list[_Cell | None] = []
     for b, h, i, state in zip(busy, held, idle, states, strict=True):
         if b is None or h is None or i is None:
@@ -160,19 +167,6 @@ def _band_cells(processor: ProcessorHistory, spans: Sequence[tuple[float, float]
             split = f"busy {b:.0%}, backpressured {h:.0%}, idle {i:.0%}"
             cells.append(_Cell(ACTIVITY_CLASSES[top], split))
     return cells
-
-
-def _states(processor: ProcessorHistory, spans: Sequence[tuple[float, float]]) -> list[str]:
-    """The processor's state at the end of each span (the last sample in it, or before it)."""
-    out = []
-    i, state = 0, "pending"
-    for index, (_, stop) in enumerate(spans):
-        final = index == len(spans) - 1
-        while i < len(processor.t) and (processor.t[i] < stop or final):
-            state = processor.state[i]
-            i += 1
-        out.append(state)
-    return out
 
 
 # -- drawing -------------------------------------------------------------------------------

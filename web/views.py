@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from datagraph.exceptions import DatagraphError
-from datagraph.history import Bottleneck, RunHistory, Sample, build_history, merge_samples
+from datagraph.history import Bottleneck, RunHistory, Samples, build_history, merge_samples
 from datagraph.preview import StreamPreview, latest_values
 from datagraph.snapshots import (
     INPUT,
@@ -167,20 +167,20 @@ class HistoryTracker:
     def __init__(self, telemetry: Telemetry, run_id: str) -> None:
         self.telemetry = telemetry
         self.run_id = run_id
-        self._samples: list[Sample] = []
+        self._samples = Samples([], [], [])
         self._read_all_at = -float("inf")
 
     async def read(self) -> RunHistory | None:
         now = time.monotonic()
-        whole = not self._samples or now - self._read_all_at >= self.REREAD_SECONDS
-        after = None if whole else self._samples[-1][0]
+        whole = not self._samples.t or now - self._read_all_at >= self.REREAD_SECONDS
+        after = None if whole else self._samples.t[-1]
         (record,) = await self.telemetry.history_records([self.run_id], after=after)
         if record is None:
             return None
         if whole:
-            self._samples, self._read_all_at = list(record.samples), now
+            self._samples, self._read_all_at = record.samples, now
         else:
-            self._samples = merge_samples((), [*self._samples, *record.samples])
+            self._samples = merge_samples(self._samples, record.samples)
         return build_history(self.run_id, record.plan, record.state, self._samples)
 
 
