@@ -82,6 +82,12 @@ class Dashboard:
 
     async def open(self) -> None:
         supervisor = self.supervisor
+        if supervisor is not None:
+            # The supervisor's runtime on the server's own loop publishes the processors
+            # implemented in this process and heart-beats it as a worker, from startup:
+            # without it, a dashboard reading through a connection of its own (--app with
+            # --redis-url) would launch with a LocalExecutor nobody knows about.
+            await supervisor.runtime()
         if self.redis_url is not None:
             settings = supervisor.settings if supervisor is not None else None
             self._telemetry = await Telemetry.connect(self.redis_url, settings)

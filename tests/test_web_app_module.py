@@ -1,0 +1,35 @@
+"""``datagraph dashboard --app MODULE``: processors implemented in the dashboard's own process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.dashboard_process import dashboard_process, wait_for
+
+APP_PROCESSORS = {"oc_check", "oc_count", "oc_flood", "oc_square", "oc_trickle"}
+
+
+@pytest.mark.timeout(90)
+def test_processors_of_the_app_module_are_registered_and_launchable(valkey_url: str, tmp_path: Path) -> None:
+    env = {"DATAGRAPH_REDIS_URL": valkey_url}
+    with dashboard_process("--redis-url", valkey_url, env=env, log=tmp_path / "dashboard.log") as dash:
+        # Registered from startup, before anything was launched.
+        names = {p["name"] for p in httpx.get(f"{dash.url}/api/processors").json()}
+        assert names >= APP_PROCESSORS
+        workers = httpx.get(f"{dash.url}/api/workers").json()
+        mine = [w for w in workers if set(w["processors"]) >= APP_PROCESSORS]
+        assert len(mine) == 1 and mine[0]["online"], workers
+
+        launched = httpx.post(
+            f"{dash.url}/api/runs", json={"processors": ["oc_count", "oc_square"], "inputs": {"oc_n": 4}}
+        )
+        assert launched.status_code == 201, launched.text
+        run_url = f"{dash.url}/api{launched.json()['url']}"
+
+        def succeeded() -> bool:
+            return bool(httpx.get(run_url).json()["state"] == "succeeded")
+
+        wait_for(succeeded, 20, "the run launched through the app's LocalExecutor succeeding")
