@@ -15,6 +15,7 @@ from datagraph.telemetry import Telemetry
 
 from . import overlay
 from .hub import Hub
+from .metrics import DashboardCounters
 
 if TYPE_CHECKING:
     from glide import GlideClient
@@ -74,6 +75,8 @@ class Dashboard:
         self._supervisor = supervisor
         self.templates = templates
         self.hub = Hub()
+        #: What this process counts itself, for ``/metrics``.
+        self.counters = DashboardCounters()
         self._telemetry: Telemetry | None = None
         self._metrics: Telemetry | None = None
         self.started = time.time()
