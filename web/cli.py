@@ -34,6 +34,7 @@ from datagraph.cli import command
 __all__ = ["add_arguments", "run"]
 
 TOKEN_ENV = "DATAGRAPH_DASHBOARD_TOKEN"
+VIEWER_TOKEN_ENV = "DATAGRAPH_DASHBOARD_VIEWER_TOKEN"
 BROKER_ENV = "DATAGRAPH_BROKER_URL"
 
 
@@ -51,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token", metavar="TOKEN",
         help=f"require this token from every client (default: ${TOKEN_ENV}; none)",
+    )
+    parser.add_argument(
+        "--viewer-token", metavar="TOKEN",
+        help=f"grant read-only access with this token (default: ${VIEWER_TOKEN_ENV}; none); needs --token",
     )
     parser.add_argument(
         "--broker-url", metavar="URL",
@@ -125,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
+    viewer_token = args.viewer_token
+    if viewer_token is None:
+        viewer_token = os.environ.get(VIEWER_TOKEN_ENV, "")
     store = args.redis_url or os.environ.get("DATAGRAPH_REDIS_URL")
     try:
         supervisor = _attach(args, store)
@@ -135,12 +143,16 @@ def run(args: argparse.Namespace) -> int:
     warning = warn_if_exposed(args.host, token)
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
-    app = create_app(
-        supervisor=supervisor,
-        redis_url=args.redis_url if args.app else None,
-        token=token,
-        stuck_after=args.stuck_after,
-    )
+    try:
+        app = create_app(
+            supervisor=supervisor,
+            redis_url=args.redis_url if args.app else None,
+            token=token,
+            viewer_token=viewer_token,
+            stuck_after=args.stuck_after,
+        )
+    except DatagraphError as exc:
+        return _fail(str(exc))
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"Datagraph dashboard: http://{shown}:{args.port}/ (executor: {supervisor.executor!r})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)

@@ -48,6 +48,8 @@ class DashboardConfig:
     """Settings of one dashboard app (see ``create_app``)."""
 
     token: str | None = None
+    #: Read-only access (pages, API reads, events, metrics); needs ``token``.
+    viewer_token: str | None = None
     #: Seconds between polls of a live run (and of a finished one).
     poll_interval: float = 1.0
     finished_poll_interval: float = 5.0
