@@ -35,6 +35,7 @@ from .flow import Flow
 from .io import IO, IOVal
 from .liveness import start_heartbeat
 from .plan import Plan
+from .rerun import keep_inputs_commands
 from .runtime import Runtime
 from .settings import DEVELOPMENT_SECRET, Settings
 from .store import keys
@@ -302,6 +303,7 @@ class Supervisor:
             # max_run_duration + retention): the index stays bounded with no telemetry reader.
             ["ZREMRANGEBYSCORE", keys.RUNS, "-inf", f"({time.time() - horizon!r}"],
         ]  # fmt: skip
+        commands += keep_inputs_commands(self.codec, self.settings, run_id, given)
         ok = self.codec.encode_marker({"status": "ok", "processor": "(input)"})
         for io, values in given.items():
             key = keys.stream(run_id, io)
