@@ -50,12 +50,15 @@ async def test_a_viewer_reads_everything_and_changes_nothing(supervisor: Supervi
             assert launch.status_code == 403 and "viewer" in launch.json()["detail"]
             cancel = await client.post(f"/api/runs/{running_id}/cancel", json={}, headers=viewer)
             assert cancel.status_code == 403
+            again = await client.post(f"/api/runs/{run_id}/rerun", json={}, headers=viewer)
+            assert again.status_code == 403
             token = await csrf_token(client)
             for path, data in [
                 ("/launch", {"processor": "web_source", "web_count": "1"}),
                 (f"/runs/{running_id}/cancel", {}),
                 ("/designer/save", {"processor": "web_source", "name": "viewer flow"}),
                 ("/flows/delete", {"name": "viewer flow"}),
+                (f"/runs/{run_id}/rerun", {}),
             ]:
                 refused = await client.post(path, data={**data, "csrf_token": token}, headers=viewer)
                 assert refused.status_code == 403, path

@@ -38,7 +38,7 @@ from datagraph.exceptions import ConfigError, StoreError
 from . import graph, overlay, redact
 from .dashboard import ASSETS, Dashboard, DashboardConfig, ago
 from .ratelimit import LoginLimiter
-from .routes import api, designer, events, pages
+from .routes import api, designer, events, pages, rerun
 from .security import (
     CSRF_FIELD,
     OPERATOR,
@@ -149,6 +149,7 @@ def create_app(
     app.include_router(designer.router)
     app.include_router(events.router)
     app.include_router(api.router)
+    app.include_router(rerun.router)
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreError, _store_error)  # type: ignore[arg-type]
