@@ -23,8 +23,9 @@ from datagraph import IO, IOVal, LocalExecutor, Processor, Supervisor
 oc_count = Processor("oc_count", inputs=["oc_n"], outputs=["oc_numbers"])
 oc_square = Processor("oc_square", inputs=["oc_numbers"], outputs=["oc_squares"])
 oc_check = Processor("oc_check", inputs=["oc_value"], outputs=["oc_checked"])
-oc_flood = Processor("oc_flood", inputs=["oc_seconds"], outputs=["oc_flooded"])
-oc_trickle = Processor("oc_trickle", inputs=["oc_flooded"], outputs=["oc_trickled"], max_backlog=40)
+# The writer's limit governs the edge it writes.
+oc_flood = Processor("oc_flood", inputs=["oc_seconds"], outputs=["oc_flooded"], max_backlog=40)
+oc_trickle = Processor("oc_trickle", inputs=["oc_flooded"], outputs=["oc_trickled"])
 
 
 @oc_count
