@@ -20,7 +20,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,7 @@ from datagraph.exceptions import ConfigError, StoreError
 
 from . import graph, overlay, redact
 from .dashboard import ASSETS, Dashboard, DashboardConfig, ago
+from .notify import NOTIFY_URLS_ENV, Notifier, parse_notify_urls
 from .ratelimit import LoginLimiter
 from .routes import api, designer, events, pages, rerun
 from .security import (
@@ -74,6 +75,10 @@ def create_app(
     ops_interval: float = 2.0,
     stuck_after: float = 300.0,
     warm_up_graphviz: bool = True,
+    notify_urls: Sequence[str] | None = None,
+    notify_after: float = 30.0,
+    notify_interval: float = 2.0,
+    public_url: str = "http://127.0.0.1:8000",
 ) -> FastAPI:
     """The dashboard as a FastAPI app.
 
@@ -90,7 +95,12 @@ def create_app(
     ``ops_interval`` of the operations page. ``stuck_after``: seconds without a
     write after which a running run is listed as stuck (the page's
     ``?stuck_after=`` overrides it). ``warm_up_graphviz``: load the Graphviz
-    WebAssembly module at startup, in a thread.
+    WebAssembly module at startup, in a thread. ``notify_urls``: webhooks
+    told about failed and stuck runs, edges red for ``notify_after`` seconds
+    and workers gone offline (default: ``$DATAGRAPH_NOTIFY_URLS``, comma-
+    separated; see :mod:`web.notify`), polled every ``notify_interval``
+    seconds; their links start with ``public_url``, the dashboard's address
+    as people open it.
     """
     if token is None:
         token = os.environ.get(TOKEN_ENV) or None
@@ -110,6 +120,13 @@ def create_app(
     templates = Jinja2Templates(directory=str(ASSETS.templates), context_processors=[_context])
     templates.env.globals.update(fmt=overlay, ago=ago, clock=_clock, csrf_field=CSRF_FIELD)
     dashboard = Dashboard(config, supervisor=supervisor, redis_url=redis_url, templates=templates)
+    if notify_urls is None:
+        notify_urls = [os.environ.get(NOTIFY_URLS_ENV, "")]
+    urls = parse_notify_urls(notify_urls)
+    notifier = (
+        Notifier(dashboard, urls, public_url=public_url, after=notify_after, interval=notify_interval)
+        if urls else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,6 +136,8 @@ def create_app(
             async with anyio.create_task_group() as tg:
                 if warm_up_graphviz:
                     tg.start_soon(_warm_up)
+                if notifier is not None:
+                    tg.start_soon(notifier.run, name="datagraph-notifier")
                 async with dashboard.hub.running():
                     yield
                 tg.cancel_scope.cancel()
@@ -134,6 +153,7 @@ def create_app(
         openapi_url=None,
     )
     app.state.dashboard = dashboard
+    app.state.notifier = notifier
     if secret is None:
         secret = os.environ.get("DATAGRAPH_SECRET", "").encode() or secrets.token_bytes(32)
     app.state.csrf_signer = signer = CsrfSigner(secret)

@@ -66,6 +66,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="list a running run as stuck after this long without a write (default: 300)",
     )
     parser.add_argument(
+        "--notify-url", metavar="URL", action="append", default=None,
+        help="POST JSON to this webhook on failed and stuck runs, backed-up edges and offline workers "
+        "(repeatable; default: $DATAGRAPH_NOTIFY_URLS, comma-separated)",
+    )
+    parser.add_argument(
+        "--notify-after", type=float, default=30.0, metavar="SECONDS",
+        help="notify about an edge above 85%% of its backpressure limit for this long (default: 30)",
+    )
+    parser.add_argument(
+        "--public-url", metavar="URL",
+        help="the dashboard's address as people open it, for links in notifications "
+        "(default: http://HOST:PORT)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
 
@@ -143,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     warning = warn_if_exposed(args.host, token)
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
     try:
         app = create_app(
             supervisor=supervisor,
@@ -150,10 +165,12 @@ def run(args: argparse.Namespace) -> int:
             token=token,
             viewer_token=viewer_token,
             stuck_after=args.stuck_after,
+            notify_urls=args.notify_url,
+            notify_after=args.notify_after,
+            public_url=args.public_url or f"http://{shown}:{args.port}",
         )
     except DatagraphError as exc:
         return _fail(str(exc))
-    shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"Datagraph dashboard: http://{shown}:{args.port}/ (executor: {supervisor.executor!r})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0

@@ -68,6 +68,11 @@ def run_keys(run_id: str, ios: list[str]) -> list[str]:
     return [run(run_id), pos(run_id), stats(run_id), rerun(run_id), *(stream(run_id, io) for io in ios)]
 
 
+def notification(claim: str) -> str:
+    """String: the dashboard process that claimed sending notification ``claim``."""
+    return f"{PREFIX}:notified:{claim}"
+
+
 def worker(worker_id: str) -> str:
     """Hash: one worker's description and counters."""
     return f"{PREFIX}:worker:{worker_id}"
