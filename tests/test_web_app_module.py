@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.dashboard_process import dashboard_process, wait_for
+from tests.dashboard_process import ROOT, dashboard_process, wait_for
 
 APP_PROCESSORS = {"oc_check", "oc_count", "oc_flood", "oc_square", "oc_trickle"}
 
@@ -36,3 +38,22 @@ def test_processors_of_the_app_module_are_registered_and_launchable(valkey_url: 
             return bool(httpx.get(run_url).json()["state"] == "succeeded")
 
         wait_for(succeeded, 20, "the run launched through the app's LocalExecutor succeeding")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--viewer-token", "v"], "a viewer token needs an operator token"),
+        (["--token", "t", "--viewer-token", "t"], "must differ from the operator token"),
+        (["--notify-url", "mailto:oncall@example.com"], "is not an http(s) URL"),
+    ],
+)
+def test_bad_on_call_options_are_refused_naming_the_option(
+    valkey_url: str, args: list[str], message: str
+) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "datagraph", "dashboard", "--redis-url", valkey_url, *args],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert message in completed.stderr
