@@ -24,6 +24,7 @@ SCENARIOS = {
     "scale": "benchmarks.scale",
     "memory": "benchmarks.memory",
     "telemetry": "benchmarks.telemetry",
+    "oncall": "benchmarks.oncall",
     "celery": "benchmarks.celery_stream",
 }
 

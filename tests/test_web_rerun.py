@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from datagraph import Flow, IOVal, Supervisor
+from datagraph import Flow, IOVal, LocalExecutor, Supervisor
 from tests.web_support import csrf_token, open_dashboard, text_of, web_slow, web_source
 
 pytestmark = pytest.mark.anyio
@@ -74,3 +74,25 @@ async def test_edit_and_run_again_prefills_the_launch_form(supervisor: Superviso
         assert 'name="input.web_count" value="7"' in form.text
         assert '<input type="hidden" name="processor" value="web_source">' in form.text
         assert (await client.get("/runs/nope/rerun/edit")).status_code == 404
+
+
+async def test_a_run_with_inputs_too_large_to_keep_says_so(valkey_url: str, anyio_backend: str) -> None:
+    Supervisor.detach()
+    supervisor = Supervisor.attach(
+        redis_config={"url": valkey_url}, executor=LocalExecutor(), secret=b"test-secret",
+        rerun_inputs_max_bytes=64,
+    )
+    try:
+        flow = Flow.from_processors(web_source, name="web rerun large").resolve()
+        outputs = await supervisor.start_flow(flow, inputs=[IOVal(name="web_count", value=1)] * 100)
+        run_id = outputs["web_numbers"].run_id
+        await supervisor.wait(run_id, timeout=20)
+        async with open_dashboard(supervisor) as (_, client):
+            panel = await client.get(f"/runs/{run_id}/rerun-panel")
+            assert "run-rerun-button" not in panel.text and "run-rerun-edit" not in panel.text
+            assert "cannot be run again as it was" in text_of(panel.text)
+            assert "rerun_inputs_max_bytes" in text_of(panel.text)
+            refused = await client.post(f"/api/runs/{run_id}/rerun", json={})
+            assert refused.status_code == 409 and "more than the 64 kept" in refused.json()["detail"]
+    finally:
+        await Supervisor.adetach()
