@@ -103,6 +103,7 @@ def test_an_operator_reruns_a_failed_run_and_lands_on_the_new_one(
     page.get_by_test_id("run-rerun-edit").click()
     field = page.locator('[data-testid="launch-field"][data-io="oc_value"] input')
     expect(field).to_have_value("-3")
+    shoot(page, "edit-and-run-again")
     field.fill("4")
     page.get_by_test_id("launch-submit").click()
     page.wait_for_url(f"{oncall.url}/runs/*")
