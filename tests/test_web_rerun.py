@@ -73,7 +73,21 @@ async def test_edit_and_run_again_prefills_the_launch_form(supervisor: Superviso
         assert form.status_code == 200
         assert 'name="input.web_count" value="7"' in form.text
         assert '<input type="hidden" name="processor" value="web_source">' in form.text
+        assert f'action="/runs/{origin}/rerun/edit"' in form.text
         assert (await client.get("/runs/nope/rerun/edit")).status_code == 404
+
+        # Posting it runs the same flow with the edited inputs, linked to the origin.
+        token = await csrf_token(client)
+        edit = f"/runs/{origin}/rerun/edit"
+        bad = await client.post(edit, data={"csrf_token": token, "input.web_count": "x"})
+        assert bad.status_code == 422 and "whole number" in text_of(bad.text)
+        good = await client.post(edit, data={"csrf_token": token, "input.web_count": "2"})
+        assert good.status_code == 303
+        new_id = good.headers["location"].removeprefix("/runs/")
+        assert await supervisor.wait(new_id, timeout=20) == "succeeded"
+        new = (await client.get(f"/api/runs/{new_id}")).json()
+        assert new["inputs"]["web_count"]["first"] == "2"
+        assert (await client.get(f"/api/runs/{new_id}/rerun")).json()["rerun_of"] == origin
 
 
 async def test_a_run_with_inputs_too_large_to_keep_says_so(valkey_url: str, anyio_backend: str) -> None:

@@ -108,6 +108,7 @@ def test_an_operator_reruns_a_failed_run_and_lands_on_the_new_one(
     page.get_by_test_id("launch-submit").click()
     page.wait_for_url(f"{oncall.url}/runs/*")
     expect_state(page, "succeeded")
+    expect(page.get_by_test_id("run-rerun-of")).to_contain_text(origin[:12])
     assert console_errors == []
 
 

@@ -7,7 +7,9 @@
 - ``POST /runs/{id}/rerun`` (form) and ``POST /api/runs/{id}/rerun`` (JSON,
   201 ``{"run_id", "url", "rerun_of"}``): same flow, same inputs.
 - ``GET /runs/{id}/rerun/edit``: the launch form, pre-filled with the run's
-  inputs, to change some before launching.
+  inputs, to change some before launching; it posts back to the same address,
+  which runs the run's own flow with the edited inputs, linked to the run
+  like any re-run.
 - ``GET /api/runs/{id}/rerun``: the re-run facts as JSON.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -25,8 +28,8 @@ from datagraph.rerun import kept_inputs, rerun, rerun_info
 from datagraph.supervisor import Supervisor
 
 from ..dashboard import Dashboard, get_dashboard
-from ..forms import InputField, Submission
-from ..launching import launch_target
+from ..forms import InputField, Submission, parse_form
+from ..launching import LaunchTarget, launch_target
 from .common import is_htmx, page
 
 __all__ = ["router"]
@@ -108,8 +111,7 @@ def prefill(fields: list[InputField], given: dict[str, list[Any]]) -> Submission
     return submission
 
 
-@router.get("/runs/{run_id}/rerun/edit")
-async def edit_rerun(request: Request, dashboard: DashboardDep, run_id: str) -> Response:
+async def _edit_target(dashboard: Dashboard, run_id: str) -> tuple[LaunchTarget, dict[str, list[Any]]]:
     supervisor = _supervisor(dashboard)
     try:
         plan, given = await kept_inputs(supervisor, run_id)
@@ -119,8 +121,42 @@ async def edit_rerun(request: Request, dashboard: DashboardDep, run_id: str) -> 
         raise HTTPException(404, str(exc)) from exc
     names = [p["name"] for p in plan.processors]
     target = await launch_target(dashboard, flow=None, processors=names, name=plan.flow.get("name") or "")
-    assert target is not None  # only a saved flow's name can be missing
-    return page(request, dashboard, "pages/launch.html", {
-        "target": target, "submission": prefill(target.fields, given), "active_page": "runs",
-        "rerun_of": run_id,
-    })
+    if target is None:  # only a saved flow's name can be missing, and none was given
+        raise HTTPException(404, f"the flow of run {run_id} cannot be found")
+    return target, given
+
+
+def _edit_context(run_id: str, target: LaunchTarget, submission: Submission) -> dict[str, Any]:
+    return {
+        "target": target, "submission": submission, "active_page": "runs",
+        "launch_action": f"/runs/{quote(run_id, safe='')}/rerun/edit",
+    }
+
+
+@router.get("/runs/{run_id}/rerun/edit")
+async def edit_rerun(request: Request, dashboard: DashboardDep, run_id: str) -> Response:
+    target, given = await _edit_target(dashboard, run_id)
+    context = _edit_context(run_id, target, prefill(target.fields, given))
+    return page(request, dashboard, "pages/launch.html", context)
+
+
+@router.post("/runs/{run_id}/rerun/edit")
+async def edit_rerun_submit(request: Request, dashboard: DashboardDep, run_id: str) -> Response:
+    """The edited inputs: run the flow of ``run_id`` again with them (linked to it, like a re-run)."""
+    target, _ = await _edit_target(dashboard, run_id)
+    form = await request.form()
+    submission = parse_form(target.fields, {k: str(v) for k, v in form.items()})
+    if submission.ok:
+        try:
+            new_id = await rerun(_supervisor(dashboard), run_id, inputs=submission.values)
+        except DatagraphError as exc:
+            submission.errors[""] = str(exc)
+        else:
+            where = f"/runs/{new_id}"
+            if is_htmx(request):
+                return Response(status_code=200, headers={"HX-Redirect": where})
+            return RedirectResponse(where, status_code=303)
+    context = _edit_context(run_id, target, submission)
+    if is_htmx(request):
+        return page(request, dashboard, "partials/launch_form.html", context)
+    return page(request, dashboard, "pages/launch.html", context, status_code=422)
