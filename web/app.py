@@ -39,17 +39,9 @@ from . import graph, overlay, redact
 from .dashboard import ASSETS, Dashboard, DashboardConfig, ago
 from .notify import NOTIFY_URLS_ENV, Notifier, parse_notify_urls
 from .ratelimit import LoginLimiter
+from .roles import OPERATOR, Tokens
 from .routes import api, designer, events, pages, rerun
-from .security import (
-    CSRF_FIELD,
-    OPERATOR,
-    CsrfSigner,
-    SecurityMiddleware,
-    Tokens,
-    csrf_protect,
-    login_router,
-    operator_only,
-)
+from .security import CSRF_FIELD, CsrfSigner, SecurityMiddleware, csrf_protect, login_router, operator_only
 
 if TYPE_CHECKING:
     from datagraph.supervisor import Supervisor

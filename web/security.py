@@ -49,11 +49,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .dashboard import Dashboard, get_dashboard
 from .metrics import DashboardCounters
 from .ratelimit import LoginLimiter
+from .roles import OPERATOR, VIEWER, Tokens, client_of, same, session_value
 
 __all__ = [
     "CSP",
-    "OPERATOR",
-    "VIEWER",
     "CSRF_COOKIE",
     "CSRF_FIELD",
     "CSRF_HEADER",
@@ -74,8 +73,6 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 SESSION_COOKIE = "dg_session"
 SESSION_MAX_AGE = 7 * 24 * 3600
-OPERATOR = "operator"
-VIEWER = "viewer"
 
 CSP = "; ".join([
     "default-src 'none'",
@@ -130,15 +127,6 @@ class CsrfSigner:
         return hmac.compare_digest(signature.encode(), self._sign(nonce).encode())
 
 
-def session_value(token: str) -> str:
-    """What the session cookie holds for ``token``."""
-    return hmac.new(token.encode(), b"datagraph dashboard session", hashlib.sha256).hexdigest()
-
-
-def _same(a: str | None, b: str) -> bool:
-    return a is not None and hmac.compare_digest(a.encode(), b.encode())
-
-
 def is_public(path: str) -> bool:
     return path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIXES)
 
@@ -150,54 +138,6 @@ def safe_next(target: str | None) -> str:
     if any(ch in target for ch in "\r\n\\"):
         return "/"
     return target
-
-
-def client_of(conn: HTTPConnection) -> str:
-    """Who failed logins are counted against: the peer address (uvicorn applies trusted proxies' headers)."""
-    return conn.client.host if conn.client is not None else "unknown"
-
-
-class Tokens:
-    """The operator's token and the viewer's (optional): which role a presented token grants."""
-
-    def __init__(self, operator: str | None, viewer: str | None = None) -> None:
-        self.operator = operator or None
-        self.viewer = viewer or None
-        if self.viewer is not None and self.operator is None:
-            raise ValueError(
-                "a viewer token needs an operator token: without --token the dashboard is open to "
-                "everyone, so --viewer-token would restrict nobody; set --token as well"
-            )
-        if self.viewer is not None and self.viewer == self.operator:
-            raise ValueError("the viewer token must differ from the operator token (--token)")
-        self.sessions = {session_value(t): role for t, role in self.pairs()}
-
-    def pairs(self) -> list[tuple[str, str]]:
-        found = [(self.operator, OPERATOR), (self.viewer, VIEWER)]
-        return [(token, role) for token, role in found if token is not None]
-
-    def role_of(self, presented: str | None) -> str | None:
-        """The role ``presented`` grants; every token is compared, in constant time."""
-        if presented is None:
-            return None
-        granted = None
-        for token, role in self.pairs():
-            if _same(presented, token) and granted is None:
-                granted = role
-        return granted
-
-    def session_role(self, cookie: str | None) -> str | None:
-        """The role a session cookie stands for (compared in constant time, like tokens)."""
-        if cookie is None:
-            return None
-        granted = None
-        for value, role in self.sessions.items():
-            if _same(cookie, value) and granted is None:
-                granted = role
-        return granted
-
-    def token_of(self, role: str) -> str:
-        return next(token for token, r in self.pairs() if r == role)
 
 
 class SecurityMiddleware:
@@ -402,7 +342,7 @@ async def csrf_protect(request: Request) -> None:
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
     cookie = request.cookies.get(CSRF_COOKIE)
-    if not sent or cookie is None or not _same(sent, cookie) or not signer.valid(cookie):
+    if not sent or cookie is None or not same(sent, cookie) or not signer.valid(cookie):
         raise HTTPException(
             403, "the form's CSRF token is missing or does not match this browser's; reload the page"
         )
