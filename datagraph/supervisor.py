@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import anyio
 
+from . import rerun as _rerun
 from ._backend import LoopHost, current_loop
 from .exceptions import (
     ConfigError,
@@ -322,6 +323,16 @@ class Supervisor:
         )
         if attempts == 1:
             refused(replies, doing)
+
+    async def rerun(self, run_id: str, *, inputs: Mapping[str, list[Any]] | None = None) -> str:
+        """Start an ended run's flow again; returns the new run's id.
+
+        The new run gets the inputs ``run_id`` was started with, or ``inputs``
+        (io -> values) when given, and is linked to it (see :mod:`datagraph.rerun`).
+        Raises :class:`~datagraph.exceptions.RerunError` when the run has not
+        ended, or its inputs were too large to keep and none are given.
+        """
+        return await _rerun.rerun(self, run_id, inputs=inputs)
 
     async def run_state(self, run_id: str) -> str | None:
         """The run's state (running, succeeded, failed, cancelled), or None if unknown."""

@@ -34,7 +34,7 @@ async def test_a_rerun_has_the_same_flow_and_inputs_and_knows_its_origin(supervi
     plan, given = await kept_inputs(supervisor, origin)
     assert given == {"web_count": [4]} and plan.flow["name"] == "rerun flow"
 
-    first = await rerun(supervisor, origin)
+    first = await supervisor.rerun(origin)
     second = await rerun(supervisor, origin)
     assert first != origin and second != first
     assert await supervisor.wait(first, timeout=20) == "succeeded"
