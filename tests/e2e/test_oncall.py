@@ -141,6 +141,7 @@ def test_a_viewer_sees_no_controls_and_is_refused_when_it_posts(
         page.goto(f"{oncall.url}/designer?processor=oc_count")
         expect(page.get_by_test_id("designer-save")).to_be_hidden()
         expect(page.get_by_test_id("designer-launch")).to_be_hidden()
+        shoot(page, "viewer-designer")
 
         # Posting anyway, from the viewer's own signed-in browser session, is refused.
         csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
