@@ -200,14 +200,14 @@ class Notifier:
         running = await telemetry.runs(state="running", limit=RUNNING_RUNS)
         snapshots = [s for s in await telemetry.run_snapshots([r.id for r in running]) if s is not None]
         found += self._running_events(snapshots, now)
-        for worker in await telemetry.workers():
-            if worker.online or worker.stopped is not None:
+        for gone in await telemetry.workers():
+            if gone.online or gone.stopped is not None:
                 continue
             found.append(self._event(
-                "worker.offline", f"{worker.id}:{worker.last_beat!r}", "/operations",
-                f"worker {worker.id} on {worker.host} stopped heart-beating "
-                f"{worker.seconds_since_beat:.0f}s ago without stopping on purpose",
-                worker=worker.id,
+                "worker.offline", f"{gone.id}:{gone.last_beat!r}", "/operations",
+                f"worker {gone.id} on {gone.host} stopped heart-beating "
+                f"{gone.seconds_since_beat:.0f}s ago without stopping on purpose",
+                worker=gone.id,
             ))
         return found
 
