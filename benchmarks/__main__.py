@@ -26,6 +26,7 @@ SCENARIOS = {
     "telemetry": "benchmarks.telemetry",
     "history": "benchmarks.history",
     "designer": "benchmarks.designer",
+    "oncall": "benchmarks.oncall",
     "celery": "benchmarks.celery_stream",
 }
 

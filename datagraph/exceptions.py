@@ -18,6 +18,7 @@ The tree::
     │   ├── RunCancelled         the run was cancelled
     │   ├── StreamIdleTimeout    a stream's producer went silent for too long
     │   ├── EmptyStreamError     ``first()`` on a stream that ended with no value
+    │   ├── RerunError           a run that cannot be run again (still running, inputs not kept)
     │   └── BadValueError        a yielded value that cannot be sent (undeclared IO,
     │                            not serialisable, too large)
     └── StoreError               Valkey is unreachable, refused a command, or lost data
@@ -39,6 +40,7 @@ __all__ = [
     "MissingInputError",
     "ProcessorError",
     "ProcessorFailed",
+    "RerunError",
     "RunCancelled",
     "RunError",
     "RunLostError",
@@ -105,6 +107,10 @@ class RunError(DatagraphError):
     def __init__(self, message: str, *, run_id: str | None = None) -> None:
         super().__init__(message)
         self.run_id = run_id
+
+
+class RerunError(RunError):
+    """A run that cannot be run again: it has not ended, or its inputs were not kept."""
 
 
 class ProcessorFailed(RunError):

@@ -63,6 +63,9 @@ class Settings:
     history: bool = True
     #: How long a dispatched processor may wait for a worker to pick it up, in seconds.
     dispatch_timeout: float = 30.0
+    #: Largest encoded inputs kept with a run so that it can be run again, in bytes
+    #: (0: keep none). A run whose inputs are larger says so instead.
+    rerun_inputs_max_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -106,6 +109,10 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting {name!r} must be positive, got {getattr(self, name)!r}")
+        if self.rerun_inputs_max_bytes < 0:
+            raise ConfigError(
+                f"setting 'rerun_inputs_max_bytes' must not be negative, got {self.rerun_inputs_max_bytes!r}"
+            )
         if self.linger < 0:
             raise ConfigError(f"setting 'linger' must not be negative, got {self.linger!r}")
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import anyio
 
+from . import rerun as _rerun
 from ._backend import LoopHost, current_loop
 from .exceptions import (
     ConfigError,
@@ -35,6 +36,7 @@ from .flow import Flow
 from .io import IO, IOVal
 from .liveness import start_heartbeat
 from .plan import Plan
+from .rerun import keep_inputs_commands
 from .runtime import Runtime
 from .settings import DEVELOPMENT_SECRET, Settings
 from .store import keys
@@ -302,6 +304,7 @@ class Supervisor:
             # max_run_duration + retention): the index stays bounded with no telemetry reader.
             ["ZREMRANGEBYSCORE", keys.RUNS, "-inf", f"({time.time() - horizon!r}"],
         ]  # fmt: skip
+        commands += keep_inputs_commands(self.codec, self.settings, run_id, given)
         ok = self.codec.encode_marker({"status": "ok", "processor": "(input)"})
         for io, values in given.items():
             key = keys.stream(run_id, io)
@@ -320,6 +323,16 @@ class Supervisor:
         )
         if attempts == 1:
             refused(replies, doing)
+
+    async def rerun(self, run_id: str, *, inputs: Mapping[str, list[Any]] | None = None) -> str:
+        """Start an ended run's flow again; returns the new run's id.
+
+        The new run gets the inputs ``run_id`` was started with, or ``inputs``
+        (io -> values) when given, and is linked to it (see :mod:`datagraph.rerun`).
+        Raises :class:`~datagraph.exceptions.RerunError` when the run has not
+        ended, or its inputs were too large to keep and none are given.
+        """
+        return await _rerun.rerun(self, run_id, inputs=inputs)
 
     async def run_state(self, run_id: str) -> str | None:
         """The run's state (running, succeeded, failed, cancelled), or None if unknown."""

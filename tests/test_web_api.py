@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from datagraph import Flow, IOVal, Supervisor
@@ -58,35 +56,6 @@ async def test_api_cancel(supervisor: Supervisor) -> None:
         assert again.json()["cancelled"] is False
         assert (await client.post("/api/runs/nope/cancel", json={})).status_code == 404
     assert await supervisor.wait(run_id, timeout=10) == "cancelled"
-
-
-async def test_metrics(supervisor: Supervisor) -> None:
-    flow = Flow.from_processors(web_slow, name='web "metrics"').resolve()
-    outputs = await supervisor.start_flow(flow, inputs=[IOVal(name="web_slow_n", value=100_000)])
-    run_id = outputs["web_slow_out"].run_id
-    try:
-        async with open_dashboard(supervisor) as (_, client):
-            response = await client.get("/metrics")
-            assert response.status_code == 200
-            assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-            text = response.text
-            for family in [
-                "datagraph_runs", "datagraph_workers_online", "datagraph_workers", "datagraph_edge_backlog",
-                "datagraph_edge_throughput", "datagraph_processors_registered",
-            ]:
-                assert f"# TYPE {family} gauge" in text, family
-            assert re.search(r'^datagraph_runs\{state="running"\} [1-9]\d*$', text, re.M)
-            assert re.search(r"^datagraph_workers_online [1-9]\d*$", text, re.M)
-            labels = (
-                f'run="{run_id}",flow="web \\"metrics\\"",io="web_slow_out",'
-                'source="web_slow",target="(output)"'
-            )
-            assert re.search(rf"^datagraph_edge_backlog\{{{re.escape(labels)}\}} \d+$", text, re.M), text
-            assert re.search(rf"^datagraph_edge_throughput\{{{re.escape(labels)}\}} [\d.e+-]+$", text, re.M)
-            for line in text.splitlines():
-                assert line.startswith("#") or re.fullmatch(r"[a-z_]+(\{.*\})? \S+", line), line
-    finally:
-        await supervisor.cancel(run_id)
 
 
 async def test_healthz(supervisor: Supervisor) -> None:

@@ -34,6 +34,7 @@ from datagraph.cli import command
 __all__ = ["add_arguments", "run"]
 
 TOKEN_ENV = "DATAGRAPH_DASHBOARD_TOKEN"
+VIEWER_TOKEN_ENV = "DATAGRAPH_DASHBOARD_VIEWER_TOKEN"
 BROKER_ENV = "DATAGRAPH_BROKER_URL"
 
 
@@ -53,12 +54,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"require this token from every client (default: ${TOKEN_ENV}; none)",
     )
     parser.add_argument(
+        "--viewer-token", metavar="TOKEN",
+        help=f"grant read-only access with this token (default: ${VIEWER_TOKEN_ENV}; none); needs --token",
+    )
+    parser.add_argument(
         "--broker-url", metavar="URL",
         help=f"Celery broker the workers listen on (default: ${BROKER_ENV}, else the store)",
     )
     parser.add_argument(
         "--stuck-after", type=float, default=300.0, metavar="SECONDS",
         help="list a running run as stuck after this long without a write (default: 300)",
+    )
+    parser.add_argument(
+        "--notify-url", metavar="URL", action="append", default=None,
+        help="POST JSON to this webhook on failed and stuck runs, backed-up edges and offline workers "
+        "(repeatable; default: $DATAGRAPH_NOTIFY_URLS, comma-separated)",
+    )
+    parser.add_argument(
+        "--notify-after", type=float, default=30.0, metavar="SECONDS",
+        help="notify about an edge above 85%% of its backpressure limit for this long (default: 30)",
+    )
+    parser.add_argument(
+        "--public-url", metavar="URL",
+        help="the dashboard's address as people open it, for links in notifications "
+        "(default: http://HOST:PORT)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -125,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
+    viewer_token = args.viewer_token
+    if viewer_token is None:
+        viewer_token = os.environ.get(VIEWER_TOKEN_ENV, "")
     store = args.redis_url or os.environ.get("DATAGRAPH_REDIS_URL")
     try:
         supervisor = _attach(args, store)
@@ -135,13 +157,20 @@ def run(args: argparse.Namespace) -> int:
     warning = warn_if_exposed(args.host, token)
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
-    app = create_app(
-        supervisor=supervisor,
-        redis_url=args.redis_url if args.app else None,
-        token=token,
-        stuck_after=args.stuck_after,
-    )
     shown = f"[{args.host}]" if ":" in args.host else args.host
+    try:
+        app = create_app(
+            supervisor=supervisor,
+            redis_url=args.redis_url if args.app else None,
+            token=token,
+            viewer_token=viewer_token,
+            stuck_after=args.stuck_after,
+            notify_urls=args.notify_url,
+            notify_after=args.notify_after,
+            public_url=args.public_url or f"http://{shown}:{args.port}",
+        )
+    except DatagraphError as exc:
+        return _fail(str(exc))
     print(f"Datagraph dashboard: http://{shown}:{args.port}/ (executor: {supervisor.executor!r})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
     return 0

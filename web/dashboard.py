@@ -15,6 +15,7 @@ from datagraph.telemetry import Telemetry
 
 from . import overlay
 from .hub import Hub
+from .metrics import DashboardCounters
 
 if TYPE_CHECKING:
     from glide import GlideClient
@@ -47,6 +48,8 @@ class DashboardConfig:
     """Settings of one dashboard app (see ``create_app``)."""
 
     token: str | None = None
+    #: Read-only access (pages, API reads, events, metrics); needs ``token``.
+    viewer_token: str | None = None
     #: Seconds between polls of a live run (and of a finished one).
     poll_interval: float = 1.0
     finished_poll_interval: float = 5.0
@@ -74,6 +77,8 @@ class Dashboard:
         self._supervisor = supervisor
         self.templates = templates
         self.hub = Hub()
+        #: What this process counts itself, for ``/metrics``.
+        self.counters = DashboardCounters()
         self._telemetry: Telemetry | None = None
         self._metrics: Telemetry | None = None
         self.started = time.time()
@@ -82,6 +87,12 @@ class Dashboard:
 
     async def open(self) -> None:
         supervisor = self.supervisor
+        if supervisor is not None:
+            # The supervisor's runtime on the server's own loop publishes the processors
+            # implemented in this process and heart-beats it as a worker, from startup:
+            # without it, a dashboard reading through a connection of its own (--app with
+            # --redis-url) would launch with a LocalExecutor nobody knows about.
+            await supervisor.runtime()
         if self.redis_url is not None:
             settings = supervisor.settings if supervisor is not None else None
             self._telemetry = await Telemetry.connect(self.redis_url, settings)

@@ -6,6 +6,14 @@
   page once with ``?token=<token>``. The cookie holds an HMAC of the token,
   never the token. ``/healthz``, ``/login`` and ``/static`` stay open.
   Refused: API, SSE and metrics get 401; pages redirect to the login form.
+- **Roles**: that token is the *operator*'s. A *viewer* token (optional)
+  opens the same pages, API reads, event streams and ``/metrics``, but every
+  state-changing request (launch, cancel, save, delete, re-run) is refused
+  with 403 (:func:`operator_only`) and the controls are hidden. The login form
+  takes either token; each gets its own session cookie. Tokens are compared in
+  constant time, both of them whichever matches.
+- **Failed logins** are limited per client (:mod:`web.ratelimit`): after a
+  handful of wrong tokens a minute, token attempts get 429.
 - **CSRF**: state-changing form posts carry a signed double-submit token: a
   random value signed with the app's secret, set as an HttpOnly SameSite
   cookie and echoed by each form (``csrf_token`` field) and by htmx
@@ -39,6 +47,9 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .dashboard import Dashboard, get_dashboard
+from .metrics import DashboardCounters
+from .ratelimit import LoginLimiter
+from .roles import OPERATOR, VIEWER, Tokens, client_of, same, session_value
 
 __all__ = [
     "CSP",
@@ -50,6 +61,7 @@ __all__ = [
     "SecurityMiddleware",
     "csrf_protect",
     "login_router",
+    "operator_only",
     "safe_next",
     "warn_if_exposed",
 ]
@@ -115,15 +127,6 @@ class CsrfSigner:
         return hmac.compare_digest(signature.encode(), self._sign(nonce).encode())
 
 
-def session_value(token: str) -> str:
-    """What the session cookie holds for ``token``."""
-    return hmac.new(token.encode(), b"datagraph dashboard session", hashlib.sha256).hexdigest()
-
-
-def _same(a: str | None, b: str) -> bool:
-    return a is not None and hmac.compare_digest(a.encode(), b.encode())
-
-
 def is_public(path: str) -> bool:
     return path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIXES)
 
@@ -140,11 +143,22 @@ def safe_next(target: str | None) -> str:
 class SecurityMiddleware:
     """Token check, CSRF cookie and security headers, for every HTTP request."""
 
-    def __init__(self, app: ASGIApp, *, token: str | None, signer: CsrfSigner) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        token: str | None,
+        signer: CsrfSigner,
+        viewer_token: str | None = None,
+        limiter: LoginLimiter | None = None,
+        counters: DashboardCounters | None = None,
+    ) -> None:
         self.app = app
-        self.token = token or None
-        self.session = session_value(self.token) if self.token else None
+        self.tokens = Tokens(token, viewer_token)
+        self.token = self.tokens.operator
         self.signer = signer
+        self.limiter = limiter if limiter is not None else LoginLimiter()
+        self.counters = counters if counters is not None else DashboardCounters()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,31 +172,55 @@ class SecurityMiddleware:
         state = scope.setdefault("state", {})
         state["csrf_token"] = csrf
         state["auth_required"] = self.token is not None
+        state["role"] = OPERATOR  # without a token, everyone operates
         path: str = scope["path"]
         secure = scope.get("scheme") == "https"
         send = self._with_headers(send, path, fresh_csrf, secure)
 
         if self.token is not None and not is_public(path):
-            how = self._authenticate(conn)
-            if how is None:
-                await self._refuse(conn)(scope, receive, send)
+            how, role, presented = self._authenticate(conn)
+            if role is None:
+                response = self._refuse(conn)
+                if presented:
+                    retry = self.limiter.retry_after(client_of(conn))
+                    if retry is not None:
+                        response = too_many_attempts(retry, machine=path.startswith(_MACHINE_PREFIXES))
+                    else:
+                        self.limiter.failed(client_of(conn))
+                        self.counters.failed_logins += 1
+                await response(scope, receive, send)
+                return
+            retry = self.limiter.retry_after(client_of(conn)) if how in ("header", "query") else None
+            if retry is not None:  # over budget: even the right token waits, so guessing gains nothing
+                machine = path.startswith(_MACHINE_PREFIXES)
+                await too_many_attempts(retry, machine=machine)(scope, receive, send)
                 return
             if how == "query":
-                await self._login_by_query(conn)(scope, receive, send)
+                await self._login_by_query(conn, role)(scope, receive, send)
                 return
             state["auth"] = how
+            state["role"] = role
         await self.app(scope, receive, send)
 
-    def _authenticate(self, conn: HTTPConnection) -> str | None:
-        assert self.token is not None and self.session is not None
+    def _authenticate(self, conn: HTTPConnection) -> tuple[str | None, str | None, bool]:
+        """(how, role, whether a token was presented); role None when nothing valid was."""
+        presented = False
         scheme, _, credentials = conn.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and _same(credentials.strip(), self.token):
-            return "header"
-        if _same(conn.cookies.get(SESSION_COOKIE), self.session):
-            return "cookie"
-        if conn.scope["method"] in ("GET", "HEAD") and _same(conn.query_params.get("token"), self.token):
-            return "query"
-        return None
+        if scheme.lower() == "bearer":
+            presented = True
+            role = self.tokens.role_of(credentials.strip())
+            if role is not None:
+                return "header", role, True
+        role = self.tokens.session_role(conn.cookies.get(SESSION_COOKIE))
+        if role is not None:
+            return "cookie", role, presented
+        query = conn.query_params.get("token")
+        if conn.scope["method"] in ("GET", "HEAD") and query is not None:
+            presented = True
+            role = self.tokens.role_of(query)
+            if role is not None:
+                return "query", role, True
+        return None, None, presented
 
     def _refuse(self, conn: HTTPConnection) -> Response:
         path = conn.url.path
@@ -192,7 +230,9 @@ class SecurityMiddleware:
             if path.startswith("/api/"):
                 return JSONResponse({"detail": message}, status_code=401, headers=challenge)
             return PlainTextResponse(message + "\n", status_code=401, headers=challenge)
-        here = path + (f"?{conn.url.query}" if conn.url.query else "")
+        # A wrong ?token= is not carried into the login form's address (nor the logs).
+        query = [(k, v) for k, v in conn.query_params.multi_items() if k != "token"]
+        here = path + (f"?{urlencode(query)}" if query else "")
         if conn.headers.get("hx-request"):
             current = URL(conn.headers.get("hx-current-url", "/"))
             back = current.path + (f"?{current.query}" if current.query else "")
@@ -202,12 +242,12 @@ class SecurityMiddleware:
             return RedirectResponse("/login?" + urlencode({"next": safe_next(here)}), status_code=303)
         return PlainTextResponse(message + "\n", status_code=401, headers=challenge)
 
-    def _login_by_query(self, conn: HTTPConnection) -> Response:
+    def _login_by_query(self, conn: HTTPConnection, role: str) -> Response:
         """``?token=`` once: set the session cookie and drop the token from the address."""
         query = [(k, v) for k, v in conn.query_params.multi_items() if k != "token"]
         target = conn.url.path + (f"?{urlencode(query)}" if query else "")
         response = RedirectResponse(target, status_code=303)
-        set_session_cookie(response, self.token or "", secure=conn.url.scheme == "https")
+        set_session_cookie(response, self.tokens.token_of(role), secure=conn.url.scheme == "https")
         return response
 
     def _with_headers(self, send: Send, path: str, fresh_csrf: str | None, secure: bool) -> Send:
@@ -243,6 +283,27 @@ def set_session_cookie(response: Response, token: str, *, secure: bool) -> None:
         _cookie(SESSION_COOKIE, session_value(token), secure=secure, same_site="lax",
                 max_age=SESSION_MAX_AGE),
     )
+
+
+def too_many_attempts(retry_after: int, *, machine: bool) -> Response:
+    message = (
+        f"too many wrong tokens from this address; try again in {retry_after} seconds"
+    )
+    headers = {"Retry-After": str(retry_after)}
+    if machine:
+        return JSONResponse({"detail": message}, status_code=429, headers=headers)
+    return PlainTextResponse(message + "\n", status_code=429, headers=headers)
+
+
+async def operator_only(request: Request) -> None:
+    """App-wide dependency: a viewer may read everything and change nothing."""
+    if request.method in _SAFE_METHODS or is_public(request.url.path):
+        return
+    if getattr(request.state, "role", OPERATOR) == VIEWER:
+        raise HTTPException(
+            403, "you are signed in as a viewer, which can look but not launch, cancel, save, delete "
+            "or re-run; log in with the operator token (--token) to do that",
+        )
 
 
 # -- CSRF ----------------------------------------------------------------------------
@@ -281,7 +342,7 @@ async def csrf_protect(request: Request) -> None:
         value = form.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
     cookie = request.cookies.get(CSRF_COOKIE)
-    if not sent or cookie is None or not _same(sent, cookie) or not signer.valid(cookie):
+    if not sent or cookie is None or not same(sent, cookie) or not signer.valid(cookie):
         raise HTTPException(
             403, "the form's CSRF token is missing or does not match this browser's; reload the page"
         )
@@ -312,16 +373,28 @@ async def login(
     next: Annotated[str, Form()] = "/",
 ) -> Response:
     target = safe_next(next)
-    expected = dashboard.config.token
-    if expected is None:
+    if dashboard.config.token is None:
         return RedirectResponse(target, status_code=303)
-    if not _same(token, expected):
+    tokens = Tokens(dashboard.config.token, dashboard.config.viewer_token)
+    limiter: LoginLimiter = request.app.state.login_limiter
+    client = client_of(request)
+    retry = limiter.retry_after(client)
+    if retry is not None:
+        return dashboard.templates.TemplateResponse(
+            request, "pages/login.html",
+            {"next": target, "error": f"Too many wrong tokens; try again in {retry} seconds."},
+            status_code=429, headers={"Retry-After": str(retry)},
+        )
+    role = tokens.role_of(token)
+    if role is None:
+        limiter.failed(client)
+        dashboard.counters.failed_logins += 1
         return dashboard.templates.TemplateResponse(
             request, "pages/login.html", {"next": target, "error": "That token is not right."},
             status_code=401,
         )
     response = RedirectResponse(target, status_code=303)
-    set_session_cookie(response, expected, secure=request.url.scheme == "https")
+    set_session_cookie(response, tokens.token_of(role), secure=request.url.scheme == "https")
     return response
 
 

@@ -79,17 +79,28 @@ def history_names(run_id: str) -> str:
     return f"{_run_prefix(run_id)}:hist:names"
 
 
+def rerun(run_id: str) -> str:
+    """Hash: the run's inputs kept for running it again, its origin and its re-runs."""
+    return f"{_run_prefix(run_id)}:rerun"
+
+
 def run_keys(run_id: str, ios: list[str]) -> list[str]:
     """Every key a run owns."""
     return [
         run(run_id),
         pos(run_id),
         stats(run_id),
+        rerun(run_id),
         history(run_id),
         history_coarse(run_id),
         history_names(run_id),
         *(stream(run_id, io) for io in ios),
     ]
+
+
+def notification(claim: str) -> str:
+    """String: the dashboard process that claimed sending notification ``claim``."""
+    return f"{PREFIX}:notified:{claim}"
 
 
 def worker(worker_id: str) -> str:

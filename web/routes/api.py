@@ -8,26 +8,25 @@
   {io: [values...]}``: launches with the launch form's validation; 201
   ``{"run_id", "url"}``, or 422 ``{"detail", "errors": {io: message}}``.
 - ``POST /api/runs/{id}/cancel``: ``{"cancelled": bool}``.
-- ``GET /metrics``: Prometheus text exposition format.
+- ``GET /metrics``: Prometheus text exposition format (see :mod:`web.metrics`).
 - ``GET /healthz``: 200 when the store answers, else 503 (no token needed).
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from glide import GlideError as GlideBaseError
 from pydantic import BaseModel, ConfigDict
 
 from datagraph import flows_store
 from datagraph.exceptions import RunError
-from datagraph.snapshots import RUN_STATES, EdgeSnapshot
+from datagraph.snapshots import RUN_STATES
 
+from .. import metrics
 from ..dashboard import Dashboard, get_dashboard
 from ..forms import parse_json_inputs
 from ..launching import LaunchError, launch, launch_target
@@ -37,11 +36,6 @@ __all__ = ["router"]
 router = APIRouter()
 
 DashboardDep = Annotated[Dashboard, Depends(get_dashboard)]
-
-#: Most recent runs counted by ``datagraph_runs``; running runs whose edges are exported.
-METRICS_RECENT_RUNS = 1000
-METRICS_RUNNING_RUNS = 100
-
 
 @router.get("/api/processors")
 async def api_processors(dashboard: DashboardDep) -> list[dict[str, Any]]:
@@ -172,81 +166,6 @@ async def healthz(dashboard: DashboardDep) -> Response:
 # -- metrics ----------------------------------------------------------------------------
 
 
-def _label(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-class _Exposition:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help: str, samples: list[tuple[dict[str, Any], float]]) -> None:
-        self.lines.append(f"# HELP {name} {help}")
-        self.lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            inner = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-            self.lines.append(f"{name}{{{inner}}} {_number(value)}" if inner else f"{name} {_number(value)}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
-#: Per-edge gauges of running runs: name, help, value (None: no sample).
-_EDGE_FAMILIES: list[tuple[str, str, Callable[[EdgeSnapshot], float | None]]] = [
-    ("datagraph_edge_backlog", "Values written to an edge and not yet read (running runs).",
-     lambda e: e.backlog),
-    ("datagraph_edge_throughput", "Values per second written to an edge (running runs).",
-     lambda e: e.throughput),
-    ("datagraph_edge_written", "Values written to an edge so far (running runs).",
-     lambda e: e.written),
-    ("datagraph_edge_backpressure_limit", "Backlog at which an edge's writer waits (running runs).",
-     lambda e: e.backpressure_limit),
-    ("datagraph_edge_fill_ratio", "Backlog / backpressure limit (running runs).",
-     lambda e: e.fill),
-]
-
-
 @router.get("/metrics")
-async def metrics(dashboard: DashboardDep) -> Response:
-    telemetry = dashboard.metrics_reader()
-    workers = await telemetry.workers()
-    processors = await telemetry.processors()
-    recent = await telemetry.runs(limit=METRICS_RECENT_RUNS)
-    running = await telemetry.runs(state="running", limit=METRICS_RUNNING_RUNS)
-    snapshots = [s for s in await telemetry.run_snapshots([r.id for r in running]) if s is not None]
-
-    out = _Exposition()
-    counts = dict.fromkeys(RUN_STATES, 0)
-    for run in recent:
-        counts[run.state] = counts.get(run.state, 0) + 1
-    out.family("datagraph_runs", "gauge",
-               f"Runs by state, among the {METRICS_RECENT_RUNS} most recent.",
-               [({"state": state}, n) for state, n in counts.items()])
-    online = sum(1 for w in workers if w.online)
-    out.family("datagraph_workers_online", "gauge", "Workers whose heartbeat is within their lease.",
-               [({}, online)])
-    out.family("datagraph_workers", "gauge", "Workers heard from within the retention period, by status.",
-               [({"status": "online"}, online), ({"status": "offline"}, len(workers) - online)])
-    out.family("datagraph_processors_registered", "gauge", "Registered processors.",
-               [({}, len(processors))])
-    out.family("datagraph_processors_online", "gauge", "Registered processors with an online worker.",
-               [({}, sum(1 for p in processors if p.online))])
-
-    edges = [(run, edge) for run in snapshots for edge in run.edges]
-    for name, help, value in _EDGE_FAMILIES:
-        samples = [
-            ({"run": r.id, "flow": r.flow, "io": e.io, "source": e.source, "target": e.target}, value(e))
-            for r, e in edges
-        ]
-        out.family(name, "gauge", help, [(labels, v) for labels, v in samples if v is not None])
-    out.family("datagraph_dashboard_live_pollers", "gauge", "Live views being polled (one per run or page).",
-               [({}, dashboard.hub.active_pollers)])
-    return PlainTextResponse(out.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+async def metrics_route(dashboard: DashboardDep) -> Response:
+    return Response(await metrics.exposition(dashboard), media_type=metrics.CONTENT_TYPE)

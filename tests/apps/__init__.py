@@ -1,0 +1,1 @@
+"""Modules a dashboard imports with ``--app`` in the tests."""
