@@ -10,7 +10,6 @@ Prometheus's own API whether the backpressure alert fires.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from tests.dashboard_process import dashboard_process, free_port, wait_for
-from tests.test_web_metrics import ENSURE_PROMETHEUS, promtool
+from tests.debian import prometheus, promtool
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "docs" / "prometheus" / "datagraph-alerts.yml"
@@ -27,16 +26,6 @@ ALERTS = {
     "DatagraphRunFailed", "DatagraphRunStuck", "DatagraphEdgeBackpressured", "DatagraphWorkerOffline",
     "DatagraphProcessorWithoutWorker", "DatagraphStoreUnreachable",
 }
-
-
-def prometheus() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        promtool()  # installs the package, which brings both
-        found = shutil.which("prometheus")
-    if found is None:
-        pytest.fail(f"prometheus is missing and {ENSURE_PROMETHEUS.name} did not install it", pytrace=False)
-    return found
 
 
 def test_the_rules_file_is_valid_and_covers_every_alert() -> None:

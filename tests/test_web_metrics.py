@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import anyio.to_thread
 import pytest
 
 from datagraph import Flow, IOVal, Supervisor
+from tests.debian import promtool
 from tests.web_support import open_dashboard, web_slow
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parents[1]
-ENSURE_PROMETHEUS = ROOT / "scripts" / "ensure_prometheus.sh"
-
-
-def promtool() -> str:
-    """The path of ``promtool``, installing Debian's prometheus package when it is missing."""
-    found = shutil.which("promtool")
-    if found:
-        return found
-    completed = subprocess.run(["sh", str(ENSURE_PROMETHEUS)], capture_output=True, text=True, check=False)
-    found = shutil.which("promtool")
-    if completed.returncode != 0 or not found:
-        pytest.fail(
-            f"promtool is missing and {ENSURE_PROMETHEUS.name} could not install it "
-            f"(exit status {completed.returncode}):\n{completed.stderr.strip()}",
-            pytrace=False,
-        )
-    return found
 
 
 def sample(text: str, name: str, labels: str = "") -> float | None:

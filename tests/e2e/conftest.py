@@ -1,7 +1,7 @@
 """Fixtures that drive a real Chromium through Playwright's sync API.
 
 ``browser`` launches Debian's Chromium (``/usr/bin/chromium``), installing it
-first with ``scripts/ensure_chromium.sh`` when it is missing. ``page`` opens
+first (``tests/debian.py``) when it is missing. ``page`` opens
 a fresh browser context per test, so cookies and storage never leak between
 tests; ``console_errors`` collects what the page logged as an error
 (CSP violations, failed loads, uncaught exceptions).
@@ -40,8 +40,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-CHROMIUM = Path("/usr/bin/chromium")
-ENSURE_CHROMIUM = Path(__file__).resolve().parents[2] / "scripts" / "ensure_chromium.sh"
+from tests.debian import chromium
 
 CHROMIUM_ARGS = [
     "--no-sandbox",  # tests run as root in containers, where the sandbox cannot start
@@ -66,26 +65,12 @@ DEMO_STOP_DEADLINE = 30.0
 _CALL_FAILED = pytest.StashKey[bool]()
 
 
-def _ensure_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    completed = subprocess.run(
-        ["sh", str(ENSURE_CHROMIUM)], capture_output=True, text=True, check=False
-    )
-    if completed.returncode != 0 or not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing and {ENSURE_CHROMIUM.name} could not install it "
-            f"(exit status {completed.returncode}):\n{completed.stderr.strip()}",
-            pytrace=False,
-        )
-
-
 @pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    _ensure_chromium()
+    executable = chromium()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            executable_path=executable, headless=True, args=CHROMIUM_ARGS
         )
         try:
             yield browser
