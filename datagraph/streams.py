@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import anyio
-from glide import Batch
 from glide import GlideError as GlideBaseError
 
 from .exceptions import (
@@ -30,7 +29,7 @@ from .exceptions import (
 )
 from .runtime import Runtime
 from .store import keys
-from .store.client import is_transient, pipeline
+from .store.client import exec_batch, is_transient, new_batch, pipeline
 from .store.scripts import lost_run_error
 
 __all__ = ["END", "StreamReader", "StreamWriter", "failure_error", "marker_error", "run_error"]
@@ -265,7 +264,7 @@ class StreamReader:
                     self._polling = False
             if self._polling:
                 command = [*command[:3], *command[5:]]  # the same XREAD without BLOCK
-            batch = Batch(is_atomic=False)
+            batch = new_batch(self._client)
             batch.custom_command(["EXISTS", keys.run(run_id)])
             publish = bool(self._dirty) and self._reader is not None
             if publish:
@@ -273,7 +272,7 @@ class StreamReader:
                 batch.custom_command(["EXPIRE", keys.pos(run_id), self._ttl, "NX"])
             batch.custom_command(command)
             try:
-                result = await self._client.exec(batch, raise_on_error=True)
+                result = await exec_batch(self._client, batch, raise_on_error=True)
             except BaseException as exc:
                 # Interrupted mid-command: the client may still get this reply; don't reuse it.
                 self._drop_client()
@@ -329,10 +328,10 @@ class StreamReader:
                 return  # no round trip here: first() returns at once
             with anyio.CancelScope(shield=True):
                 try:
-                    batch = Batch(is_atomic=False)
+                    batch = new_batch(self._rt.client)
                     for command in commands:
                         batch.custom_command(command)
-                    await self._rt.client.exec(batch, raise_on_error=True)
+                    await exec_batch(self._rt.client, batch, raise_on_error=True)
                 except GlideBaseError as exc:
                     raise store_error(exc, f"publishing read positions of run {self._run_id}") from exc
 

@@ -136,6 +136,7 @@ class Supervisor:
             )
         address = parse_redis_config(redis_config)
         supervisor = cls(address, executor, config, embedded=embedded)
+        keys.use_namespace(config.namespace)
         cls._current = supervisor
         return supervisor
 
@@ -145,6 +146,7 @@ class Supervisor:
         current, cls._current = cls._current, None
         if current is not None:
             current._close_sync()
+            keys.use_namespace(keys.DEFAULT_NAMESPACE)
 
     @classmethod
     async def adetach(cls) -> None:
@@ -152,6 +154,7 @@ class Supervisor:
         current, cls._current = cls._current, None
         if current is not None:
             await current.aclose()
+            keys.use_namespace(keys.DEFAULT_NAMESPACE)
 
     def _forked(self) -> None:
         """In a forked child: a worker id of its own; the parent's connections are not ours."""

@@ -17,8 +17,7 @@ from . import overlay
 from .hub import Hub
 
 if TYPE_CHECKING:
-    from glide import GlideClient
-
+    from datagraph.store.client import Store
     from datagraph.supervisor import Supervisor
 
 __all__ = ["ASSETS", "Dashboard", "DashboardConfig", "get_dashboard"]
@@ -116,7 +115,7 @@ class Dashboard:
         return self._telemetry
 
     @property
-    def client(self) -> GlideClient:
+    def client(self) -> Store:
         return self.telemetry.client
 
     def reader(self) -> Telemetry:
