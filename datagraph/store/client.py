@@ -79,7 +79,7 @@ StoreBatch: TypeAlias = Batch | ClusterBatch
 TRANSIENT = (GlideTimeoutError, GlideConnectionError)
 #: Replies of a server restarting, or of a cluster moving a shard to a replica
 #: (failover): the same command succeeds once the cluster has settled.
-_TRANSIENT_REPLIES = ("LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY", "MOVED", "ASK ")
+_TRANSIENT_REPLIES = ("LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -254,12 +254,34 @@ async def connect(address: StoreAddress, *, request_timeout: float, connect_time
         return await _connect_standalone(known, request_timeout, connect_timeout)
     if known.cluster is None:
         # Ask the node.  A standalone server keeps this client; a cluster node gives its peers.
-        client = await _connect_standalone(known, request_timeout, connect_timeout)
+        try:
+            # Database 0: a cluster node refuses to SELECT another, and says so only by timing out.
+            client = await _connect_standalone(replace(known, db=0), request_timeout, connect_timeout)
+        except StoreError as exc:
+            if "No primary node found" not in str(exc):
+                raise
+            # A replica: glide's standalone client wants a primary, so it can only be a cluster's.
+            known = replace(known, cluster=True)
+            if known.db:
+                raise ConfigError(_CLUSTER_DB.format(db=known.db)) from exc
+            cluster = await _connect_cluster(known, request_timeout, connect_timeout)
+            try:
+                nodes = _text(await cluster.custom_command(["CLUSTER", "NODES"]))
+            except GlideBaseError as error:
+                await _close_quietly(cluster)
+                raise StoreError(
+                    f"cannot list the nodes of the Valkey Cluster at {address.url}: {error}"
+                ) from error
+            _resolved[address] = replace(known, seeds=_node_addresses(nodes, known))
+            return cluster
         try:
             info = _text(await client.custom_command(["INFO", "cluster"]))
             if "cluster_enabled:1" not in info:
-                _resolved[address] = replace(known, cluster=False)
-                return client
+                known = _resolved[address] = replace(known, cluster=False)
+                if not known.db:
+                    return client
+                await _close_quietly(client)
+                return await _connect_standalone(known, request_timeout, connect_timeout)
             nodes = _text(await client.custom_command(["CLUSTER", "NODES"]))
         except GlideBaseError as exc:
             await _close_quietly(client)
