@@ -78,8 +78,13 @@ StoreBatch: TypeAlias = Batch | ClusterBatch
 #: Failures that a reconnect may cure: the command may or may not have run.
 TRANSIENT = (GlideTimeoutError, GlideConnectionError)
 #: Replies of a server restarting, or of a cluster moving a shard to a replica
-#: (failover): the same command succeeds once the cluster has settled.
-_TRANSIENT_REPLIES = ("LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY")
+#: (failover): the same command succeeds once the cluster has settled.  Glide
+#: reports a redirection it did not follow as "Moved: <slot> <node>", and a
+#: connection to a killed node as a broken pipe.
+_TRANSIENT_REPLIES = (
+    "LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY", "Moved:", "BrokenPipe",
+    "Failed to receive command response",
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -89,7 +94,7 @@ def is_transient(exc: BaseException) -> bool:
     if not isinstance(exc, GlideBaseError):
         return False
     text = str(exc)
-    return any(reply in text for reply in _TRANSIENT_REPLIES) or "connection" in text.lower()
+    return any(reply in text for reply in _TRANSIENT_REPLIES)
 
 
 def is_cluster(client: Store) -> bool:
