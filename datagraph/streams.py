@@ -28,7 +28,7 @@ from .exceptions import (
     StreamIdleTimeout,
 )
 from .runtime import Runtime
-from .store import keys
+from .store import gaps, keys
 from .store.client import exec_batch, is_transient, new_batch, pipeline
 from .store.scripts import lost_run_error
 
@@ -227,14 +227,22 @@ class StreamReader:
             self._last_seen[io] = now
             where = f"{io!r} of run {run_id}"
             for raw_id, fields in entries.items():
-                self._last_id[io] = raw_id.decode()
+                entry = raw_id.decode()
+                # Entries missing before this one: trimmed, or lost (a failover); a failure
+                # marker explains its own gap (the writes that failed left it).
+                gap = gaps.skipped(self._last_id[io], entry)
+                self._last_id[io] = entry
                 field, payload = fields[0]
                 if field == _BATCH_B:
+                    if gap:
+                        await gaps.check(self._rt.client, self._key_of[io], entry, where)
                     self._pending.append((io, codec.decode_batch(payload, where)))
                 elif field == _MARKER_B:
                     marker = codec.decode_marker(payload, where)
                     open_ios.remove(io)
                     error = marker_error(marker, run_id)
+                    if gap and error is None:
+                        await gaps.check(self._rt.client, self._key_of[io], entry, where)
                     if error is not None:
                         # Values before the failure are still delivered, then it raises.
                         self._error = error

@@ -61,7 +61,8 @@ async def test_the_override_skips_detection(
     try:
         assert isinstance(client, GlideClient)
         with pytest.raises(StoreError, match=r"Valkey failed while probing: .*Moved: \d+"):
-            await pipeline(client, [["SET", f"{{k{i}}}", "v"] for i in range(20)], retry_for=1, doing="probing")
+            commands = [["SET", f"{{k{i}}}", "v"] for i in range(20)]
+            await pipeline(client, commands, retry_for=1, doing="probing")
     finally:
         await client.close()
     monkeypatch.setenv("DATAGRAPH_REDIS_CLUSTER", "true")
