@@ -133,3 +133,17 @@ async def test_runs_spread_over_every_shard(valkey_cluster: EmbeddedCluster, any
 
 def test_errors_derive_from_datagraph_error() -> None:
     assert issubclass(StoreError, DatagraphError)
+
+
+async def test_an_acl_user_logs_in_on_every_node(valkey_cluster: EmbeddedCluster, anyio_backend: str) -> None:
+    for node in valkey_cluster.nodes:  # ACL users are per node: create it everywhere, as an operator would
+        node.command("ACL", "SETUSER", "dg-acl", "on", ">s3cret", "~*", "&*", "+@all")
+    url = f"redis://dg-acl:s3cret@127.0.0.1:{valkey_cluster.nodes[2].port}/0"
+    client = await _open(url)
+    try:
+        assert isinstance(client, GlideClusterClient)
+        assert await client.custom_command(["ACL", "WHOAMI"]) == b"dg-acl"
+    finally:
+        await client.close()
+    with pytest.raises(StoreError, match="cannot connect"):
+        await _open(f"redis://dg-acl:wrong@127.0.0.1:{valkey_cluster.nodes[2].port}/0")
