@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 import pytest
 
 from datagraph import IO, Flow, IOVal, LocalExecutor, Processor, Supervisor
@@ -84,6 +88,14 @@ async def test_two_namespaces_on_one_store_never_see_each_other(valkey_url: str)
     assert not ({run_a, run_b} & seen_default.runs)
     assert not ({worker_a, worker_b} & seen_default.workers)
     assert not ({"flow-a", "flow-b"} & seen_default.flows)
+    # `datagraph status` reads the namespace from DATAGRAPH_NAMESPACE.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAGRAPH_")}
+    env["DATAGRAPH_NAMESPACE"] = "team-b"
+    status = await anyio.run_process(
+        [sys.executable, "-m", "datagraph", "status", "--json", "--redis-url", valkey_url], env=env
+    )
+    listed = {r["id"] for r in json.loads(status.stdout)["runs"]}
+    assert run_b in listed and run_a not in listed
 
 
 async def test_keys_and_celery_queues_carry_the_namespace(valkey_url: str) -> None:
