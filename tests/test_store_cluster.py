@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from glide import GlideClient, GlideClusterClient
 
@@ -9,7 +11,15 @@ from datagraph import Flow, IOVal, LocalExecutor, Processor, Supervisor
 from datagraph.embedded_cluster import EmbeddedCluster, command
 from datagraph.exceptions import ConfigError, DatagraphError, StoreError
 from datagraph.store import keys
-from datagraph.store.client import connect, exec_batch, new_batch, parse_redis_config, pipeline
+from datagraph.store.client import (
+    StoreBatch,
+    connect,
+    exec_batch,
+    is_cluster,
+    new_batch,
+    parse_redis_config,
+    pipeline,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -147,3 +157,28 @@ async def test_an_acl_user_logs_in_on_every_node(valkey_cluster: EmbeddedCluster
         await client.close()
     with pytest.raises(StoreError, match="cannot connect"):
         await _open(f"redis://dg-acl:wrong@127.0.0.1:{valkey_cluster.nodes[2].port}/0")
+
+
+@pytest.mark.stores
+async def test_batches_mix_slots_and_keep_reply_order(valkey_url: str, anyio_backend: str) -> None:
+    client = await _open(valkey_url)
+    try:
+        assert await exec_batch(client, new_batch(client), raise_on_error=True) == []
+        batch = new_batch(client)
+        tag = uuid.uuid4().hex
+        for i in range(12):  # twelve slots: every shard of a cluster
+            batch.custom_command(["SET", f"b:{{{tag}-{i}}}", str(i)])
+        batch.custom_command(["HSET", f"b:{{{tag}-0}}", "f", "v"])  # WRONGTYPE: an error in its slot
+        for i in range(12):
+            batch.custom_command(["GET", f"b:{{{tag}-{i}}}"])
+        replies = await exec_batch(client, batch, raise_on_error=False)
+        assert replies[:12] == ["OK"] * 12
+        assert "WRONGTYPE" in str(replies[12])
+        assert replies[13:] == [str(i).encode() for i in range(12)]
+        with pytest.raises(Exception, match="WRONGTYPE"):
+            await exec_batch(client, batch, raise_on_error=True)
+        other = StoreBatch(cluster=not is_cluster(client))
+        with pytest.raises(TypeError, match="new_batch"):
+            await exec_batch(client, other, raise_on_error=True)
+    finally:
+        await client.close()

@@ -96,6 +96,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def is_cluster(client: Store) -> bool:
+    """Whether ``client`` talks to a Valkey Cluster."""
     return isinstance(client, GlideClusterClient)
 
 
@@ -187,6 +188,8 @@ def _not_run(error: GlideBaseError) -> bool:
 
 
 async def _send(client: Store, commands: list[list[Any]]) -> list[Any]:
+    if not commands:
+        return []
     if isinstance(client, GlideClusterClient):
         cluster_batch = ClusterBatch(is_atomic=False)
         for command in commands:
