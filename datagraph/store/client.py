@@ -68,6 +68,7 @@ __all__ = [
     "parse_redis_config",
     "pipeline",
     "refused",
+    "store_is_cluster",
 ]
 
 #: A connection to the store: a standalone server or a Valkey Cluster.
@@ -373,6 +374,15 @@ async def connect(address: StoreAddress, *, request_timeout: float, connect_time
             raise ConfigError(_CLUSTER_DB.format(db=known.db))
         _resolved[address] = known
     return await _connect_cluster(known, request_timeout, connect_timeout)
+
+
+async def store_is_cluster(address: StoreAddress, *, connect_timeout: float) -> bool:
+    """Whether ``address`` is a node of a Valkey Cluster (connects once to ask)."""
+    client = await connect(address, request_timeout=connect_timeout, connect_timeout=connect_timeout)
+    try:
+        return is_cluster(client)
+    finally:
+        await _close_quietly(client)
 
 
 def _text(reply: Any) -> str:
