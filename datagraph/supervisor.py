@@ -322,7 +322,7 @@ class Supervisor:
             runtime.client, commands, retry_for=self.settings.reconnect_timeout, doing=doing
         )
         if attempts == 1:
-            refused(replies, doing)
+            refused(replies, doing, own_entries=True)  # the run id is new: its streams are ours
 
     async def run_state(self, run_id: str) -> str | None:
         """The run's state (running, succeeded, failed, cancelled), or None if unknown."""
