@@ -19,7 +19,7 @@ from typing import Any
 from glide import GlideError as GlideBaseError
 
 from ..exceptions import StoreError
-from .client import Store
+from .batch import Store
 
 __all__ = ["check", "skipped"]
 
