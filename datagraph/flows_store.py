@@ -19,13 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from glide import GlideClient
 from glide import GlideError as GlideBaseError
 
 from .exceptions import FlowError, StoreError
 from .flow import Flow
 from .processor import Processor
 from .store import keys
+from .store.client import Store
 
 __all__ = [
     "FLOW_NAME_PATTERN",
@@ -100,7 +100,7 @@ def _parse(name: str, raw: Any) -> SavedFlow | None:
     )
 
 
-async def _call(client: GlideClient, command: list[str], doing: str) -> Any:
+async def _call(client: Store, command: list[str], doing: str) -> Any:
     try:
         return await client.custom_command(command)
     except GlideBaseError as exc:
@@ -108,7 +108,7 @@ async def _call(client: GlideClient, command: list[str], doing: str) -> Any:
 
 
 async def save_flow(
-    client: GlideClient, name: str, processors: list[Processor] | tuple[Processor, ...]
+    client: Store, name: str, processors: list[Processor] | tuple[Processor, ...]
 ) -> SavedFlow:
     """Save (or overwrite) the flow ``name`` made of ``processors``."""
     name = check_flow_name(name)
@@ -119,7 +119,7 @@ async def save_flow(
     return saved
 
 
-async def list_flows(client: GlideClient) -> list[SavedFlow]:
+async def list_flows(client: Store) -> list[SavedFlow]:
     """Every saved flow, sorted by name."""
     raw = await _call(client, ["HGETALL", keys.FLOWS], "list saved flows")
     flows = []
@@ -131,19 +131,19 @@ async def list_flows(client: GlideClient) -> list[SavedFlow]:
     return sorted(flows, key=lambda f: f.name.lower())
 
 
-async def load_flow(client: GlideClient, name: str) -> SavedFlow | None:
+async def load_flow(client: Store, name: str) -> SavedFlow | None:
     """The saved flow ``name``, or None."""
     raw = await _call(client, ["HGET", keys.FLOWS, name], f"load flow {name!r}")
     return _parse(name, raw) if raw is not None else None
 
 
-async def delete_flow(client: GlideClient, name: str) -> bool:
+async def delete_flow(client: Store, name: str) -> bool:
     """Delete the saved flow ``name``; False when there was none."""
     removed = await _call(client, ["HDEL", keys.FLOWS, name], f"delete flow {name!r}")
     return bool(removed)
 
 
-async def duplicate_flow(client: GlideClient, name: str, new_name: str) -> SavedFlow:
+async def duplicate_flow(client: Store, name: str, new_name: str) -> SavedFlow:
     """Save a copy of ``name`` as ``new_name``; ``FlowError`` if ``name`` is missing or
     ``new_name`` is taken."""
     new_name = check_flow_name(new_name)

@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from glide import Batch
 from glide import GlideError as GlideBaseError
 
 from . import streams
@@ -56,6 +55,7 @@ from .exceptions import StoreError
 from .plan import Plan
 from .processor import registry
 from .store import keys, scripts
+from .store.client import exec_batch, new_batch
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -196,14 +196,14 @@ async def beat(supervisor: Supervisor, runtime: Runtime) -> None:
     key = keys.worker(worker_id)
     local = _local_state(worker_id)
     now = repr(time.time())
-    batch = Batch(is_atomic=False)
+    batch = new_batch(runtime.client)
     batch.custom_command(["ZADD", keys.WORKERS, now, worker_id])
     batch.custom_command(["HSET", key, "last_beat", now, *_describe(supervisor, runtime, local)])
     # A worker that beats again after being declared dead is alive again.
     batch.custom_command(["HDEL", key, "reaped", "stopped"])
     batch.custom_command(["EXPIRE", key, str(math.ceil(settings.worker_retention + settings.lease))])
     try:
-        await runtime.client.exec(batch, raise_on_error=True)
+        await exec_batch(runtime.client, batch, raise_on_error=True)
     except GlideBaseError as exc:
         raise StoreError(f"could not publish the heartbeat of worker {worker_id}: {exc}") from exc
 
@@ -254,10 +254,10 @@ async def live_workers(runtime: Runtime) -> list[WorkerInfo]:
         beats = _pairs(reply)
         if not beats:
             return []
-        batch = Batch(is_atomic=False)
+        batch = new_batch(runtime.client)
         for worker_id in beats:
             batch.custom_command(["HMGET", keys.worker(worker_id), "executor", "processors", "queues"])
-        described = await runtime.client.exec(batch, raise_on_error=True)
+        described = await exec_batch(runtime.client, batch, raise_on_error=True)
     except GlideBaseError as exc:
         raise StoreError(f"could not read the worker heartbeats: {exc}") from exc
     workers = []
@@ -455,10 +455,10 @@ async def reap_dead_workers(runtime: Runtime) -> int:
         dead = {w: s for w, s in stale.items() if _reaped.get(w) != s}
         if not dead:
             return 0
-        batch = Batch(is_atomic=False)
+        batch = new_batch(client)
         for worker_id in dead:
             batch.custom_command(["HMGET", keys.worker(worker_id), "running", "reaped"])
-        described = await client.exec(batch, raise_on_error=True) or []
+        described = await exec_batch(client, batch, raise_on_error=True)
         reaped = 0
         for (worker_id, score), (raw_running, claimed) in zip(dead.items(), described, strict=True):
             _reaped[worker_id] = score

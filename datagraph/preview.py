@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from glide import Batch, GlideClient
 from glide import GlideError as GlideBaseError
 
 from .exceptions import StoreError, TamperedPayloadError
 from .store import keys
+from .store.client import Store, exec_batch, new_batch
 from .store.codec import Codec
 from .streams import BATCH
 
@@ -57,7 +57,7 @@ class StreamPreview:
 
 
 async def latest_values(
-    client: GlideClient,
+    client: Store,
     codec: Codec,
     run_id: str,
     ios: Sequence[str],
@@ -68,11 +68,11 @@ async def latest_values(
     """Up to ``count`` newest values of each of ``ios`` in run ``run_id``."""
     if not ios:
         return {}
-    batch = Batch(is_atomic=False)
+    batch = new_batch(client)
     for io in ios:
         batch.custom_command(["XREVRANGE", keys.stream(run_id, io), "+", "-", "COUNT", str(_ENTRIES)])
     try:
-        replies = await client.exec(batch, raise_on_error=True)
+        replies = await exec_batch(client, batch, raise_on_error=True)
     except GlideBaseError as exc:
         raise StoreError(f"could not read the streams of run {run_id}: {exc}") from exc
     previews = {}

@@ -34,13 +34,13 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 import sniffio
-from glide import Batch
 from glide import GlideError as GlideBaseError
 
 from ._backend import current_loop
 from .exceptions import ConfigError, StoreError
 from .processor import Implementation, Processor, registry
 from .store import keys
+from .store.client import exec_batch, new_batch
 from .supervisor import Supervisor
 from .telemetry import Telemetry
 
@@ -160,11 +160,11 @@ async def _publish(runtime: Runtime, processors: Iterable[Processor]) -> None:
         record["worker"] = runtime.worker_id
         fields += [record["name"], json.dumps(record, separators=(",", ":"))]
         implementers += [keys.implementer_field(record["name"], runtime.worker_id), now]
-    batch = Batch(is_atomic=False)
+    batch = new_batch(runtime.client)
     batch.custom_command(["HSET", keys.PROCESSORS, *fields])
     batch.custom_command(["HSET", keys.IMPLEMENTERS, *implementers])
     try:
-        await runtime.client.exec(batch, raise_on_error=True)
+        await exec_batch(runtime.client, batch, raise_on_error=True)
     except GlideBaseError as exc:
         raise StoreError(f"could not publish processor registrations: {exc}") from exc
 

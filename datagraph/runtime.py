@@ -6,11 +6,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import anyio
-from glide import GlideClient
 
 from ._backend import LoopHost
 from .settings import Settings
-from .store.client import BlockingPool, StoreAddress, close_now
+from .store.client import BlockingPool, Store, StoreAddress, close_now
 from .store.codec import Codec
 
 __all__ = ["Runtime"]
@@ -21,7 +20,7 @@ class Runtime:
     settings: Settings
     codec: Codec
     address: StoreAddress
-    client: GlideClient
+    client: Store
     pool: BlockingPool
     host: LoopHost
     worker_id: str

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .exceptions import ConfigError
+from .store.keys import DEFAULT_NAMESPACE, check_namespace
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "redis_cluster_from_env"]
 
 #: Development signing key, used only when no secret is configured and the
 #: store is not an embedded one (a warning is logged when it is used).
@@ -66,6 +67,9 @@ class Settings:
     #: Largest encoded inputs kept with a run so that it can be run again, in bytes
     #: (0: keep none). A run whose inputs are larger says so instead.
     rerun_inputs_max_bytes: int = 1024 * 1024
+    #: Prefix of every key (and of the Celery queues): deployments sharing one store
+    #: stay apart by using different namespaces (``DATAGRAPH_NAMESPACE``).
+    namespace: str = DEFAULT_NAMESPACE
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -115,6 +119,10 @@ class Settings:
             )
         if self.linger < 0:
             raise ConfigError(f"setting 'linger' must not be negative, got {self.linger!r}")
+        try:
+            check_namespace(self.namespace)
+        except ValueError as exc:
+            raise ConfigError(f"setting 'namespace': {exc}") from None
 
     @property
     def lease(self) -> float:
@@ -129,6 +137,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if isinstance(value, str):
             return value.encode()
         raise ConfigError("setting 'secret' must be bytes or str")
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"setting {name!r} must be a str, got {value!r}")
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"setting {name!r} must be a bool, got {value!r}")
@@ -144,6 +156,8 @@ def _parse(name: str, text: str, default: Any) -> Any:
     try:
         if name == "secret":
             return text.encode()
+        if isinstance(default, str):
+            return text
         if isinstance(default, bool):
             return text.strip().lower() in {"1", "true", "yes", "on"}
         if isinstance(default, int):
@@ -153,3 +167,22 @@ def _parse(name: str, text: str, default: Any) -> Any:
         raise ConfigError(
             f"environment variable DATAGRAPH_{name.upper()}={text!r} is not a valid {type(default).__name__}"
         ) from None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def redis_cluster_from_env() -> bool | None:
+    """``DATAGRAPH_REDIS_CLUSTER``: true or false forces the store's mode; unset or ``auto`` detects it."""
+    text = os.environ.get("DATAGRAPH_REDIS_CLUSTER", "").strip().lower()
+    if text in {"", "auto"}:
+        return None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(
+        f"environment variable DATAGRAPH_REDIS_CLUSTER={text!r} is not valid: "
+        "use true (a Valkey Cluster), false (a standalone server) or auto (detect; the default)"
+    )

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import anyio
-from glide import Batch
 from glide import GlideError as GlideBaseError
 
 from .exceptions import (
@@ -30,8 +29,8 @@ from .exceptions import (
     StreamIdleTimeout,
 )
 from .runtime import Runtime
-from .store import keys
-from .store.client import is_transient, pipeline
+from .store import gaps, keys
+from .store.client import exec_batch, is_transient, new_batch, pipeline
 from .store.scripts import lost_run_error, sample_history_command
 
 __all__ = ["END", "StreamReader", "StreamWriter", "failure_error", "marker_error", "run_error"]
@@ -231,14 +230,22 @@ class StreamReader:
             self._last_seen[io] = now
             where = f"{io!r} of run {run_id}"
             for raw_id, fields in entries.items():
-                self._last_id[io] = raw_id.decode()
+                entry = raw_id.decode()
+                # Entries missing before this one: trimmed, or lost (a failover); a failure
+                # marker explains its own gap (the writes that failed left it).
+                gap = gaps.skipped(self._last_id[io], entry)
+                self._last_id[io] = entry
                 field, payload = fields[0]
                 if field == _BATCH_B:
+                    if gap:
+                        await gaps.check(self._rt.client, self._key_of[io], entry, where)
                     self._pending.append((io, codec.decode_batch(payload, where)))
                 elif field == _MARKER_B:
                     marker = codec.decode_marker(payload, where)
                     open_ios.remove(io)
                     error = marker_error(marker, run_id)
+                    if gap and error is None:
+                        await gaps.check(self._rt.client, self._key_of[io], entry, where)
                     if error is not None:
                         # Values before the failure are still delivered, then it raises.
                         self._error = error
@@ -268,7 +275,7 @@ class StreamReader:
                     self._polling = False
             if self._polling:
                 command = [*command[:3], *command[5:]]  # the same XREAD without BLOCK
-            batch = Batch(is_atomic=False)
+            batch = new_batch(self._client)
             batch.custom_command(["EXISTS", keys.run(run_id)])
             publish = bool(self._dirty) and self._reader is not None
             if publish:
@@ -279,8 +286,16 @@ class StreamReader:
             for extra in status:
                 batch.custom_command(extra)
             batch.custom_command(command)
+            sample_at = len(batch) - 2 if status and status[-1][0] == "EVAL" else -1
             try:
-                result = await self._client.exec(batch, raise_on_error=False)
+                result = await exec_batch(self._client, batch, raise_on_error=False)
+                for index, reply in enumerate(result):
+                    if not isinstance(reply, GlideBaseError):
+                        continue
+                    if index == sample_at and self._writer is not None:
+                        self._writer.history_failed(reply)  # the run goes on without it
+                        continue
+                    raise reply  # handled below, as if the batch had raised it
             except BaseException as exc:
                 # Interrupted mid-command: the client may still get this reply; don't reuse it.
                 self._drop_client()
@@ -293,15 +308,6 @@ class StreamReader:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            assert result is not None
-            sample_at = len(result) - 2 if status and status[-1][0] == "EVAL" else -1
-            for index, reply in enumerate(result):
-                if not isinstance(reply, GlideBaseError):
-                    continue
-                if index == sample_at and self._writer is not None:
-                    self._writer.history_failed(reply)
-                    continue
-                raise store_error(reply, f"reading {', '.join(self._open)} of run {run_id}")
             if publish:
                 self._dirty = set()
             if not result[0]:
@@ -344,10 +350,10 @@ class StreamReader:
                 return  # no round trip here: first() returns at once
             with anyio.CancelScope(shield=True):
                 try:
-                    batch = Batch(is_atomic=False)
+                    batch = new_batch(self._rt.client)
                     for command in commands:
                         batch.custom_command(command)
-                    await self._rt.client.exec(batch, raise_on_error=True)
+                    await exec_batch(self._rt.client, batch, raise_on_error=True)
                 except GlideBaseError as exc:
                     raise store_error(exc, f"publishing read positions of run {self._run_id}") from exc
 

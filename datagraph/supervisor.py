@@ -138,6 +138,7 @@ class Supervisor:
             )
         address = parse_redis_config(redis_config)
         supervisor = cls(address, executor, config, embedded=embedded)
+        keys.use_namespace(config.namespace)
         cls._current = supervisor
         return supervisor
 
@@ -147,6 +148,7 @@ class Supervisor:
         current, cls._current = cls._current, None
         if current is not None:
             current._close_sync()
+            keys.use_namespace(keys.DEFAULT_NAMESPACE)
 
     @classmethod
     async def adetach(cls) -> None:
@@ -154,6 +156,7 @@ class Supervisor:
         current, cls._current = cls._current, None
         if current is not None:
             await current.aclose()
+            keys.use_namespace(keys.DEFAULT_NAMESPACE)
 
     def _forked(self) -> None:
         """In a forked child: a worker id of its own; the parent's connections are not ours."""
@@ -322,7 +325,7 @@ class Supervisor:
             runtime.client, commands, retry_for=self.settings.reconnect_timeout, doing=doing
         )
         if attempts == 1:
-            refused(replies, doing)
+            refused(replies, doing, own_entries=True)  # the run id is new: its streams are ours
 
     async def rerun(self, run_id: str, *, inputs: Mapping[str, list[Any]] | None = None) -> str:
         """Start an ended run's flow again; returns the new run's id.

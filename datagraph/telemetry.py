@@ -39,7 +39,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from glide import Batch, GlideClient
 from glide import GlideError as GlideBaseError
 
 from .exceptions import ConfigError, StoreError
@@ -86,6 +85,7 @@ from .snapshots import (
     worker_snapshot,
 )
 from .store import keys
+from .store.client import Store, exec_batch, new_batch
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -119,6 +119,20 @@ _MIN_WINDOW = 0.2
 _PAGE = 200
 
 
+def _use_namespace(namespace: str) -> None:
+    """Read ``namespace``: the process's one namespace, unless an attached supervisor uses another."""
+    if namespace == keys.namespace():
+        return
+    from .supervisor import Supervisor
+
+    if Supervisor._current is not None:
+        raise ConfigError(
+            f"cannot read namespace {namespace!r}: this process's supervisor uses namespace "
+            f"{keys.namespace()!r}, and one process reads and writes one namespace"
+        )
+    keys.use_namespace(namespace)
+
+
 class Telemetry:
     """Reads telemetry from the store and returns typed snapshots.
 
@@ -127,14 +141,16 @@ class Telemetry:
     sharing its connection on the current event loop), or on a connection of
     its own (``await Telemetry.connect(url)``, closed by ``aclose()`` or
     ``async with``).  ``settings`` gives the lease and the retention of
-    workers (default: ``Settings.from_env()``).
+    workers (default: ``Settings.from_env()``).  Keys are read in the
+    process's namespace (``keys.namespace()``); ``connect()`` selects
+    ``settings.namespace`` (``DATAGRAPH_NAMESPACE``).
 
     A Telemetry object remembers the counters of each run's last snapshot:
     polling a run (say once a second) yields the busy / idle / backpressured
     split of recent time rather than of the whole run.
     """
 
-    def __init__(self, client: GlideClient, settings: Settings | None = None) -> None:
+    def __init__(self, client: Store, settings: Settings | None = None) -> None:
         self.client = client
         self.settings = settings if settings is not None else Settings.from_env()
         self._owns_client = False
@@ -158,6 +174,7 @@ class Telemetry:
         if isinstance(redis_config, str):
             redis_config = {"url": redis_config}
         settings = settings if settings is not None else Settings.from_env()
+        _use_namespace(settings.namespace)
         client = await connect(
             parse_redis_config(redis_config),
             request_timeout=settings.request_timeout,
@@ -189,11 +206,11 @@ class Telemetry:
     async def _exec(self, commands: Sequence[list[str]], doing: str) -> list[Any]:
         if not commands:
             return []
-        batch = Batch(is_atomic=False)
+        batch = new_batch(self.client)
         for command in commands:
             batch.custom_command(command)
         try:
-            result = await self.client.exec(batch, raise_on_error=True)
+            result = await exec_batch(self.client, batch, raise_on_error=True)
         except GlideBaseError as exc:
             raise StoreError(f"could not read {doing} from Valkey: {exc}") from exc
         return list(result or [])
@@ -542,7 +559,8 @@ def _purge_plan(
     if purge.workers:
         # By score, so that a worker beating again meanwhile is kept.
         purge.commands.append(["ZREMRANGEBYSCORE", keys.WORKERS, "-inf", f"({cutoff!r}"])
-        purge.commands.append(["DEL", *(keys.worker(w) for w in sorted(purge.workers))])
+        # One DEL per key: on a cluster each worker's hash lives in a slot of its own.
+        purge.commands.extend(["DEL", keys.worker(w)] for w in sorted(purge.workers))
     if purge.implementers:
         purge.commands.append(["HDEL", keys.IMPLEMENTERS, *sorted(purge.implementers)])
     if purge.processors:

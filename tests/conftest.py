@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from datagraph import LocalExecutor, Supervisor
+from datagraph.embedded_cluster import EmbeddedCluster
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +24,33 @@ def valkey_server() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def valkey_url(valkey_server: object) -> str:
+def valkey_cluster() -> Iterator[EmbeddedCluster]:
+    """A Valkey Cluster of 3 primaries with a replica each, shared by the session (never killed)."""
+    cluster = EmbeddedCluster(primaries=3, replicas=1)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "stores: run the test on a standalone Valkey and on a Valkey Cluster (valkey_url)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("stores") and "valkey_url" in metafunc.fixturenames:
+        metafunc.parametrize("valkey_url", ["standalone", "cluster"], indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def valkey_url(request: pytest.FixtureRequest, valkey_server: object) -> str:
+    """The session's store: the standalone Valkey, or the cluster for tests marked ``stores``."""
+    if getattr(request, "param", "standalone") == "cluster":
+        cluster: EmbeddedCluster = request.getfixturevalue("valkey_cluster")
+        return cluster.url
     return f"redis://127.0.0.1:{valkey_server.port}/0"  # type: ignore[attr-defined]
 
 

@@ -40,6 +40,7 @@ def _status_json(valkey_url: str, *args: str) -> dict[str, Any]:
     return data
 
 
+@pytest.mark.stores
 def test_status_json_lists_processors_workers_and_run_edges(
     valkey_url: str, worker: Worker
 ) -> None:
@@ -90,6 +91,7 @@ def test_status_filters_by_state_and_run(valkey_url: str, worker: Worker) -> Non
     assert [s["state"] for s in one["runs"][0]["processor_states"]] == ["done"] * 3
 
 
+@pytest.mark.stores
 def test_status_tables(valkey_url: str, worker: Worker) -> None:
     assert worker.run is not None
     result = _datagraph("status", "--run", worker.run, env={"DATAGRAPH_REDIS_URL": valkey_url})

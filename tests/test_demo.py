@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -203,3 +204,48 @@ def _wait_for(
             pytest.fail(f"gave up after {seconds:.0f}s:\n{output.read_text(errors='replace')[-3000:]}")
         time.sleep(0.1)
     return result
+
+
+@pytest.mark.celery
+def test_demo_keeps_its_store_on_a_cluster_given_by_url(tmp_path: Path, valkey_cluster: Any) -> None:
+    """``datagraph demo --redis-url <a cluster node>``: runs live on the cluster; the broker is embedded."""
+    import anyio
+
+    from datagraph.telemetry import Telemetry
+
+    output = tmp_path / "demo.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAGRAPH_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    command = [
+        sys.executable, "-m", "datagraph", "demo", "--port", "0", "--no-browser", "--rate", "50",
+        "--redis-url", valkey_cluster.url,
+    ]
+    with output.open("wb") as sink:
+        demo_process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
+        )
+    try:
+        banner = _wait_for(
+            lambda: CLUSTER_BANNER.search(output.read_text(errors="replace")), 90, demo_process, output
+        )
+        assert banner["url"] == valkey_cluster.url
+
+        async def live_run_state() -> str | None:
+            async with await Telemetry.connect(valkey_cluster.url) as telemetry:
+                run = await telemetry.run(banner["run"])
+                return run.state if run is not None else None
+
+        assert anyio.run(live_run_state) in ("running", "succeeded")
+    finally:
+        demo_process.send_signal(signal.SIGINT)
+        try:
+            demo_process.wait(30)
+        except subprocess.TimeoutExpired:
+            demo_process.kill()
+            demo_process.wait(10)
+
+
+CLUSTER_BANNER = re.compile(
+    r"store\s+(?P<url>redis://\S+) \(Celery's broker: the embedded Valkey.*?/runs/(?P<run>\w+)", re.DOTALL
+)

@@ -12,7 +12,7 @@ import pytest
 from datagraph import IO, Depends, Flow, IOVal, Processor, Supervisor
 from datagraph.exceptions import ProcessorFailed
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stores]
 
 
 async def test_processor_with_two_outputs(supervisor: Supervisor) -> None:

@@ -234,6 +234,7 @@ def test_series_rates_and_shares() -> None:
 # -- recorded by the engine, read back through Telemetry ---------------------------------
 
 @pytest.mark.anyio
+@pytest.mark.stores  # on a standalone Valkey and on a cluster
 async def test_engine_records_a_slow_stage_filling_then_draining(supervisor: Supervisor) -> None:
     started = time.time()
     run_id = await run_slow_flow(supervisor)

@@ -61,6 +61,7 @@ EXAMPLE = textwrap.dedent(
 )
 
 
+@pytest.mark.stores
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("store", ["url", "embedded"])
 def test_readme_example_prints_0_2_4_6_8(tmp_path, valkey_url: str, backend: str, store: str) -> None:

@@ -104,6 +104,7 @@ async def test_several_values_for_one_input(supervisor: Supervisor) -> None:
     assert await out["echoed"].collect() == ["a", "b"]
 
 
+@pytest.mark.stores
 async def test_backpressure_bounds_how_far_a_producer_runs_ahead(valkey_url: str) -> None:
     Supervisor.detach()
     supervisor = Supervisor.attach(redis_config={"url": valkey_url}, secret=b"s")
@@ -138,6 +139,7 @@ async def test_backpressure_bounds_how_far_a_producer_runs_ahead(valkey_url: str
         await Supervisor.adetach()
 
 
+@pytest.mark.stores
 async def test_failure_reaches_the_caller_within_seconds(supervisor: Supervisor) -> None:
     bad = Processor("raises_at_once", ["n"], ["out"])
 
@@ -177,6 +179,7 @@ async def test_idle_producer_times_out_readers(valkey_url: str) -> None:
         await Supervisor.adetach()
 
 
+@pytest.mark.stores
 async def test_cancel_stops_processors_and_readers(supervisor: Supervisor) -> None:
     stopped = anyio.Event()
     endless = Processor("endless", ["n"], ["ticks"])
@@ -204,6 +207,7 @@ async def test_cancel_stops_processors_and_readers(supervisor: Supervisor) -> No
     assert await supervisor.cancel(run_id) is False
 
 
+@pytest.mark.stores
 async def test_finished_run_keys_expire_after_retention(valkey_url: str) -> None:
     Supervisor.detach()
     supervisor = Supervisor.attach(redis_config={"url": valkey_url}, retention=60, secret=b"s")
@@ -243,6 +247,7 @@ async def test_forged_entry_is_refused_and_never_unpickled(supervisor: Superviso
     assert not marker_file.exists()
 
 
+@pytest.mark.stores
 async def test_readers_past_the_blocking_pool_poll_and_lose_nothing(valkey_url: str) -> None:
     Supervisor.detach()
     supervisor = Supervisor.attach(redis_config={"url": valkey_url}, secret=b"s", max_blocking_readers=1)

@@ -18,7 +18,7 @@ from datagraph.snapshots import run_snapshot
 from datagraph.store import keys
 from datagraph.telemetry import INPUT, OUTPUT, EdgeSnapshot, RunSnapshot, Telemetry
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stores]
 
 
 async def _snapshot(telemetry: Telemetry, run_id: str) -> RunSnapshot:

@@ -94,3 +94,27 @@ def test_serves_with_a_token_from_the_environment(valkey_url: str) -> None:
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=15)
     assert "WITHOUT a token" not in err
+
+
+def test_a_cluster_store_needs_a_broker_of_its_own(
+    valkey_cluster: object, valkey_server: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = valkey_cluster.url  # type: ignore[attr-defined]
+    assert main(["dashboard", "--redis-url", url]) == 2
+    assert "is a Valkey Cluster, which Celery cannot use as its broker: pass --broker-url" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.timeout(90)
+def test_serves_a_cluster_store_with_a_standalone_broker(
+    valkey_cluster: object, valkey_server: object
+) -> None:
+    store = valkey_cluster.url  # type: ignore[attr-defined]
+    broker = f"redis://127.0.0.1:{valkey_server.port}/3"  # type: ignore[attr-defined]
+    with _dashboard("--redis-url", store, "--broker-url", broker) as (base, process):
+        assert httpx.get(f"{base}/processors").status_code == 200
+        assert httpx.get(f"{base}/operations").status_code == 200
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=15)
+    assert "Traceback" not in err

@@ -15,7 +15,7 @@ from tests.web_support import (
     web_xss,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stores]
 
 
 async def _run(supervisor: Supervisor, flow: Flow, **inputs: object) -> str:

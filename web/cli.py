@@ -97,6 +97,20 @@ def _broker(url: str) -> str:
     return url
 
 
+def _is_cluster(store: str) -> bool:
+    """Whether the store is a Valkey Cluster (its URL, or a connection, tells)."""
+    import anyio
+
+    from datagraph.settings import Settings
+    from datagraph.store.client import parse_redis_config, store_is_cluster
+
+    address = parse_redis_config({"url": store})
+    if address.cluster is not None:
+        return address.cluster
+    timeout = Settings.from_env().connect_timeout
+    return bool(anyio.run(lambda: store_is_cluster(address, connect_timeout=timeout)))
+
+
 def _attach(args: argparse.Namespace, store: str | None) -> Any:
     """The supervisor to launch with: the --app module's, or one attached here."""
     from datagraph import LocalExecutor, Supervisor
@@ -122,7 +136,13 @@ def _attach(args: argparse.Namespace, store: str | None) -> Any:
     except ImportError:
         executor = LocalExecutor()
     else:
-        broker = _broker(args.broker_url or os.environ.get(BROKER_ENV) or store)
+        broker_url = args.broker_url or os.environ.get(BROKER_ENV)
+        if broker_url is None and _is_cluster(store):
+            raise SystemExit(_fail(
+                f"the store at {store} is a Valkey Cluster, which Celery cannot use as its broker: "
+                f"pass --broker-url (a standalone Valkey, RabbitMQ, ...) or set {BROKER_ENV}"
+            ))
+        broker = _broker(broker_url or store)
         celery_app = Celery("datagraph-dashboard", broker=broker)
         celery_app.conf.broker_connection_retry_on_startup = True
         executor = CeleryExecutor(celery_app)

@@ -18,8 +18,7 @@ from .hub import Hub
 from .metrics import DashboardCounters
 
 if TYPE_CHECKING:
-    from glide import GlideClient
-
+    from datagraph.store.client import Store
     from datagraph.supervisor import Supervisor
 
 __all__ = ["ASSETS", "Dashboard", "DashboardConfig", "get_dashboard"]
@@ -127,7 +126,7 @@ class Dashboard:
         return self._telemetry
 
     @property
-    def client(self) -> GlideClient:
+    def client(self) -> Store:
         return self.telemetry.client
 
     def reader(self) -> Telemetry:

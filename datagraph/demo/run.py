@@ -84,6 +84,7 @@ class DemoStack:
         token: str | None = None,
         log_dir: Path | None = None,
         worker_timeout: float = 60.0,
+        store_url: str | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.continuous = continuous
@@ -95,7 +96,10 @@ class DemoStack:
         self._log_tmp: tempfile.TemporaryDirectory[str] | None = None
         self.worker_timeout = worker_timeout
         self.secret = secrets.token_hex(32)
+        #: The embedded Valkey: Celery's broker, and the store unless ``store_url`` names another
+        #: (a standalone Valkey or any node of a Valkey Cluster, which kombu cannot use as broker).
         self.store = EmbeddedStore()
+        self._store_url = store_url
         self.worker: DemoWorker | None = None
         self.supervisor: Supervisor | None = None
         self.continuous_run_id: str | None = None
@@ -110,7 +114,7 @@ class DemoStack:
 
     @property
     def store_url(self) -> str:
-        return self.store.url(0)
+        return self._store_url or self.store.url(0)
 
     @property
     def broker_url(self) -> str:
@@ -345,6 +349,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="require this token to use the dashboard (default: $DATAGRAPH_DASHBOARD_TOKEN)",
     )
     parser.add_argument(
+        "--redis-url", metavar="URL",
+        help="keep the demo's store there (a Valkey, or any node of a Valkey Cluster) instead of the "
+        "embedded Valkey, which stays Celery's broker",
+    )
+    parser.add_argument(
         "--rate", type=int, default=CONTINUOUS_FEED.rate, metavar="N",
         help=f"orders (and clicks) a second in the continuous run ({CONTINUOUS_FEED.rate})",
     )
@@ -385,7 +394,9 @@ def main(args: argparse.Namespace) -> int:
         print("datagraph demo: --rate must be between 1 and 20000", file=sys.stderr)
         return 2
     feed = CONTINUOUS_FEED.model_copy(update={"rate": args.rate})
-    stack = DemoStack(host=args.host, port=args.port, token=args.token, continuous_feed=feed)
+    stack = DemoStack(
+        host=args.host, port=args.port, token=args.token, continuous_feed=feed, store_url=args.redis_url
+    )
     try:
         stack.start()
         _print_banner(stack, args)
@@ -419,9 +430,13 @@ def main(args: argparse.Namespace) -> int:
 def _print_banner(stack: DemoStack, args: argparse.Namespace) -> None:
     worker = stack.worker
     assert worker is not None
+    if stack.store_url == stack.store.url(0):
+        store = f"{stack.store_url} (embedded Valkey; Celery's broker is db 1)"
+    else:
+        store = f"{stack.store_url} (Celery's broker: the embedded Valkey, {stack.broker_url})"
     print(
         f"\n  dashboard  {stack.dashboard_url}/\n"
-        f"  store      {stack.store_url} (embedded Valkey; Celery's broker is db 1)\n"
+        f"  store      {store}\n"
         f"  worker     celery -A {SERVICE} worker (pid {worker.pid}, log {worker.log_path})\n"
         f"  live run   {stack.dashboard_url}/runs/{stack.continuous_run_id} (orders-etl; a new run "
         f"every {CONTINUOUS_FEED.seconds or 0:.0f}s)\n"

@@ -65,6 +65,12 @@ TASK_NAME = "datagraph.run_processor"
 #: Processor ``p`` is dispatched to the Celery queue ``datagraph.p``.
 QUEUE_PREFIX = "datagraph."
 
+
+def _queue_prefix() -> str:
+    """``datagraph.``, or ``datagraph.<namespace>.`` outside the default namespace."""
+    namespace = keys.namespace()
+    return QUEUE_PREFIX if namespace == keys.DEFAULT_NAMESPACE else f"{QUEUE_PREFIX}{namespace}."
+
 _BACKENDS = ("asyncio", "trio")
 
 
@@ -115,8 +121,9 @@ class CeleryExecutor(Executor):
 
     @staticmethod
     def queue_name(processor: str) -> str:
-        """The Celery queue that carries ``processor``'s tasks."""
-        return f"{QUEUE_PREFIX}{processor}"
+        """The Celery queue that carries ``processor``'s tasks (``datagraph.<namespace>.<name>``
+        in a namespace other than the default, so deployments sharing a broker stay apart)."""
+        return f"{_queue_prefix()}{processor}"
 
     @staticmethod
     def _queue(name: str) -> Queue:
@@ -140,7 +147,8 @@ class CeleryExecutor(Executor):
         """The processor queues this process consumes (empty unless it is a worker)."""
         if not self._consuming:
             return []
-        return sorted(q for q in self.app.amqp.queues.consume_from if q.startswith(QUEUE_PREFIX))
+        prefix = _queue_prefix()
+        return sorted(q for q in self.app.amqp.queues.consume_from if q.startswith(prefix))
 
     # -- caller side ---------------------------------------------------------
 

@@ -1,10 +1,16 @@
 """Connections to Valkey through valkey-glide.
 
 ``redis_config`` keeps the seed's vocabulary (``{"url": "redis://..."}``, or
-``host``/``port``/``db``/``username``/``password``/``tls``) and is mapped onto
-glide's configuration here.  Glide multiplexes one connection per client, so
-a blocking ``XREAD`` would stall every other command on its client: blocking
-readers lease a client of their own from :class:`BlockingPool`.
+``host``/``port``/``db``/``username``/``password``/``tls``/``cluster``) and is
+mapped onto glide's configuration here.  Glide multiplexes one connection per
+client, so a blocking ``XREAD`` would stall every other command on its client:
+blocking readers lease a client of their own from :class:`BlockingPool`.
+
+The URL of any node of a Valkey Cluster works: :func:`connect` asks the node
+(``INFO cluster``) and opens glide's cluster client when it is one;
+``redis_config={"cluster": True | False}`` (or ``DATAGRAPH_REDIS_CLUSTER``)
+skips the question.  Sending several commands at once, on either kind of
+client, is :mod:`datagraph.store.batch`'s (re-exported here).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import socket
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -22,9 +28,11 @@ import anyio
 import anyio.to_thread
 from glide import (
     AdvancedGlideClientConfiguration,
-    Batch,
+    AdvancedGlideClusterClientConfiguration,
     GlideClient,
     GlideClientConfiguration,
+    GlideClusterClient,
+    GlideClusterClientConfiguration,
     NodeAddress,
     ServerCredentials,
 )
@@ -32,43 +40,42 @@ from glide import (
     ClosingError as GlideClosingError,
 )
 from glide import (
-    ConnectionError as GlideConnectionError,
-)
-from glide import (
     GlideError as GlideBaseError,
-)
-from glide import (
-    TimeoutError as GlideTimeoutError,
 )
 
 from ..exceptions import ConfigError, StoreError
+from .batch import (
+    Store,
+    StoreBatch,
+    exec_batch,
+    is_cluster,
+    is_transient,
+    new_batch,
+    pipeline,
+    refused,
+)
 
 __all__ = [
     "BlockingPool",
+    "Store",
     "StoreAddress",
+    "StoreBatch",
     "close_now",
     "connect",
+    "exec_batch",
+    "is_cluster",
     "is_transient",
+    "new_batch",
     "parse_redis_config",
     "pipeline",
     "refused",
+    "store_is_cluster",
 ]
-
-#: Failures that a reconnect may cure: the command may or may not have run.
-TRANSIENT = (GlideTimeoutError, GlideConnectionError)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """A lost connection, a timeout, or a server still loading its data after a restart."""
-    if isinstance(exc, TRANSIENT):
-        return True
-    return isinstance(exc, GlideBaseError) and "LOADING" in str(exc)
-
 
 log = logging.getLogger("datagraph.store")
 
 _SCHEMES = {"redis": False, "valkey": False, "rediss": True, "valkeys": True}
-_CONFIG_KEYS = {"url", "host", "port", "db", "username", "password", "tls", "ssl", "client_name"}
+_CONFIG_KEYS = {"url", "host", "port", "db", "username", "password", "tls", "ssl", "client_name", "cluster"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,11 @@ class StoreAddress:
     password: str | None = None
     tls: bool = False
     client_name: str | None = None
+    #: A Valkey Cluster (True), a standalone server (False), or ask the server (None).
+    cluster: bool | None = None
+    #: Every node of the cluster as first seen, so that a client opened after
+    #: the first node died still finds the others.
+    seeds: tuple[tuple[str, int], ...] = ()
 
     @property
     def url(self) -> str:
@@ -122,7 +134,26 @@ def parse_redis_config(config: Mapping[str, Any]) -> StoreAddress:
     tls = config.get("tls", config.get("ssl"))
     if tls is not None:
         fields["tls"] = bool(tls)
+    cluster = config.get("cluster", fields.get("cluster"))
+    if cluster is None:
+        from ..settings import redis_cluster_from_env
+
+        cluster = redis_cluster_from_env()
+    if cluster is not None and not isinstance(cluster, bool):
+        raise ConfigError(
+            f"redis_config 'cluster' must be True (a Valkey Cluster), False (a standalone server) "
+            f"or None (detect), got {cluster!r}"
+        )
+    fields["cluster"] = cluster
+    if cluster and fields.get("db"):
+        raise ConfigError(_CLUSTER_DB.format(db=fields["db"]))
     return StoreAddress(**fields)
+
+
+_CLUSTER_DB = (
+    "redis_config selects database {db}, but a Valkey Cluster has only database 0; "
+    "use /0 in the URL and keep deployments apart with the 'namespace' setting (DATAGRAPH_NAMESPACE)"
+)
 
 
 def _parse_url(url: str) -> dict[str, Any]:
@@ -152,18 +183,127 @@ def _parse_url(url: str) -> dict[str, Any]:
             fields["db"] = int(db)
         except ValueError:
             raise ConfigError(f"redis_config url {url!r}: database {db!r} is not a number") from None
+    cluster = next(iter(query.get("cluster", [])), None)
+    if cluster is not None:
+        if cluster.lower() not in {"true", "false", "yes", "no", "1", "0"}:
+            raise ConfigError(f"redis_config url {url!r}: cluster={cluster!r} must be true or false")
+        fields["cluster"] = cluster.lower() in {"true", "yes", "1"}
     return fields
 
 
-async def connect(address: StoreAddress, *, request_timeout: float, connect_timeout: float) -> GlideClient:
-    """Open a glide client, or raise :class:`StoreError` naming the address."""
-    credentials = None
-    if address.password is not None or address.username is not None:
-        credentials = ServerCredentials(password=address.password or "", username=address.username)
+#: What :func:`connect` learnt about an address: its mode and the cluster's nodes.
+_resolved: dict[StoreAddress, StoreAddress] = {}
+
+
+async def connect(address: StoreAddress, *, request_timeout: float, connect_timeout: float) -> Store:
+    """Open a glide client (a cluster client on a cluster); :class:`StoreError` names the address."""
+    known = _resolved.get(address, address)
+    if known.cluster is False:
+        return await _connect_standalone(known, request_timeout, connect_timeout)
+    if known.cluster is None:
+        # Ask the node.  A standalone server keeps this client; a cluster node gives its peers.
+        try:
+            # Database 0: a cluster node refuses to SELECT another, and says so only by timing out.
+            client = await _connect_standalone(replace(known, db=0), request_timeout, connect_timeout)
+        except StoreError as exc:
+            if "No primary node found" not in str(exc):
+                raise
+            # A replica: glide's standalone client wants a primary, so it can only be a cluster's.
+            known = replace(known, cluster=True)
+            if known.db:
+                raise ConfigError(_CLUSTER_DB.format(db=known.db)) from exc
+            cluster = await _connect_cluster(known, request_timeout, connect_timeout)
+            try:
+                nodes = _text(await cluster.custom_command(["CLUSTER", "NODES"]))
+            except GlideBaseError as error:
+                await _close_quietly(cluster)
+                raise StoreError(
+                    f"cannot list the nodes of the Valkey Cluster at {address.url}: {error}"
+                ) from error
+            _resolved[address] = replace(known, seeds=_node_addresses(nodes, known))
+            return cluster
+        try:
+            info = _text(await client.custom_command(["INFO", "cluster"]))
+            if "cluster_enabled:1" not in info:
+                known = _resolved[address] = replace(known, cluster=False)
+                if not known.db:
+                    return client
+                await _close_quietly(client)
+                return await _connect_standalone(known, request_timeout, connect_timeout)
+            nodes = _text(await client.custom_command(["CLUSTER", "NODES"]))
+        except GlideBaseError as exc:
+            await _close_quietly(client)
+            raise StoreError(f"cannot tell whether Valkey at {address.url} is a cluster node: {exc}") from exc
+        await _close_quietly(client)
+        known = replace(known, cluster=True, seeds=_node_addresses(nodes, known))
+        if known.db:
+            raise ConfigError(_CLUSTER_DB.format(db=known.db))
+        _resolved[address] = known
+    return await _connect_cluster(known, request_timeout, connect_timeout)
+
+
+async def store_is_cluster(address: StoreAddress, *, connect_timeout: float) -> bool:
+    """Whether ``address`` is a node of a Valkey Cluster (connects once to ask)."""
+    client = await connect(address, request_timeout=connect_timeout, connect_timeout=connect_timeout)
+    try:
+        return is_cluster(client)
+    finally:
+        await _close_quietly(client)
+
+
+def _text(reply: Any) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def _node_addresses(nodes: str, address: StoreAddress) -> tuple[tuple[str, int], ...]:
+    """``(host, port)`` of every node that ``CLUSTER NODES`` lists as connected."""
+    found = [(address.host, address.port)]
+    for line in nodes.splitlines():
+        parts = line.split()
+        if len(parts) < 8 or "fail" in parts[2].split(",") or parts[7] != "connected":
+            continue
+        host_port = parts[1].split("@")[0].split(",")[0]
+        host, _, port = host_port.rpartition(":")
+        if host and port.isdigit() and (host, int(port)) not in found:
+            found.append((host, int(port)))
+    return tuple(found)
+
+
+def _credentials(address: StoreAddress) -> ServerCredentials | None:
+    if address.password is None and address.username is None:
+        return None
+    return ServerCredentials(password=address.password or "", username=address.username)
+
+
+async def _connect_cluster(address: StoreAddress, request_timeout: float, connect_timeout: float) -> Store:
+    seeds = address.seeds or ((address.host, address.port),)
+    config = GlideClusterClientConfiguration(
+        [NodeAddress(host, port) for host, port in seeds],
+        use_tls=address.tls,
+        credentials=_credentials(address),
+        request_timeout=int(request_timeout * 1000),
+        client_name=address.client_name,
+        advanced_config=AdvancedGlideClusterClientConfiguration(
+            connection_timeout=int(connect_timeout * 1000)
+        ),
+    )
+    try:
+        return await GlideClusterClient.create(config)
+    except GlideBaseError as exc:
+        raise StoreError(
+            f"cannot connect to the Valkey Cluster at {address.url}: {exc}. Are the nodes running, "
+            "is it a cluster (redis_config 'cluster' / DATAGRAPH_REDIS_CLUSTER force the mode), "
+            "and are redis_config / DATAGRAPH_REDIS_URL right?"
+        ) from exc
+
+
+async def _connect_standalone(
+    address: StoreAddress, request_timeout: float, connect_timeout: float
+) -> GlideClient:
     config = GlideClientConfiguration(
         [NodeAddress(address.host, address.port)],
         use_tls=address.tls,
-        credentials=credentials,
+        credentials=_credentials(address),
         database_id=address.db or None,
         request_timeout=int(request_timeout * 1000),
         client_name=address.client_name,
@@ -196,8 +336,8 @@ class BlockingPool:
         self._address = address
         self._request_timeout = block + max(5.0, block)
         self._connect_timeout = connect_timeout
-        self._idle: list[GlideClient] = []
-        self._all: list[GlideClient] = []
+        self._idle: list[Store] = []
+        self._all: list[Store] = []
         # False until a connection succeeds, and again after one fails or is discarded.
         self._serving = False
         self._probing = anyio.Lock()
@@ -206,7 +346,7 @@ class BlockingPool:
         """No idle client and the pool at its cap: the caller should poll instead of blocking."""
         return not self._idle and len(self._all) + self._opening >= self._max_clients
 
-    async def acquire(self, owner: object) -> tuple[GlideClient, Callable[[], None]]:
+    async def acquire(self, owner: object) -> tuple[Store, Callable[[], None]]:
         if self._idle:
             client = self._idle.pop()
         else:
@@ -247,7 +387,7 @@ class BlockingPool:
 
     async def _probe(self) -> None:
         # In a thread, so that a busy event loop cannot make a healthy store look dead.
-        address = self._address
+        address = _resolved.get(self._address, self._address)
         deadline = time.monotonic() + self._connect_timeout
         delay = 0.02
         while True:
@@ -264,11 +404,11 @@ class BlockingPool:
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def _give_back(self, client: GlideClient) -> None:
+    def _give_back(self, client: Store) -> None:
         if client in self._all:
             self._idle.append(client)
 
-    def discard(self, client: GlideClient) -> None:
+    def discard(self, client: Store) -> None:
         """Close a client that may still have a reply in flight instead of reusing it."""
         self._serving = False  # the next new client checks that the store answers first
         if client in self._all:
@@ -287,9 +427,22 @@ class BlockingPool:
 
 
 def _ping(address: StoreAddress, timeout: float) -> None:
-    """Raise ``OSError`` unless the server accepts a connection and answers (blocking)."""
-    with socket.create_connection((address.host, address.port), timeout=timeout) as sock:
-        if address.tls:
+    """Raise ``OSError`` unless the server (on a cluster: any node) accepts a connection and answers."""
+    nodes = address.seeds or ((address.host, address.port),)
+    error: OSError | None = None
+    for host, port in nodes:
+        try:
+            _ping_node(host, port, address.tls, timeout / len(nodes))
+            return
+        except OSError as exc:
+            error = exc
+    assert error is not None
+    raise error
+
+
+def _ping_node(host: str, port: int, tls: bool, timeout: float) -> None:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        if tls:
             return  # the TLS handshake is glide's to do: accepting is enough here
         sock.sendall(b"PING\r\n")
         reply = sock.recv(64)  # any reply (+PONG, -NOAUTH ...) means it serves, but:
@@ -299,7 +452,7 @@ def _ping(address: StoreAddress, timeout: float) -> None:
             raise ConnectionRefusedError("the server is still loading its dataset")
 
 
-def close_now(client: GlideClient) -> None:
+def close_now(client: Store) -> None:
     """Close a client from synchronous code (e.g. when its event loop is ending).
 
     ``GlideClient.close()`` is a coroutine that never suspends, so it can be
@@ -317,7 +470,7 @@ def close_now(client: GlideClient) -> None:
     raise RuntimeError("GlideClient.close() suspended; it cannot be closed synchronously")
 
 
-async def _close_quietly(client: GlideClient) -> None:
+async def _close_quietly(client: Store) -> None:
     try:
         with anyio.CancelScope(shield=True):
             await client.close()
@@ -325,46 +478,3 @@ async def _close_quietly(client: GlideClient) -> None:
         pass
     except GlideBaseError as exc:  # the connection is going away either way
         log.debug("closing a store client failed: %s", exc)
-
-
-async def pipeline(
-    client: GlideClient, commands: list[list[Any]], *, retry_for: float, doing: str
-) -> tuple[list[Any], int]:
-    """Send ``commands`` as one non-atomic pipeline; returns ``(results, attempts)``.
-
-    A command's error comes back in its result slot (so callers can tell an
-    expected error from a real one).  A lost connection is retried with the
-    *same* commands for ``retry_for`` seconds, so the commands must be safe to
-    run twice (explicit stream ids, absolute counters); ``attempts > 1`` tells
-    the caller that some may have run already.
-    """
-    attempts = 0
-    deadline = None
-    delay = 0.05
-    while True:
-        attempts += 1
-        batch = Batch(is_atomic=False)
-        for command in commands:
-            batch.custom_command(command)
-        try:
-            result = await client.exec(batch, raise_on_error=False)
-        except GlideBaseError as exc:
-            now = anyio.current_time()
-            if deadline is None:
-                deadline = now + retry_for
-            if not is_transient(exc) or now >= deadline:
-                raise StoreError(f"Valkey failed while {doing}: {exc}") from exc
-            log.warning("Valkey connection lost while %s (%s); retrying", doing, exc)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-            continue
-        if result is None:  # only a WATCHed transaction returns None
-            raise StoreError(f"Valkey aborted the pipeline while {doing}")
-        return list(result), attempts
-
-
-def refused(replies: list[Any], doing: str) -> None:
-    """Raise :class:`StoreError` for the first command of a pipeline that Valkey refused."""
-    for reply in replies:
-        if isinstance(reply, GlideBaseError):
-            raise StoreError(f"Valkey refused a command while {doing}: {reply}")

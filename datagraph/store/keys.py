@@ -1,44 +1,94 @@
 """Every key name Datagraph uses, in one place.
 
 A run's keys share the hash tag ``{run_id}`` so that one run lives in one
-cluster slot and can be read in one pipeline.
+cluster slot and can be read in one pipeline.  The global keys (``RUNS``,
+``WORKERS``, ``PROCESSORS``, ...) each hash to a slot of their own: on a
+Valkey Cluster no script or multi-key command may mix them with each other or
+with a run's keys (a non-atomic batch may: see ``store.client.pipeline``).
+
+Every key starts with the process's **namespace** (default ``dg``, the
+``namespace`` setting / ``DATAGRAPH_NAMESPACE``): deployments that share one
+store (a Valkey Cluster has only database 0) stay apart by using different
+namespaces.  One process uses one namespace: ``Supervisor.attach``, ``datagraph
+status`` and ``datagraph dashboard`` select it with :func:`use_namespace`; the
+names below (``RUNS``, ``run(...)``, ...) are computed from it when read.
 """
 
 from __future__ import annotations
 
+import re
+
+# The global keys (RUNS, WORKERS, PROCESSORS, IMPLEMENTERS, EVENTS, FLOWS) are
+# module attributes computed by __getattr__, so they are not listed here.
 __all__ = [
-    "EVENTS",
-    "FLOWS",
-    "PROCESSORS",
-    "RUNS",
-    "WORKERS",
+    "DEFAULT_NAMESPACE",
+    "check_namespace",
     "history",
     "history_coarse",
     "history_names",
+    "namespace",
     "pos",
     "run",
     "run_keys",
     "stats",
     "stream",
+    "use_namespace",
     "worker",
 ]
 
-PREFIX = "dg"
+DEFAULT_NAMESPACE = "dg"
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_namespace = DEFAULT_NAMESPACE
 
-#: Sorted set of run ids scored by start time.
-RUNS = f"{PREFIX}:runs"
-#: Hash: processor name -> JSON registration.
-PROCESSORS = f"{PREFIX}:processors"
-#: Sorted set of worker ids scored by last heartbeat.
-WORKERS = f"{PREFIX}:workers"
-#: Capped stream of lifecycle events.
-EVENTS = f"{PREFIX}:events"
-#: Hash: flow name -> JSON flow saved from the designer.
-FLOWS = f"{PREFIX}:flows"
+#: The global keys, by attribute name: ``RUNS`` is ``"<namespace>:runs"``.
+_GLOBAL = {
+    #: Sorted set of run ids scored by start time.
+    "RUNS": "runs",
+    #: Hash: processor name -> JSON registration.
+    "PROCESSORS": "processors",
+    #: Sorted set of worker ids scored by last heartbeat.
+    "WORKERS": "workers",
+    #: Capped stream of lifecycle events.
+    "EVENTS": "events",
+    #: Hash: flow name -> JSON flow saved from the designer.
+    "FLOWS": "flows",
+    #: Hash: ``<processor>/<worker id>`` -> unix time that worker last published
+    #: the processor.  Kept apart from the registrations in ``PROCESSORS`` so that
+    #: several workers can implement one processor without read-modify-write.
+    "IMPLEMENTERS": "implementers",
+}
+
+
+def check_namespace(name: str) -> str:
+    """``name`` if it can prefix keys; else ``ValueError`` saying what is allowed."""
+    if not isinstance(name, str) or not _NAMESPACE.fullmatch(name):
+        raise ValueError(
+            f"namespace {name!r} is not valid: use 1 to 64 letters, digits, '_', '.' or '-' "
+            f"(the default is {DEFAULT_NAMESPACE!r})"
+        )
+    return name
+
+
+def use_namespace(name: str) -> None:
+    """Make every key name of this process start with ``name``."""
+    global _namespace
+    _namespace = check_namespace(name)
+
+
+def namespace() -> str:
+    """The namespace this process's keys start with."""
+    return _namespace
+
+
+def __getattr__(name: str) -> str:
+    suffix = _GLOBAL.get(name)
+    if suffix is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return f"{_namespace}:{suffix}"
 
 
 def _run_prefix(run_id: str) -> str:
-    return f"{PREFIX}:{{{run_id}}}"
+    return f"{_namespace}:{{{run_id}}}"
 
 
 def run(run_id: str) -> str:
@@ -100,12 +150,12 @@ def run_keys(run_id: str, ios: list[str]) -> list[str]:
 
 def notification(claim: str) -> str:
     """String: the dashboard process that claimed sending notification ``claim``."""
-    return f"{PREFIX}:notified:{claim}"
+    return f"{_namespace}:notified:{claim}"
 
 
 def worker(worker_id: str) -> str:
     """Hash: one worker's description and counters."""
-    return f"{PREFIX}:worker:{worker_id}"
+    return f"{_namespace}:worker:{worker_id}"
 
 
 def pos_field(reader: str, io: str) -> str:
@@ -124,11 +174,6 @@ def pos_done_field(reader: str, io: str) -> str:
 # -- telemetry -------------------------------------------------------------
 # Registrations and the read side of telemetry (datagraph/registration.py,
 # datagraph/telemetry.py).
-
-#: Hash: ``<processor>/<worker id>`` -> unix time that worker last published
-#: the processor.  Kept apart from the registrations in ``PROCESSORS`` so that
-#: several workers can implement one processor without read-modify-write.
-IMPLEMENTERS = f"{PREFIX}:implementers"
 
 #: Reader name under which the caller of ``start_flow`` publishes its
 #: positions on the run's outputs (``<OUTPUT_READER>/<io>`` in ``pos``).

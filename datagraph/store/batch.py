@@ -1,0 +1,242 @@
+"""Sending several commands at once, on a standalone Valkey or a Valkey Cluster.
+
+The contract for code that writes to the store:
+
+- build commands with :func:`new_batch` and send them with :func:`exec_batch`
+  (one round trip per node); a batch is **non-atomic** and may mix slots (a
+  run's keys with the global keys), but no single command may span slots;
+- :func:`pipeline` sends a list of commands the same way and retries a lost
+  connection for ``retry_for`` seconds, so its commands must be safe to run
+  twice; ``attempts > 1`` in its result says some may have run already;
+- on a cluster, commands a failover refused without running them (``Moved``,
+  ``ClusterDown``, ``TryAgain``) are sent again until the cluster settles.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeAlias
+
+import anyio
+from glide import (
+    Batch,
+    ClusterBatch,
+    GlideClient,
+    GlideClusterClient,
+)
+from glide import (
+    ConnectionError as GlideConnectionError,
+)
+from glide import (
+    GlideError as GlideBaseError,
+)
+from glide import (
+    TimeoutError as GlideTimeoutError,
+)
+
+from ..exceptions import StoreError
+
+__all__ = [
+    "SETTLE_TIMEOUT",
+    "TRANSIENT",
+    "Store",
+    "StoreBatch",
+    "exec_batch",
+    "is_cluster",
+    "is_transient",
+    "new_batch",
+    "pipeline",
+    "refused",
+]
+
+log = logging.getLogger("datagraph.store")
+
+#: A connection to the store: a standalone server or a Valkey Cluster.
+Store: TypeAlias = GlideClient | GlideClusterClient
+
+#: Failures that a reconnect may cure: the command may or may not have run.
+TRANSIENT = (GlideTimeoutError, GlideConnectionError)
+#: Replies of a server restarting, or of a cluster moving a shard to a replica
+#: (failover): the same command succeeds once the cluster has settled.  Glide
+#: reports a redirection it did not follow as "Moved: <slot> <node>", and a
+#: connection to a killed node as a broken pipe.  Compared in lower case.
+_TRANSIENT_REPLIES = (
+    "loading", "clusterdown", "trying again", "tryagain", "masterdown", "readonly", "moved:",
+    "brokenpipe", "failed to receive command response", "connection not found",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost connection, a timeout, a server still loading its data, a cluster failing over."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    if not isinstance(exc, GlideBaseError):
+        return False
+    text = str(exc).lower()  # glide spells server errors its own way ("ClusterDown", "Moved")
+    return any(reply in text for reply in _TRANSIENT_REPLIES)
+
+
+def is_cluster(client: Store) -> bool:
+    """Whether ``client`` talks to a Valkey Cluster."""
+    return isinstance(client, GlideClusterClient)
+
+
+class StoreBatch:
+    """Commands to send at once, without atomicity (see :func:`new_batch`)."""
+
+    __slots__ = ("cluster", "commands")
+
+    def __init__(self, cluster: bool) -> None:
+        self.cluster = cluster
+        self.commands: list[list[Any]] = []
+
+    def custom_command(self, command: list[Any]) -> StoreBatch:
+        self.commands.append(list(command))
+        return self
+
+    def __len__(self) -> int:
+        return len(self.commands)
+
+
+def new_batch(client: Store) -> StoreBatch:
+    """An empty *non-atomic* batch for ``client``'s kind of store.
+
+    Add commands with ``batch.custom_command([...])`` and send it with
+    :func:`exec_batch` (one round trip per node involved).  On a cluster,
+    glide splits a non-atomic batch per slot and node and returns the replies
+    in command order, so a batch may mix a run's keys with the global keys
+    (``keys.RUNS``, ``keys.worker(...)``, ...).  What it may not hold is one
+    *command* whose keys span slots (a multi-key ``DEL`` of two workers, an
+    ``EVAL`` over keys of two runs): give each slot its own command.
+    """
+    return StoreBatch(isinstance(client, GlideClusterClient))
+
+
+#: Replies that mean the command did not run because the cluster is moving a
+#: shard (a failover): safe to send again, whatever the command.
+_NOT_RUN = ("moved:", "clusterdown", "tryagain", "trying again", "masterdown")
+#: How long :func:`exec_batch` resends such commands before giving their error back, in seconds.
+SETTLE_TIMEOUT = 10.0
+
+
+async def exec_batch(client: Store, batch: StoreBatch, *, raise_on_error: bool) -> list[Any]:
+    """Send a batch from :func:`new_batch`; the replies in command order.
+
+    With ``raise_on_error`` the first error reply is raised (a glide
+    ``RequestError``); without it, errors come back in their reply slots.  On
+    a cluster, commands refused because their shard is failing over (``Moved``
+    to a node glide has not learnt of yet, ``ClusterDown``, ``TryAgain``) did
+    not run, so they alone are sent again until the cluster settles
+    (``SETTLE_TIMEOUT`` at most).  A lost connection is *not* retried here:
+    the command may have run; :func:`pipeline` retries idempotent batches.
+    """
+    if isinstance(client, GlideClusterClient) != batch.cluster:
+        raise TypeError("this batch was built for another kind of client: build it with new_batch(client)")
+    replies, _ = await _send_settling(client, batch.commands)
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, GlideBaseError):
+                raise reply
+    return replies
+
+
+async def _send_settling(client: Store, commands: list[list[Any]]) -> tuple[list[Any], bool]:
+    """Replies, and whether some commands were sent again (see :func:`exec_batch`)."""
+    replies = await _send(client, commands)
+    resent = False
+    if isinstance(client, GlideClusterClient):
+        deadline = None
+        delay = 0.02
+        while True:
+            again = [i for i, r in enumerate(replies) if isinstance(r, GlideBaseError) and _not_run(r)]
+            if not again:
+                break
+            now = anyio.current_time()
+            deadline = deadline if deadline is not None else now + SETTLE_TIMEOUT
+            if now >= deadline:
+                break
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            resent = True
+            for i, reply in zip(again, await _send(client, [commands[i] for i in again]), strict=True):
+                replies[i] = reply
+    return replies, resent
+
+
+def _not_run(error: GlideBaseError) -> bool:
+    text = str(error).lower()
+    return any(reply in text for reply in _NOT_RUN)
+
+
+async def _send(client: Store, commands: list[list[Any]]) -> list[Any]:
+    if not commands:
+        return []
+    if isinstance(client, GlideClusterClient):
+        cluster_batch = ClusterBatch(is_atomic=False)
+        for command in commands:
+            cluster_batch.custom_command(command)
+        result = await client.exec(cluster_batch, raise_on_error=False)
+    else:
+        batch = Batch(is_atomic=False)
+        for command in commands:
+            batch.custom_command(command)
+        result = await client.exec(batch, raise_on_error=False)
+    if result is None:  # only a WATCHed transaction returns None
+        raise StoreError("Valkey aborted a batch")
+    return list(result)
+
+
+async def pipeline(
+    client: Store, commands: list[list[Any]], *, retry_for: float, doing: str
+) -> tuple[list[Any], int]:
+    """Send ``commands`` as one non-atomic pipeline; returns ``(results, attempts)``.
+
+    A command's error comes back in its result slot (so callers can tell an
+    expected error from a real one).  A lost connection is retried with the
+    *same* commands for ``retry_for`` seconds, so the commands must be safe to
+    run twice (explicit stream ids, absolute counters); ``attempts > 1`` tells
+    the caller that some may have run already.
+
+    On a Valkey Cluster the commands may mix slots (glide sends each slot's
+    share to its node), but no single command may span slots.  A share lost
+    to a failover (its replies are connection or ``CLUSTERDOWN`` errors) is
+    retried like a lost connection: the whole list again.
+    """
+    attempts = 0
+    deadline = None
+    delay = 0.05
+    while True:
+        attempts += 1
+        try:
+            result, resent = await _send_settling(client, commands)
+            # Glide may have run a command it also reported as redirected: count it as a retry.
+            attempts += resent
+            lost = next((r for r in result if isinstance(r, GlideBaseError) and is_transient(r)), None)
+            if lost is not None:
+                raise lost
+        except GlideBaseError as exc:
+            now = anyio.current_time()
+            if deadline is None:
+                deadline = now + retry_for
+            if not is_transient(exc) or now >= deadline:
+                raise StoreError(f"Valkey failed while {doing}: {exc}") from exc
+            log.warning("Valkey connection lost while %s (%s); retrying", doing, exc)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            continue
+        return result, attempts
+
+
+def refused(replies: list[Any], doing: str, *, own_entries: bool = False) -> None:
+    """Raise :class:`StoreError` for the first command of a pipeline that Valkey refused.
+
+    ``own_entries``: the pipeline's ``XADD``s use explicit ids on streams only
+    this pipeline writes, so an id already taken is its own entry, written by
+    an earlier send (a cluster failing over may run a command it also reported
+    as failed): not a refusal.
+    """
+    for reply in replies:
+        if isinstance(reply, GlideBaseError):
+            if own_entries and "equal or smaller" in str(reply):
+                continue
+            raise StoreError(f"Valkey refused a command while {doing}: {reply}")
