@@ -25,6 +25,7 @@ SCENARIOS = {
     "memory": "benchmarks.memory",
     "telemetry": "benchmarks.telemetry",
     "celery": "benchmarks.celery_stream",
+    "executors": "benchmarks.executors",
 }
 
 
