@@ -256,4 +256,6 @@ async def test_a_killed_worker_fails_the_run_naming_the_processor(
     assert info.value.processor == "x_ticker"
     assert info.value.error_type == "WorkerLost"
     assert f":{pid}:" in str(info.value.worker)
+    if executor_kind == "process":  # its pool saw the death itself, and how it died
+        assert "was killed by SIGKILL" in str(info.value)
     assert await caller.wait(out["ticks"].run_id, timeout=10) == "failed"

@@ -22,25 +22,20 @@ caller dies (each worker exits when its command pipe closes).
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import logging
 import os
-import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass, field, fields
-from multiprocessing.connection import Connection
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import sniffio
 
 from ..exceptions import ConfigError, ProcessorError, UnknownProcessorError
 from ..processor import Processor, registry
 from .base import Executor
+from .process_pool import Pool
 from .worker import fail_dispatch, record_dispatch
 
 if TYPE_CHECKING:
@@ -48,8 +43,6 @@ if TYPE_CHECKING:
     from ..supervisor import Supervisor
 
 __all__ = ["ProcessExecutor"]
-
-log = logging.getLogger("datagraph.process")
 
 _BACKENDS = ("asyncio", "trio")
 
@@ -95,7 +88,7 @@ class ProcessExecutor(Executor):
         self.backend = backend
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
-        self._pool: _Pool | None = None
+        self._pool: Pool | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -123,8 +116,10 @@ class ProcessExecutor(Executor):
         await self.start(supervisor)
         name = processor.name
         await record_dispatch(supervisor, plan, name)
+        # Where to report the processor lost if its worker dies: this loop, this runtime.
+        origin = (anyio.lowlevel.current_token(), await supervisor.runtime())
         try:
-            self._pool_for(supervisor).submit(plan.run_id, name, module, qualname)
+            self._pool_for(supervisor).submit(plan.run_id, name, module, qualname, origin)
         except ConfigError as exc:
             raise await fail_dispatch(supervisor, plan, name, str(exc)) from exc
 
@@ -137,11 +132,14 @@ class ProcessExecutor(Executor):
         if pool is not None:
             pool.close()
 
-    def _pool_for(self, supervisor: Supervisor) -> _Pool:
+    def _pool_for(self, supervisor: Supervisor) -> Pool:
         with self._lock:
             if self._pool is None:
                 backend = self.backend or sniffio.current_async_library()
-                self._pool = _Pool(self, _worker_config(supervisor, backend))
+                self._pool = Pool(
+                    self.max_workers, _worker_config(supervisor, backend),
+                    start_timeout=self.start_timeout, stop_timeout=self.stop_timeout,
+                )  # fmt: skip
             return self._pool
 
 
@@ -195,173 +193,3 @@ def _worker_config(supervisor: Supervisor, backend: str) -> dict[str, Any]:
         "settings": settings,
         "backend": backend,
     }
-
-
-@dataclass(eq=False)
-class _Worker:
-    """One worker process, as the pool sees it."""
-
-    process: subprocess.Popen[bytes]
-    commands: Connection
-    replies: Connection
-    ready: threading.Event = field(default_factory=threading.Event)
-    worker_id: str | None = None
-    error: str | None = None
-    #: Processors handed to it that it has not reported done.
-    active: int = 0
-    exited: bool = False
-    reader: threading.Thread | None = None
-
-
-class _Pool:
-    """The worker processes of one executor; thread-safe, usable from any event loop."""
-
-    def __init__(self, executor: ProcessExecutor, config: dict[str, Any]) -> None:
-        self._size = executor.max_workers
-        self._start_timeout = executor.start_timeout
-        self._stop_timeout = executor.stop_timeout
-        self._config = config
-        self._workers: list[_Worker] = []
-        self._lock = threading.Lock()
-        self._fill_lock = threading.Lock()
-        self._turn = 0
-        self._closing = False
-        atexit.register(self.close)
-
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [w.process.pid for w in self._workers if not w.exited]
-
-    def full(self) -> bool:
-        with self._lock:
-            return len(self._workers) == self._size and all(
-                w.ready.is_set() and not w.exited for w in self._workers
-            )
-
-    def fill(self) -> None:
-        """Start workers until the pool is full; wait until they are up (blocking)."""
-        with self._fill_lock:
-            with self._lock:
-                if self._closing:
-                    raise ConfigError("this ProcessExecutor was closed with its supervisor; attach a new one")
-                self._workers = [w for w in self._workers if not w.exited]
-                started = [self._spawn() for _ in range(self._size - len(self._workers))]
-                self._workers += started
-            deadline = time.monotonic() + self._start_timeout
-            for worker in started:
-                worker.ready.wait(max(0.0, deadline - time.monotonic()))
-            broken = [w for w in started if w.error is not None or w.exited or not w.ready.is_set()]
-            if broken:
-                for worker in broken:
-                    self._stop(worker)
-                worker = broken[0]
-                why = worker.error or (
-                    f"it exited with status {worker.process.returncode}" if worker.exited
-                    else f"it did not start within start_timeout ({self._start_timeout:g}s)"
-                )
-                raise ConfigError(f"a ProcessExecutor worker process could not start: {why}")
-
-    def _spawn(self) -> _Worker:
-        commands_read, commands_write = os.pipe()
-        replies_read, replies_write = os.pipe()
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "datagraph.executors.process_worker",
-                 str(commands_read), str(replies_write)],
-                pass_fds=(commands_read, replies_write), stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        except BaseException:
-            for fd in (commands_write, replies_read):
-                os.close(fd)
-            raise
-        finally:
-            os.close(commands_read)
-            os.close(replies_write)
-        worker = _Worker(
-            process, Connection(commands_write, readable=False), Connection(replies_read, writable=False)
-        )
-        worker.commands.send(self._config)
-        worker.reader = threading.Thread(
-            target=self._listen, args=(worker,), name=f"datagraph-pool-{process.pid}", daemon=True
-        )
-        worker.reader.start()
-        return worker
-
-    def _listen(self, worker: _Worker) -> None:
-        """Follow one worker's replies until it exits."""
-        try:
-            while True:
-                message = worker.replies.recv()
-                if message[0] == "ready":
-                    worker.worker_id = message[1]
-                    worker.ready.set()
-                elif message[0] == "done":
-                    with self._lock:
-                        worker.active -= 1
-                elif message[0] == "error":
-                    worker.error = message[1]
-        except (EOFError, OSError):
-            pass  # the worker closed its end: it is exiting
-        finally:
-            code = worker.process.wait()
-            worker.replies.close()
-            with self._lock:
-                worker.exited = True
-                closing = self._closing
-            worker.ready.set()
-            if not closing and worker.error is None:
-                log.warning(
-                    "ProcessExecutor worker process %d (%s) exited with status %s while running %d "
-                    "processor(s); their runs fail once its heartbeat lease expires, and a new "
-                    "worker replaces it at the next dispatch",
-                    worker.process.pid, worker.worker_id, code, worker.active,
-                )
-
-    def submit(self, run_id: str, name: str, module: str, qualname: str) -> None:
-        """Hand processor ``name`` of ``run_id`` to the least busy live worker."""
-        with self._lock:
-            live = [w for w in self._workers if not w.exited and w.ready.is_set()]
-            while live:
-                self._turn += 1
-                # Least busy first; among equals, take turns.
-                order = sorted(range(len(live)), key=lambda i: (live[i].active, (i - self._turn) % len(live)))
-                worker = live[order[0]]
-                try:
-                    worker.commands.send(("run", run_id, name, module, qualname))
-                except OSError:
-                    worker.exited = True
-                    live.remove(worker)
-                    continue
-                worker.active += 1
-                return
-        raise ConfigError(f"no ProcessExecutor worker process is alive to run processor {name!r}")
-
-    def close(self) -> None:
-        """Stop every worker: ask, wait up to ``stop_timeout``, then kill what is left."""
-        atexit.unregister(self.close)
-        with self._lock:
-            self._closing = True
-            workers, self._workers = self._workers, []
-        for worker in workers:
-            with contextlib.suppress(OSError):  # a worker already gone needs no telling
-                worker.commands.send(("stop",))
-            worker.commands.close()
-        deadline = time.monotonic() + self._stop_timeout
-        for worker in workers:
-            try:
-                worker.process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "ProcessExecutor worker process %d did not stop within %gs; killing it",
-                    worker.process.pid, self._stop_timeout,
-                )
-            self._stop(worker)
-
-    def _stop(self, worker: _Worker) -> None:
-        if worker.process.poll() is None:
-            worker.process.kill()
-        worker.process.wait()
-        if not worker.commands.closed:
-            worker.commands.close()
-        if worker.reader is not None and worker.reader is not threading.current_thread():
-            worker.reader.join()
