@@ -22,6 +22,7 @@ from datagraph import IO, Flow, IOVal, Processor, Supervisor
 from datagraph.exceptions import ConfigError, ProcessorError, ProcessorFailed, UnknownProcessorError
 from datagraph.executors import ProcessExecutor
 from datagraph.liveness import live_workers
+from datagraph.store import keys
 from tests import executor_processors as xp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,6 +197,33 @@ async def test_a_module_a_worker_cannot_import_fails_the_run_naming_it(pool_call
     assert info.value.error_type == "ImportError"
     assert "tests.executor_unimportable" in str(info.value)
     assert "licence server" in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_a_pool_that_cannot_start_fails_start_flow_before_the_run_is_recorded(
+    valkey_url: str, anyio_backend: str
+) -> None:
+    Supervisor.detach()
+    executor = ProcessExecutor(max_workers=1, start_timeout=0.001)
+    supervisor = Supervisor.attach(redis_config={"url": valkey_url}, executor=executor, secret=SECRET)
+    try:
+        runtime = await supervisor.runtime()
+        runs_before = await runtime.client.custom_command(["ZCARD", keys.RUNS])
+        with pytest.raises(ConfigError, match=r"could not start.*start_timeout \(0.001s\)"):
+            await supervisor.start_flow(Flow.from_processors(xp.foobar).resolve(), [IOVal("foo", 1)])
+        assert await runtime.client.custom_command(["ZCARD", keys.RUNS]) == runs_before
+        assert executor.pids() == []  # the worker that was late was stopped
+    finally:
+        await Supervisor.adetach()
+
+
+def test_the_executors_package_exports_the_protocol() -> None:
+    import datagraph.executors
+
+    assert sorted(datagraph.executors.__all__) == sorted([
+        "CeleryExecutor", "Executor", "LocalExecutor", "ProcessExecutor",
+        "fail_dispatch", "record_dispatch", "run_dispatched",
+    ])  # fmt: skip
 
 
 @pytest.mark.parametrize(

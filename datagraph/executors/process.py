@@ -108,17 +108,19 @@ class ProcessExecutor(Executor):
     # -- Executor --------------------------------------------------------------
 
     async def check(self, supervisor: Supervisor, plan: Plan, processors: list[Processor]) -> None:
+        """Refuse what a worker could not find; start the pool (before the run is recorded)."""
         for processor in processors:
             locate(processor)
+        await self.start(supervisor)
 
     async def dispatch(self, supervisor: Supervisor, plan: Plan, processor: Processor) -> None:
         module, qualname = locate(processor)
-        await self.start(supervisor)
         name = processor.name
         await record_dispatch(supervisor, plan, name)
         # Where to report the processor lost if its worker dies: this loop, this runtime.
         origin = (anyio.lowlevel.current_token(), await supervisor.runtime())
         try:
+            await self.start(supervisor)  # replaces a worker that died since check()
             self._pool_for(supervisor).submit(plan.run_id, name, module, qualname, origin)
         except ConfigError as exc:
             raise await fail_dispatch(supervisor, plan, name, str(exc)) from exc

@@ -98,13 +98,14 @@ class Pool:
                 worker.ready.wait(max(0.0, deadline - time.monotonic()))
             broken = [w for w in started if w.error is not None or w.exited or not w.ready.is_set()]
             if broken:
-                for worker in broken:
-                    self._stop(worker)
                 worker = broken[0]
+                # Say why before stopping them: a late worker, once killed, has exited too.
                 why = worker.error or (
-                    f"it exited with status {worker.process.returncode}" if worker.exited
+                    f"it {_describe_exit(worker.process.returncode)}" if worker.exited
                     else f"it did not start within start_timeout ({self._start_timeout:g}s)"
                 )
+                for late in broken:
+                    self._stop(late)
                 raise ConfigError(f"a ProcessExecutor worker process could not start: {why}")
 
     def _spawn(self) -> _Worker:
