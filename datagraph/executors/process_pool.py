@@ -51,6 +51,8 @@ class _Worker:
     ready: threading.Event = field(default_factory=threading.Event)
     worker_id: str | None = None
     error: str | None = None
+    #: Serialises writes to its command pipe.
+    sending: threading.Lock = field(default_factory=threading.Lock)
     #: Processors handed to it that it has not reported done: (run id, name) -> origin.
     assigned: dict[tuple[str, str], Origin] = field(default_factory=dict)
     exited: bool = False
@@ -180,30 +182,37 @@ class Pool:
                 runtime.host.start_soon, _fail_lost, runtime, items, worker.process.pid,
                 worker.worker_id or "", how,
             )  # fmt: skip
-            try:
-                anyio.from_thread.run_sync(job, token=token)
-            except RuntimeError as exc:  # that loop has ended
-                log.debug("processors %s are left to the heartbeat lease: %s", items, exc)
+            # From a thread of its own: the loop may be blocked closing this very pool.
+            threading.Thread(
+                target=_call_in_loop, args=(job, token, items), name="datagraph-pool-lost", daemon=True
+            ).start()
 
     def submit(self, run_id: str, name: str, module: str, qualname: str, origin: Origin) -> None:
         """Hand processor ``name`` of ``run_id`` to the least busy live worker."""
-        with self._lock:
-            live = [w for w in self._workers if not w.exited and w.ready.is_set()]
-            while live:
+        tried: set[int] = set()
+        while True:
+            with self._lock:
+                live = [
+                    w for w in self._workers
+                    if not w.exited and w.ready.is_set() and id(w) not in tried
+                ]  # fmt: skip
+                if not live:
+                    break
                 self._turn += 1
                 # Least busy first; among equals, take turns.
-                order = sorted(
-                    range(len(live)), key=lambda i: (len(live[i].assigned), (i - self._turn) % len(live))
-                )
-                worker = live[order[0]]
-                try:
-                    worker.commands.send(("run", run_id, name, module, qualname))
-                except OSError:
-                    worker.exited = True
-                    live.remove(worker)
-                    continue
+                worker = min(
+                    enumerate(live), key=lambda p: (len(p[1].assigned), (p[0] - self._turn) % len(live))
+                )[1]
                 worker.assigned[(run_id, name)] = origin
+            # Sent outside the pool's lock: a full pipe must not stop the listeners' bookkeeping.
+            try:
+                with worker.sending:
+                    worker.commands.send(("run", run_id, name, module, qualname))
                 return
+            except OSError:
+                with self._lock:
+                    worker.assigned.pop((run_id, name), None)
+                tried.add(id(worker))
         raise ConfigError(f"no ProcessExecutor worker process is alive to run processor {name!r}")
 
     def close(self) -> None:
@@ -213,9 +222,10 @@ class Pool:
             self._closing = True
             workers, self._workers = self._workers, []
         for worker in workers:
-            with contextlib.suppress(OSError):  # a worker already gone needs no telling
-                worker.commands.send(("stop",))
-            worker.commands.close()
+            with worker.sending:
+                with contextlib.suppress(OSError):  # a worker already gone needs no telling
+                    worker.commands.send(("stop",))
+                worker.commands.close()
         deadline = time.monotonic() + self._stop_timeout
         for worker in workers:
             try:
@@ -231,10 +241,18 @@ class Pool:
         if worker.process.poll() is None:
             worker.process.kill()
         worker.process.wait()
-        if not worker.commands.closed:
-            worker.commands.close()
+        with worker.sending:
+            if not worker.commands.closed:
+                worker.commands.close()
         if worker.reader is not None and worker.reader is not threading.current_thread():
             worker.reader.join()
+
+
+def _call_in_loop(job: Any, token: anyio.lowlevel.EventLoopToken, items: list[tuple[str, str]]) -> None:
+    try:
+        anyio.from_thread.run_sync(job, token=token)
+    except RuntimeError as exc:  # that loop has ended
+        log.debug("processors %s are left to the heartbeat lease: %s", items, exc)
 
 
 async def _fail_lost(
