@@ -136,6 +136,22 @@ async def test_a_killed_worker_is_replaced_at_the_next_run(pool_caller: Supervis
 
 
 @pytest.mark.anyio
+async def test_workers_share_an_embedded_stores_generated_secret(anyio_backend: str) -> None:
+    """No redis_config, no secret: the workers reach the embedded Valkey and sign with its key."""
+    Supervisor.detach()
+    executor = ProcessExecutor(max_workers=1)
+    supervisor = Supervisor.attach(executor=executor)
+    try:
+        assert supervisor.embedded_url is not None and supervisor.settings.secret is None
+        out = await supervisor.start_flow(Flow.from_processors(xp.foobar).resolve(), [IOVal("foo", 3)])
+        assert await out["bar"].collect() == [0, 2, 4]
+        stats = await supervisor.run_state(out["bar"].run_id)
+        assert stats == "succeeded"
+    finally:
+        await Supervisor.adetach()
+
+
+@pytest.mark.anyio
 async def test_sync_detach_stops_the_workers(valkey_url: str, anyio_backend: str) -> None:
     Supervisor.detach()
     executor = ProcessExecutor(max_workers=1)
