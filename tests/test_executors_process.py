@@ -6,12 +6,14 @@ worker) is in the executor-agnostic suite, ``tests/test_executors.py``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -133,6 +135,47 @@ async def test_a_killed_worker_is_replaced_at_the_next_run(pool_caller: Supervis
     out = await pool_caller.start_flow(Flow.from_processors(xp.foobar).resolve(), [IOVal("foo", 2)])
     assert await out["bar"].collect() == [0, 2]
     assert len(executor.pids()) == 2 and victim not in executor.pids()
+
+
+@pytest.mark.anyio
+async def test_many_runs_at_once_share_the_pool(pool_caller: Supervisor) -> None:
+    flow = Flow.from_processors(xp.source, xp.square, xp.negate, xp.pair).resolve()
+    results: dict[int, list[tuple[int, int]]] = {}
+
+    async def one(n: int) -> None:
+        out = await pool_caller.start_flow(flow, [IOVal("n", n)])
+        results[n] = await out["pairs"].collect()
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for n in range(10, 20):
+                tg.start_soon(one, n)
+    assert results == {n: [(i * i, -i) for i in range(n)] for n in range(10, 20)}
+    assert len(_executor(pool_caller).pids()) == 2
+
+
+@pytest.mark.anyio
+async def test_workers_import_from_the_callers_sys_path(
+    pool_caller: Supervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module found only through a sys.path entry the caller added at run time."""
+    module = f"dg_plugin_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(
+        f"""
+        from datagraph import IO, IOVal, Processor
+
+        shout = Processor("{module}_shout", ["words"], ["loud"])
+
+        @shout
+        async def _shout(words: IO[str]):
+            async for word in words:
+                yield IOVal("loud", word.upper())
+        """
+    ))  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = importlib.import_module(module)
+    out = await pool_caller.start_flow(Flow.from_processors(plugin.shout).resolve(), [IOVal("words", "hi")])
+    assert await out["loud"].collect() == ["HI"]
 
 
 @pytest.mark.anyio

@@ -10,7 +10,7 @@ plan from it, heartbeats into it, and writes and reads its streams there.
 
 A worker finds a processor's implementation by importing the module of the
 function decorated with it in the caller (``func.__module__``), with the
-caller's ``sys.path``.  So a processor must be implemented at the top level
+caller's ``sys.path`` as it is when the pool starts.  So a processor must be implemented at the top level
 of an importable module: one defined in ``__main__`` or inside a function is
 refused by ``start_flow``, naming it.
 
