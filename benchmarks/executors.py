@@ -65,12 +65,12 @@ def run(bench: Bench) -> dict[str, Any]:
     bench.title(NAME, f"a four-stage pipeline on LocalExecutor and ProcessExecutor; best of {repeats}")
     bench.say(
         f"  CPU-bound: {WORK_PER_VALUE * 1e6:.0f} us of pure-Python work per value per stage "
-        f"(spin x{rounds}), N={n_cpu:,}; trivial stages: N={n_thin:,}; {cores} CPUs; asyncio"
+        f"(spin x{rounds}), N={n_cpu:,}; trivial stages: N={n_thin:,}; {cores} CPUs; asyncio unless said"
     )
     bench.say("  baseline: LocalExecutor (every stage on the caller's one event loop), same round")
     bench.say(f"  {FIGURES_NOTE}")
 
-    def measure(executor: Executor) -> dict[str, float]:
+    def measure(executor: Executor, backend: str = "asyncio") -> dict[str, float]:
         async def one(session: Session) -> dict[str, float]:
             got: dict[str, float] = {}
             if isinstance(executor, ProcessExecutor):
@@ -82,7 +82,7 @@ def run(bench: Bench) -> dict[str, Any]:
             got["thin"] = await rate(session, n_thin, 0)
             return got
 
-        return bench.session("asyncio", one, executor=executor)
+        return bench.session(backend, one, executor=executor)
 
     rounds_seen: list[dict[str, dict[str, float]]] = []
     bare: list[float] = []
@@ -90,14 +90,17 @@ def run(bench: Bench) -> dict[str, Any]:
         seen = {"local": measure(LocalExecutor())}
         for k in counts:
             seen[f"process{k}"] = measure(ProcessExecutor(max_workers=k))
+        # The workers run the caller's backend: the same comparison on Trio.
+        seen["trio_local"] = measure(LocalExecutor(), "trio")
+        seen["trio_process"] = measure(ProcessExecutor(max_workers=max(counts)), "trio")
         rounds_seen.append(seen)
         bare.append(import_seconds())
 
     def best(name: str, key: str) -> float:
         return max(r[name][key] for r in rounds_seen)
 
-    def ratio(name: str, key: str) -> float:
-        return median(r[name][key] / r["local"][key] for r in rounds_seen)
+    def ratio(name: str, key: str, baseline: str = "local") -> float:
+        return median(r[name][key] / r[baseline][key] for r in rounds_seen)
 
     figures: dict[str, Any] = {
         "cores": cores, "work_per_value_s": WORK_PER_VALUE, "rounds": rounds,
@@ -112,6 +115,16 @@ def run(bench: Bench) -> dict[str, Any]:
         bench.row(
             f"ProcessExecutor({k}), CPU-bound", fmt_rate(got["cpu"]), f"{got['cpu_vs_local']:.2f}x local"
         )
+    trio = {
+        "local_cpu": best("trio_local", "cpu"), "process_cpu": best("trio_process", "cpu"),
+        "cpu_vs_local": ratio("trio_process", "cpu", "trio_local"),
+    }  # fmt: skip
+    figures["trio"] = trio
+    bench.row("LocalExecutor, CPU-bound, Trio", fmt_rate(trio["local_cpu"]), "baseline")
+    bench.row(
+        f"ProcessExecutor({max(counts)}), CPU-bound, Trio", fmt_rate(trio["process_cpu"]),
+        f"{trio['cpu_vs_local']:.2f}x local",
+    )  # fmt: skip
     bench.row("LocalExecutor, trivial stages", fmt_rate(figures["local"]["thin"]), "baseline")
     for k in counts:
         name = f"process{k}"
