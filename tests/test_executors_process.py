@@ -336,14 +336,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def script(tmp_path: Path, valkey_url: str) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+@pytest.fixture(params=["asyncio", "trio"])
+def script(
+    tmp_path: Path, valkey_url: str, request: pytest.FixtureRequest
+) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
     """A caller running a streaming flow on a ProcessExecutor; yields it and its workers' pids."""
     path = tmp_path / "caller.py"
     path.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, str(path), valkey_url, "trio"], cwd=ROOT, env=env, text=True,
+        [sys.executable, str(path), valkey_url, request.param], cwd=ROOT, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     assert process.stdout is not None
