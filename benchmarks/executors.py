@@ -11,6 +11,7 @@ in the same run, and kept out of the throughput figures.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import time
@@ -86,13 +87,20 @@ def run(bench: Bench) -> dict[str, Any]:
 
     rounds_seen: list[dict[str, dict[str, float]]] = []
     bare: list[float] = []
-    for _ in range(repeats):
-        seen = {"local": measure(LocalExecutor())}
-        for k in counts:
-            seen[f"process{k}"] = measure(ProcessExecutor(max_workers=k))
-        # The workers run the caller's backend: the same comparison on Trio.
-        seen["trio_local"] = measure(LocalExecutor(), "trio")
-        seen["trio_process"] = measure(ProcessExecutor(max_workers=max(counts)), "trio")
+    # Each comparison's two sides run next to each other, and every other round runs in
+    # reverse order, so load that comes and goes does not favour one side.
+    plan: list[tuple[str, Any, str]] = [("local", LocalExecutor, "asyncio")]
+    plan += [(f"process{k}", functools.partial(ProcessExecutor, max_workers=k), "asyncio")
+             for k in reversed(counts)]  # fmt: skip
+    # The workers run the caller's backend: the main comparison on Trio too.
+    plan += [
+        ("trio_local", LocalExecutor, "trio"),
+        ("trio_process", functools.partial(ProcessExecutor, max_workers=max(counts)), "trio"),
+    ]
+    for i in range(repeats):
+        seen = {
+            name: measure(make(), backend) for name, make, backend in (plan[::-1] if i % 2 else plan)
+        }
         rounds_seen.append(seen)
         bare.append(import_seconds())
 
