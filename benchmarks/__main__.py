@@ -29,6 +29,7 @@ SCENARIOS = {
     "oncall": "benchmarks.oncall",
     "celery": "benchmarks.celery_stream",
     "cluster": "benchmarks.cluster",
+    "executors": "benchmarks.executors",
 }
 
 

@@ -73,6 +73,12 @@ TARGETS: list[tuple[str, str, Callable[[Any], bool], Callable[[Any], str]]] = [
         lambda v: v >= 20,
         lambda v: f"{v:.1f}x",
     ),
+    (
+        "executors, CPU-bound, ProcessExecutor >= 1.6x LocalExecutor",
+        "executors.best_cpu_vs_local",
+        lambda v: v >= 1.6,
+        lambda v: f"{v:.2f}x",
+    ),
 ]
 
 

@@ -96,6 +96,9 @@ class Supervisor:
                 )
                 secret = DEVELOPMENT_SECRET
         self.codec = Codec(secret)
+        #: The key that signs stream payloads (generated for an embedded store): what an
+        #: executor gives the worker processes it starts, so they read what this one writes.
+        self.signing_secret = secret
         self.worker_id = _new_worker_id()
         self._runtimes: weakref.WeakKeyDictionary[object, Runtime] = weakref.WeakKeyDictionary()
         self._creating: weakref.WeakKeyDictionary[object, anyio.Event] = weakref.WeakKeyDictionary()
@@ -167,6 +170,7 @@ class Supervisor:
 
     def _close_sync(self) -> None:
         self._closed = True
+        self.executor.close()
         for runtime in list(self._runtimes.values()):
             runtime.host.cancel()
             runtime.close_now()

@@ -14,7 +14,7 @@ __all__ = ["Executor"]
 
 
 class Executor(ABC):
-    """Runs a processor of a run by name.
+    """Runs a processor of a run by name (``docs/executors.md`` describes the protocol).
 
     ``check`` runs before anything of the run is written, so a run that cannot
     be executed fails before it starts; ``dispatch`` starts one processor and
@@ -32,4 +32,10 @@ class Executor(ABC):
         """Start ``processor`` of ``plan``'s run; do not wait for it to finish."""
 
     async def aclose(self) -> None:  # noqa: B027
-        """Release what the executor holds."""
+        """Release what the executor holds (``Supervisor.aclose()``, ``adetach()``)."""
+
+    def close(self) -> None:  # noqa: B027
+        """Release what the executor holds, from synchronous code (``Supervisor.detach()``).
+
+        Called after ``aclose()`` too, so it must be idempotent.
+        """

@@ -43,13 +43,11 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from .. import liveness
-from ..exceptions import ConfigError, RunError, StoreError, UnknownProcessorError
+from ..exceptions import ConfigError, StoreError, UnknownProcessorError
 from ..plan import Plan
-from ..processor import Implementation, Processor, registry
-from ..store import keys
-from ..store.scripts import TERMINAL
-from ..streams import failure_error, run_error
+from ..processor import Processor, registry
 from .base import Executor
+from .worker import fail_dispatch, record_dispatch, run_dispatched
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -182,33 +180,13 @@ class CeleryExecutor(Executor):
 
     async def dispatch(self, supervisor: Supervisor, plan: Plan, processor: Processor) -> None:
         """Send ``processor`` of the run to its queue; a watchdog fails it if nobody starts it."""
-        runtime = await supervisor.runtime()
         name = processor.name
-        run_id = plan.run_id
-        now = time.time()
-        start_by = now + runtime.settings.dispatch_timeout
+        await record_dispatch(supervisor, plan, name)
         try:
-            # Recorded before sending, so the worker's "running" always comes after it.
-            await runtime.client.custom_command([
-                "HSET", keys.stats(run_id), f"state:{name}", liveness.DISPATCHED,
-                f"dispatched:{name}", repr(now), f"start_by:{name}", repr(start_by),
-            ])
+            await anyio.to_thread.run_sync(self._send, plan.run_id, name)
         except Exception as exc:
-            raise StoreError(f"could not record the dispatch of processor {name!r}: {exc}") from exc
-        try:
-            await anyio.to_thread.run_sync(self._send, run_id, name)
-        except Exception as exc:
-            failure = liveness.Failure(
-                processor=name, kind="DispatchError",
-                message=f"could not send processor {name!r} to the Celery broker: {exc}",
-                worker=None, state=liveness.DISPATCHED,
-            )
-            with anyio.CancelScope(shield=True):
-                await liveness.fail_processors(runtime, run_id, [failure])
-            raise RunError(failure.message, run_id=run_id) from exc
-        runtime.host.start_soon(
-            _expect_start, runtime, run_id, name, start_by, name=f"datagraph-dispatch-{name}"
-        )
+            why = f"could not send processor {name!r} to the Celery broker: {exc}"
+            raise await fail_dispatch(supervisor, plan, name, why) from exc
 
     def _send(self, run_id: str, name: str) -> None:
         self.app.send_task(TASK_NAME, args=(run_id, name), queue=self.queue_name(name))
@@ -265,7 +243,7 @@ class CeleryExecutor(Executor):
 
     def run_task(self, run_id: str, processor: str) -> None:
         """Body of the Celery task: run ``processor`` of ``run_id``; return when it ends."""
-        future = self.worker_loop().portal.start_task_soon(_execute, run_id, processor)
+        future = self.worker_loop().portal.start_task_soon(run_dispatched, run_id, processor)
         try:
             future.result()
         except BaseException:
@@ -334,90 +312,5 @@ def _run_processor_task(run_id: str, processor: str) -> None:
     executor.run_task(run_id, processor)
 
 
-def _implementation(name: str) -> Implementation | None:
-    processor = registry.get(name)
-    return processor.implementation if processor is not None else None
-
-
-async def _execute(run_id: str, name: str) -> None:
-    from ..runner import end_unstarted, run_processor
-    from ..supervisor import Supervisor
-
-    supervisor = Supervisor.instance
-    runtime = await supervisor.runtime()
-    raw_plan, state, error = await runtime.client.custom_command(
-        ["HMGET", keys.run(run_id), "plan", "state", "error"]
-    )
-    if raw_plan is None:
-        log.warning("run %s is unknown or expired; processor %r not started", run_id, name)
-        return
-    plan = Plan.from_json(raw_plan)
-    failure = run_error(error) if state == b"failed" else {}
-    if failure and failure.get("processor") in plan.upstream(name):
-        # Downstream of the failure: it passes on what was written before it, then
-        # meets the failure in its input (as it would had it started earlier).
-        log.info("run %s failed upstream of processor %r; starting it to drain its input", run_id, name)
-    elif state is not None and state.decode() in TERMINAL:
-        log.info("run %s already %s; processor %r not started", run_id, state.decode(), name)
-        if state == b"failed":
-            # Cancelled runs' streams are ended by cancel(); a failure must be passed on.
-            await end_unstarted(runtime, plan, name, failure_error(failure, run_id))
-        return
-    impl = _implementation(name)
-    if impl is None:
-        await liveness.fail_processors(runtime, run_id, [liveness.Failure(
-            processor=name, kind="UnknownProcessorError",
-            message=f"worker {runtime.worker_id} received processor {name!r} but does not "
-                    "implement it; restart the worker after changing what it implements",
-            worker=runtime.worker_id, state=liveness.DISPATCHED,
-        )])
-        return
-    async with liveness.running(runtime, run_id, name), anyio.create_task_group() as tg:
-        tg.start_soon(_stop_when_run_ends, runtime, plan, name, tg.cancel_scope)
-        try:
-            await run_processor(supervisor, runtime, plan, impl)
-        finally:
-            tg.cancel_scope.cancel()
-
-
-async def _stop_when_run_ends(runtime: Any, plan: Plan, name: str, scope: anyio.CancelScope) -> None:
-    """Stop the processor when its run fails or is cancelled elsewhere, freeing its slot.
-
-    Without this, a producer whose reader's worker died could wait on
-    backpressure forever, holding a pool slot.  A processor downstream of the
-    failed one is spared: it first passes on what was written before the
-    failure, then meets the failure in its input and ends by itself (stopping
-    it would turn the failure into a cancel for everyone downstream, and drop
-    those values).  It is stopped all the same if it has not ended within
-    ``idle_timeout``, the patience a reader has with a silent producer.
-    """
-    interval = min(1.0, runtime.settings.heartbeat_interval / 2)
-    upstream = plan.upstream(name)
-    spare_until: float | None = None
-    while True:
-        await anyio.sleep(interval)
-        try:
-            state, error = await runtime.client.custom_command(
-                ["HMGET", keys.run(plan.run_id), "state", "error"]
-            )
-        except Exception as exc:
-            log.debug("run %s: could not read its state: %s", plan.run_id, exc)
-            continue
-        if state == b"failed" and run_error(error).get("processor") in upstream:
-            now = anyio.current_time()
-            if spare_until is None:
-                spare_until = now + runtime.settings.idle_timeout
-            if now < spare_until:
-                continue
-        if state is None or state in (b"failed", b"cancelled"):
-            scope.cancel()
-            return
-
-
-async def _expect_start(runtime: Any, run_id: str, name: str, start_by: float) -> None:
-    """Caller-side watchdog: once ``start_by`` passes, fail ``name`` if no worker started it."""
-    await anyio.sleep(max(0.0, start_by - time.time()) + 0.05)
-    try:
-        await liveness.check_processors(runtime, run_id, [name])
-    except StoreError as exc:
-        log.warning("run %s: could not check that processor %r started: %s", run_id, name, exc)
+#: The worker side of a Celery task (kept under its old name for callers of it).
+_execute = run_dispatched
