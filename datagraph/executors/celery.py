@@ -46,6 +46,7 @@ from .. import liveness
 from ..exceptions import ConfigError, StoreError, UnknownProcessorError
 from ..plan import Plan
 from ..processor import Processor, registry
+from ..store import keys
 from .base import Executor
 from .worker import fail_dispatch, record_dispatch, run_dispatched
 
