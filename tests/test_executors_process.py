@@ -77,6 +77,7 @@ def _executor(supervisor: Supervisor) -> ProcessExecutor:
 
 
 @pytest.mark.anyio
+@pytest.mark.stores  # workers find a Valkey Cluster from the caller's address too
 async def test_the_pool_starts_at_the_first_run_and_serves_the_next(pool_caller: Supervisor) -> None:
     executor = _executor(pool_caller)
     assert executor.pids() == []  # nothing started by attach()

@@ -191,7 +191,8 @@ def _worker_config(supervisor: Supervisor, backend: str) -> dict[str, Any]:
     address = supervisor.address
     return {
         "sys_path": [os.path.abspath(p) if p else os.getcwd() for p in sys.path],
-        "redis_config": {f.name: getattr(address, f.name) for f in fields(address)},
+        # The cluster's nodes as this process found them (seeds) are found again by the worker.
+        "redis_config": {f.name: getattr(address, f.name) for f in fields(address) if f.name != "seeds"},
         "settings": settings,
         "backend": backend,
     }
