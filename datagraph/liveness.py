@@ -102,7 +102,7 @@ class Failure:
     """Why a processor is failed from outside: its worker died, or none started it."""
 
     processor: str
-    #: ``WorkerLost`` or ``DispatchTimeout`` (the error type readers see).
+    #: ``WorkerLost``, ``DispatchTimeout`` or ``WritesLost`` (the error type readers see).
     kind: str
     message: str
     #: The worker it ran on, if it ever started.
@@ -331,13 +331,40 @@ async def check_processors(
                 suspects[name] = _text(worker)
         if suspects:
             ids = list(dict.fromkeys(suspects.values()))
-            scores = await client.custom_command(["ZMSCORE", keys.WORKERS, *ids])
+            batch = new_batch(client)
+            batch.custom_command(["ZMSCORE", keys.WORKERS, *ids])
+            for worker_id in ids:
+                batch.custom_command(["HMGET", keys.worker(worker_id), "executor", "running"])
+            scores, *described = await exec_batch(client, batch, raise_on_error=True)
             last = {w: float(s) for w, s in zip(ids, scores, strict=True) if s is not None}
+            runs_now = {w: _advertised(d) for w, d in zip(ids, described, strict=True)}
             lease = runtime.settings.lease
             for name, worker_id in suspects.items():
                 beat_at = last.get(worker_id)
+                advertised = runs_now.get(worker_id)
+                gone = advertised is not None and f"{run_id}/{name}" not in advertised
+                absent = _absent_since.setdefault((run_id, name), now) if gone else None
+                if not gone:
+                    _absent_since.pop((run_id, name), None)
+                alive = beat_at is not None and now - beat_at <= lease
+                if alive and absent is not None and now - absent > lease:
+                    # Alive, but it no longer runs the processor, whose end is not in the
+                    # store: its last writes were lost (a failover that lost acknowledged
+                    # writes, or keys evicted). Its readers would otherwise wait idle_timeout.
+                    failures.append(Failure(
+                        processor=name,
+                        kind="WritesLost",
+                        message=(
+                            f"worker {worker_id} finished processor {name!r} more than {lease:g}s ago, "
+                            "but the store has not kept its last writes (its end is missing: a "
+                            "failover lost acknowledged writes, or keys were evicted); its output "
+                            "is incomplete"
+                        ),
+                        worker=worker_id,
+                        state=RUNNING,
+                    ))
                 # A worker that never beat yet is starting: only a stale beat is a death.
-                if beat_at is not None and now - beat_at > lease:
+                elif beat_at is not None and now - beat_at > lease:
                     failures.append(Failure(
                         processor=name,
                         kind="WorkerLost",
@@ -401,6 +428,28 @@ async def fail_processors(
     return applied
 
 
+#: (run id, processor) -> when a live worker was first seen no longer running it while
+#: the store still had it running (see check_processors); bounded with _idle_checked.
+_absent_since: dict[tuple[str, str], float] = {}
+
+
+def _advertised(described: Any) -> set[str] | None:
+    """What a worker's hash says it runs (``run/processor``), or None when it does not say.
+
+    Workers that run processors through ``run_dispatched`` (Celery, Process, a
+    documented third-party executor) publish them; a LocalExecutor process does
+    not (its processors run where they were started, so nobody else reads them idle).
+    """
+    executor, raw = described or (None, None)
+    if raw is None or _text(executor or b"") == "local":
+        return None
+    try:
+        listed = json.loads(raw)
+    except ValueError:
+        return None
+    return {str(item) for item in listed} if isinstance(listed, list) else None
+
+
 #: (run id, processors) -> when this process last checked them from an idle read.
 _idle_checked: dict[tuple[str, frozenset[str]], float] = {}
 
@@ -424,6 +473,8 @@ async def check_on_idle_read(
         horizon = now - 60.0
         for old in [k for k, at in _idle_checked.items() if at < horizon]:
             del _idle_checked[old]
+        for stale in [k for k, at in _absent_since.items() if at < horizon]:
+            del _absent_since[stale]
     _idle_checked[key] = now
     try:
         await check_processors(runtime, run_id, names)

@@ -256,3 +256,55 @@ def test_a_forked_child_is_a_worker_of_its_own(valkey_url: str) -> None:
         Supervisor.detach()
     assert child_id and child_id != supervisor.worker_id
     assert f":{pid}:" in child_id
+
+
+async def _keep_beating(runtime: Runtime, ghost: str) -> None:
+    while True:
+        await runtime.client.custom_command(["ZADD", keys.WORKERS, repr(time.time()), ghost])
+        await anyio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("executor", "lists_it", "fails"),
+    [("celery", False, True), ("celery", True, False), ("local", False, False)],
+    ids=["end-lost", "still-running", "local-worker"],
+)
+async def test_a_live_worker_no_longer_running_a_processor_whose_end_is_missing_fails_it(
+    fast: Supervisor, executor: str, lists_it: bool, fails: bool
+) -> None:
+    """The store lost a processor's last writes (a failover): readers fail within a lease, not idle_timeout.
+
+    Its worker is alive and says it no longer runs the processor, yet the store
+    still has it running with no end marker. A worker that still lists it, or a
+    LocalExecutor process (which lists nothing), is left alone.
+    """
+    runtime = await fast.runtime()
+    out = await fast.start_flow(Flow.from_processors(hang).resolve(), [IOVal("n", 7)])
+    run_id = out["hung"].run_id
+    ghost = await _ghost(runtime, age=0, running=[f"{run_id}/live_hang"] if lists_it else [])
+    await runtime.client.custom_command(["HSET", keys.worker(ghost), "executor", executor])
+    got: list[int] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_keep_beating, runtime, ghost)
+            await _move_to(runtime, run_id, "live_hang", ghost)
+            started = time.monotonic()
+            if fails:
+                with anyio.fail_after(10), pytest.raises(ProcessorFailed) as info:
+                    async for value in out["hung"].stream():
+                        got.append(value)
+                assert time.monotonic() - started < 3 * fast.settings.lease + 2
+                assert info.value.processor == "live_hang"
+                assert info.value.error_type == "WritesLost"
+                assert ghost in str(info.value) and "last writes" in str(info.value)
+            else:
+                with anyio.move_on_after(4 * fast.settings.lease):
+                    async for value in out["hung"].stream():
+                        got.append(value)
+                state = await runtime.client.custom_command(["HGET", keys.stats(run_id), "state:live_hang"])
+                assert state == b"running"
+            tg.cancel_scope.cancel()
+    finally:
+        await _forget(runtime, ghost)
+        await fast.cancel(run_id)
+    assert got == [7]
