@@ -21,6 +21,7 @@ SCENARIOS = {
     "codec": "benchmarks.codec",
     "fan": "benchmarks.fan",
     "latency": "benchmarks.latency",
+    "runs": "benchmarks.runs",
     "scale": "benchmarks.scale",
     "memory": "benchmarks.memory",
     "telemetry": "benchmarks.telemetry",
