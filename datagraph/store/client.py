@@ -328,9 +328,18 @@ async def _close_quietly(client: GlideClient) -> None:
 
 
 async def pipeline(
-    client: GlideClient, commands: list[list[Any]], *, retry_for: float, doing: str
+    client: GlideClient,
+    commands: list[list[Any]],
+    *,
+    retry_for: float,
+    doing: str,
+    atomic: bool = False,
 ) -> tuple[list[Any], int]:
-    """Send ``commands`` as one non-atomic pipeline; returns ``(results, attempts)``.
+    """Send ``commands`` as one pipeline; returns ``(results, attempts)``.
+
+    ``atomic=True`` sends them as a transaction (MULTI/EXEC; every key in one
+    slot): a reader blocked on a stream is then woken once, after all of them,
+    instead of after the first.
 
     A command's error comes back in its result slot (so callers can tell an
     expected error from a real one).  A lost connection is retried with the
@@ -343,7 +352,7 @@ async def pipeline(
     delay = 0.05
     while True:
         attempts += 1
-        batch = Batch(is_atomic=False)
+        batch = Batch(is_atomic=atomic)
         for command in commands:
             batch.custom_command(command)
         try:
