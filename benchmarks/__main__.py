@@ -28,6 +28,7 @@ SCENARIOS = {
     "history": "benchmarks.history",
     "designer": "benchmarks.designer",
     "oncall": "benchmarks.oncall",
+    "dashboard": "benchmarks.dashboard",
     "celery": "benchmarks.celery_stream",
 }
 
