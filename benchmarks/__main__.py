@@ -30,6 +30,7 @@ SCENARIOS = {
     "oncall": "benchmarks.oncall",
     "dashboard": "benchmarks.dashboard",
     "celery": "benchmarks.celery_stream",
+    "runs-celery": "benchmarks.celery_runs",
 }
 
 
