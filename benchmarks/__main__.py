@@ -21,15 +21,18 @@ SCENARIOS = {
     "codec": "benchmarks.codec",
     "fan": "benchmarks.fan",
     "latency": "benchmarks.latency",
+    "runs": "benchmarks.runs",
     "scale": "benchmarks.scale",
     "memory": "benchmarks.memory",
     "telemetry": "benchmarks.telemetry",
     "history": "benchmarks.history",
     "designer": "benchmarks.designer",
     "oncall": "benchmarks.oncall",
+    "dashboard": "benchmarks.dashboard",
     "celery": "benchmarks.celery_stream",
     "cluster": "benchmarks.cluster",
     "executors": "benchmarks.executors",
+    "runs-celery": "benchmarks.celery_runs",
 }
 
 

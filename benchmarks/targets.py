@@ -60,6 +60,30 @@ TARGETS: list[tuple[str, str, Callable[[Any], bool], Callable[[Any], str]]] = [
         lambda v: v < 15,
         lambda v: f"{v:.2f} ms",
     ),
+    (
+        "runs, one value, 50 at a time, asyncio >= 0.35x the bare store work",
+        "runs.asyncio.flow_50_vs_bare",
+        lambda v: v >= 0.35,
+        lambda v: f"{v:.3f}x",
+    ),
+    (
+        "runs, one value, 50 at a time, Trio >= 0.35x the bare store work",
+        "runs.trio.flow_50_vs_bare",
+        lambda v: v >= 0.35,
+        lambda v: f"{v:.3f}x",
+    ),
+    (
+        "dashboard, 300 running runs: every page and /metrics p50 <= 150 ms",
+        "dashboard.slowest_page_p50_ms",
+        lambda v: v <= 150,
+        lambda v: f"slowest p50 {v:.0f} ms",
+    ),
+    (
+        "dashboard, 300 running runs: first SSE event <= 200 ms",
+        "dashboard.first_event_ms",
+        lambda v: v <= 200,
+        lambda v: f"{v:.0f} ms",
+    ),
     ("memory, RSS growth < 50 MB", "memory.rss_growth_mb", lambda v: v < 50, lambda v: f"{v:.1f} MB"),
     (
         "memory, Valkey used_memory flat",

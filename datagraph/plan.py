@@ -7,7 +7,7 @@ run its processor knowing only the run id.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .flow import Flow
@@ -82,7 +82,9 @@ class Plan:
         return list(dict.fromkeys([*self.floating_inputs, *self.producers]))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # A shallow dict: json.dumps walks the nested dicts and lists itself
+        # (dataclasses.asdict would deep-copy them first, on every run started).
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Plan:

@@ -51,9 +51,10 @@ async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, im
         f"worker:{name}", runtime.worker_id,
     ]  # fmt: skip
     try:
+        # Recorded with the processor's first round trip (its first read, or else a
+        # flush at the flusher's first turn), not before it: no round trip of its own.
+        writer.send_with_next_flush([running])
         async with anyio.create_task_group() as tg:
-            # Recorded while the processor starts, not before: one round trip less latency.
-            tg.start_soon(_mark_running, runtime, running, name=f"datagraph-running-{name}")
             tg.start_soon(writer.run_flusher, name=f"datagraph-flush-{name}")
             try:
                 scope = anyio.CancelScope()
@@ -120,15 +121,6 @@ def _forget(runtime: Runtime, run_id: str, scope: anyio.CancelScope) -> None:
         if not scopes:
             del runtime.running[run_id]
             runtime.stop_reasons.pop(run_id, None)
-
-
-async def _mark_running(runtime: Runtime, command: list[str]) -> None:
-    try:
-        await runtime.client.custom_command(command)
-    except GlideBaseError as exc:
-        # Only the dashboard's view of the processor depends on this write; if the
-        # store is really failing, the processor's next flush says so and fails.
-        log.warning("could not record processor state %s: %s", command[2], exc)
 
 
 async def _call(supervisor: Supervisor, impl: Implementation, plan: Plan, writer: StreamWriter) -> None:

@@ -264,6 +264,7 @@ class StreamReader:
         run_id = self._run_id
         deadline = None
         delay = 0.05
+        riders: list[list[str]] = []
         while True:
             if self._client is None:
                 if self._rt.pool.full():
@@ -281,6 +282,12 @@ class StreamReader:
             if publish:
                 batch.custom_command(["HSET", keys.pos(run_id), *self._position_fields()])
                 batch.custom_command(["EXPIRE", keys.pos(run_id), self._ttl, "NX"])
+            if self._writer is not None:
+                # What waits for the writer's next flush (the processor's "running"
+                # state, at its start) goes now: this read is the sooner round trip.
+                riders += self._writer.take_riders()
+            for rider in riders:
+                batch.custom_command(rider)
             # A processor that only reads (a sink) reports its time split here.
             status = self._writer.status_commands() if self._writer is not None else []
             for extra in status:
@@ -399,7 +406,9 @@ class StreamWriter:
         self._sample_warned = False
         #: Outputs written since the status was last published (their ``last:<io>`` is due).
         self._moved: set[str] = set()
-        self._published_at = 0.0
+        # The first status is due half a second in (or at the end, whichever comes
+        # first): at the start there is nothing to say, and a short run says it all once.
+        self._published_at = time.monotonic()
         self._window = (time.monotonic(), dict.fromkeys(outputs, 0))
         self._run_id = run_id
         self._processor = processor
@@ -559,6 +568,11 @@ class StreamWriter:
         self._wake.set()
         return True
 
+    def take_riders(self) -> list[list[str]]:
+        """Hand the commands queued for the next flush to a pipeline about to be sent."""
+        riders, self._riders = self._riders, []
+        return riders
+
     # -- flusher side --------------------------------------------------
 
     async def run_flusher(self) -> None:
@@ -568,6 +582,8 @@ class StreamWriter:
             self._wake = anyio.Event()
             if self._closed:
                 break
+            if not self._riders and not any(self.buffers.values()):
+                continue  # a read took what was queued: nothing to send
             try:
                 await self.flush()
             except Exception as exc:
@@ -674,6 +690,9 @@ class StreamWriter:
             commands,
             retry_for=rt.settings.reconnect_timeout,
             doing=f"writing the outputs of processor {self._processor!r} (run {run_id})",
+            # The last values and the end of a stream arrive together: a reader blocked
+            # on it wakes once and takes both, rather than coming back for the end.
+            atomic=bool(markers) and any(io in markers for io in pending),
         )
         state = result[state_at]
         if state is None:

@@ -168,16 +168,16 @@ def _not_run(error: GlideBaseError) -> bool:
     return any(reply in text for reply in _NOT_RUN)
 
 
-async def _send(client: Store, commands: list[list[Any]]) -> list[Any]:
+async def _send(client: Store, commands: list[list[Any]], *, atomic: bool = False) -> list[Any]:
     if not commands:
         return []
     if isinstance(client, GlideClusterClient):
-        cluster_batch = ClusterBatch(is_atomic=False)
+        cluster_batch = ClusterBatch(is_atomic=atomic)
         for command in commands:
             cluster_batch.custom_command(command)
         result = await client.exec(cluster_batch, raise_on_error=False)
     else:
-        batch = Batch(is_atomic=False)
+        batch = Batch(is_atomic=atomic)
         for command in commands:
             batch.custom_command(command)
         result = await client.exec(batch, raise_on_error=False)
@@ -187,7 +187,12 @@ async def _send(client: Store, commands: list[list[Any]]) -> list[Any]:
 
 
 async def pipeline(
-    client: Store, commands: list[list[Any]], *, retry_for: float, doing: str
+    client: Store,
+    commands: list[list[Any]],
+    *,
+    retry_for: float,
+    doing: str,
+    atomic: bool = False,
 ) -> tuple[list[Any], int]:
     """Send ``commands`` as one non-atomic pipeline; returns ``(results, attempts)``.
 
@@ -201,6 +206,11 @@ async def pipeline(
     share to its node), but no single command may span slots.  A share lost
     to a failover (its replies are connection or ``CLUSTERDOWN`` errors) is
     retried like a lost connection: the whole list again.
+
+    ``atomic=True`` sends them as one transaction (MULTI/EXEC), so every key
+    must be in one slot: a reader blocked on a stream is then woken once,
+    after all of them, instead of after the first.  A transaction refused by
+    a failover did not run, and is sent again whole.
     """
     attempts = 0
     deadline = None
@@ -208,7 +218,12 @@ async def pipeline(
     while True:
         attempts += 1
         try:
-            result, resent = await _send_settling(client, commands)
+            if atomic:
+                result, resent = await _send(client, commands, atomic=True), False
+                if any(isinstance(r, GlideBaseError) and _not_run(r) for r in result):
+                    raise next(r for r in result if isinstance(r, GlideBaseError) and _not_run(r))
+            else:
+                result, resent = await _send_settling(client, commands)
             # Glide may have run a command it also reported as redirected: count it as a retry.
             attempts += resent
             lost = next((r for r in result if isinstance(r, GlideBaseError) and is_transient(r)), None)
