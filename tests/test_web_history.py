@@ -85,10 +85,10 @@ async def test_heatmap_grows_over_sse(supervisor: Supervisor) -> None:
                     found = re.search(r'data-samples="(\d+)"', event.data)
                     if found:
                         samples.append(int(found.group(1)))
-            # And the slow stage is named while it holds the flow back.
+            # And the slow stage is named, at the top of the page, while it holds the flow back.
             with anyio.fail_after(20):
                 while True:
-                    event = await stream.until("run-history")
+                    event = await stream.until("run-bottleneck")
                     if "hist_slow is the bottleneck since" in text_of(event.data):
                         break
     finally:

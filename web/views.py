@@ -49,8 +49,8 @@ __all__ = [
 
 #: SSE event names of a run view, each the inner HTML of the element with that ``sse-swap``.
 RUN_EVENTS = (
-    "run-header", "run-graph", "run-history", "run-edges", "run-processors", "run-previews", "run-error",
-    "live-status",
+    "run-header", "run-bottleneck", "run-graph", "run-history", "run-edges", "run-processors",
+    "run-previews", "run-error", "live-status",
 )
 #: SSE event names of the operations page.
 OPS_EVENTS = (
@@ -62,6 +62,7 @@ _RUN_PARTIALS = {
     "run-header": "partials/run_header.html",
     "run-graph": "partials/run_graph.html",
     "run-history": "partials/run_history.html",
+    "run-bottleneck": "partials/run_bottleneck.html",
     "run-edges": "partials/run_edges.html",
     "run-processors": "partials/run_processors.html",
     "run-previews": "partials/run_previews.html",

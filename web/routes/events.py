@@ -6,8 +6,9 @@ the same partial as the page. Every viewer of one topic shares one poller
 (:mod:`web.hub`); a viewer is sent a fragment only when it changed. A
 comment ping every 15 s keeps proxies from closing idle streams.
 
-- ``/events/runs/{run_id}``: ``run-header``, ``run-graph``, ``run-edges``,
-  ``run-processors``, ``run-previews``, ``run-error``, ``live-status``; once
+- ``/events/runs/{run_id}``: ``run-header``, ``run-bottleneck``, ``run-graph``,
+  ``run-history``, ``run-edges``, ``run-processors``, ``run-previews``,
+  ``run-error``, ``live-status``; once
   a second while the run runs, every 5 s after it ended.
 - ``/events/operations?state=&stuck_after=``: ``ops-summary``,
   ``ops-workers``, ``ops-runs``, ``ops-failed``, ``ops-stuck``,
