@@ -155,6 +155,14 @@ class _Registry:
     def get(self, name: str) -> Processor | None:
         return self._by_name.get(name)
 
+    def implementation(self, processor: Processor) -> Implementation | None:
+        """The function implementing ``processor`` in this process: its own, or that of
+        the registered processor with the same spec (a spec declared apart from it)."""
+        if processor.implementation is not None:
+            return processor.implementation
+        local = self._by_name.get(processor.name)
+        return local.implementation if local is not None and local == processor else None
+
     def remove(self, name: str) -> None:
         self._by_name.pop(name, None)
 

@@ -22,11 +22,7 @@ class LocalExecutor(Executor):
 
     def _implementation(self, processor: Processor) -> Implementation:
         name = processor.name
-        impl = processor.implementation
-        if impl is None:
-            local = registry.get(name)
-            if local is not None and local == processor:
-                impl = local.implementation
+        impl = registry.implementation(processor)
         if impl is None:
             raise UnknownProcessorError(
                 f"processor {name!r} has no implementation in this process; decorate a function "

@@ -151,11 +151,7 @@ def locate(processor: Processor) -> tuple[str, str]:
     Raises if a worker process could not find it by importing that module.
     """
     name = processor.name
-    impl = processor.implementation
-    if impl is None:
-        local = registry.get(name)
-        if local is not None and local == processor:
-            impl = local.implementation
+    impl = registry.implementation(processor)
     if impl is None:
         raise UnknownProcessorError(
             f"processor {name!r} has no implementation in this process; ProcessExecutor's "
