@@ -340,3 +340,18 @@ async def valkey_version(port: int) -> str:
 
 def dumps(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False, default=str)
+
+
+def on_vs_off(
+    bench: Bench, backend: str, func: Callable[[Session], Awaitable[float]], setting: str, rounds: int
+) -> tuple[float, float, float]:
+    """``func``'s figure with ``setting`` on and off, sessions alternating so both see the
+    same load: the best of each side and the median of the per-round ratios (on / off)."""
+    on: list[float] = []
+    off: list[float] = []
+    for _ in range(rounds):
+        on.append(bench.session(backend, func, **{setting: True}))
+        off.append(bench.session(backend, func, **{setting: False}))
+    # The ratio is the median of per-round ratios: a load change hits both sides.
+    ratio = median(a / b for a, b in zip(on, off, strict=True))
+    return max(on), max(off), ratio

@@ -23,7 +23,7 @@ from datagraph.store import keys
 from datagraph.store.scripts import HISTORY_COARSE_SECONDS, HISTORY_FINE_SECONDS, sample_history_command
 
 from ._flows import PIPELINE
-from ._harness import FIGURES_NOTE, Bench, Session, fmt_rate, median
+from ._harness import FIGURES_NOTE, Bench, Session, fmt_rate, on_vs_off
 from .pipeline import flow_rate, warm_up
 
 NAME = "history"
@@ -53,12 +53,7 @@ def _throughput(bench: Bench) -> dict[str, Any]:
         await warm_up(session)
         return await flow_rate(session, PIPELINE, n)
 
-    samples: dict[str, list[float]] = {"on": [], "off": []}
-    for _ in range(rounds):
-        samples["on"].append(bench.session(BACKEND, once, history=True))
-        samples["off"].append(bench.session(BACKEND, once, history=False))
-    on, off = max(samples["on"]), max(samples["off"])
-    ratio = median(a / b for a, b in zip(samples["on"], samples["off"], strict=True))
+    on, off, ratio = on_vs_off(bench, BACKEND, once, "history", rounds)
     bench.row("history=False", fmt_rate(off), "baseline")
     bench.row("history=True", fmt_rate(on), f"{ratio:.3f}x history off", f"overhead {1 - ratio:+.1%}")
     return {"n": n, "rounds": rounds, "on": on, "off": off, "on_vs_off": ratio}

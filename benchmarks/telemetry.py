@@ -12,7 +12,7 @@ import importlib.util
 from typing import Any
 
 from ._flows import PIPELINE
-from ._harness import FIGURES_NOTE, Bench, Session, fmt_rate, median
+from ._harness import FIGURES_NOTE, Bench, Session, fmt_rate, on_vs_off
 from .pipeline import flow_rate, warm_up
 
 NAME = "telemetry"
@@ -34,13 +34,7 @@ def run(bench: Bench) -> dict[str, Any]:
         await warm_up(session)
         return max([await flow_rate(session, PIPELINE, n) for _ in range(2)])
 
-    samples: dict[str, list[float]] = {"on": [], "off": []}
-    for _ in range(rounds):
-        samples["on"].append(bench.session(BACKEND, twice, telemetry=True))
-        samples["off"].append(bench.session(BACKEND, twice, telemetry=False))
-    on, off = max(samples["on"]), max(samples["off"])
-    # The ratio is the median of per-round ratios: a load change hits both sides.
-    ratio = median(a / b for a, b in zip(samples["on"], samples["off"], strict=True))
+    on, off, ratio = on_vs_off(bench, BACKEND, twice, "telemetry", rounds)
     bench.row("telemetry=False", fmt_rate(off), "baseline")
     bench.row("telemetry=True", fmt_rate(on), f"{ratio:.3f}x telemetry off", f"overhead {1 - ratio:+.1%}")
     got = {"n": n, "rounds": rounds, "backend": BACKEND, "on": on, "off": off, "on_vs_off": ratio}

@@ -24,44 +24,50 @@ NODE_FONT_PT = 11
 EDGE_FONT_PT = 10
 
 
+def _in_order(
+    names: Iterable[str], edges: Iterable[DiagramEdge]
+) -> tuple[list[str] | None, dict[str, set[str]]]:
+    """The processors upstream first (None when the wiring has a cycle), and each one's upstream."""
+    upstream: dict[str, set[str]] = {name: set() for name in names}
+    for edge in edges:
+        if edge.source in upstream and edge.target in upstream:
+            upstream[edge.target].add(edge.source)
+    order: list[str] = []
+    placed: set[str] = set()
+    remaining = dict(upstream)
+    while remaining:
+        ready = [name for name, ups in remaining.items() if ups <= placed]
+        if not ready:
+            return None, upstream
+        for name in ready:
+            order.append(name)
+            placed.add(name)
+            del remaining[name]
+    return order, upstream
+
+
 def partitions(processors: Sequence[tuple[str, bool]], edges: Iterable[DiagramEdge]) -> dict[str, int]:
     """Each processor's partition, as ``Flow.resolve()`` numbers them: a ``wait=True``
     processor fed by another one starts the next partition, and what reads from a
     partition is in it or a later one. Empty when the wiring has a cycle."""
     waits = dict(processors)
-    upstream: dict[str, set[str]] = {name: set() for name in waits}
-    for edge in edges:
-        if edge.source in waits and edge.target in waits:
-            upstream[edge.target].add(edge.source)
+    order, upstream = _in_order(waits, edges)
     result: dict[str, int] = {}
-    remaining = dict(upstream)
-    while remaining:
-        ready = [name for name, ups in remaining.items() if ups <= result.keys()]
-        if not ready:
-            return {}
-        for name in ready:
-            base = max((result[u] for u in upstream[name]), default=0)
-            result[name] = base + (1 if waits[name] and upstream[name] else 0)
-            del remaining[name]
+    for name in order or ():
+        base = max((result[u] for u in upstream[name]), default=0)
+        result[name] = base + (1 if waits[name] and upstream[name] else 0)
     return result
 
 
 def _columns(processors: Sequence[tuple[str, bool]], edges: Sequence[DiagramEdge]) -> dict[str, int]:
     """Each processor's column laid out left to right (its longest path from a source, from 1)."""
-    names = {name for name, _ in processors}
-    upstream: dict[str, set[str]] = {name: set() for name in names}
-    for edge in edges:
-        if edge.source in names and edge.target in names:
-            upstream[edge.target].add(edge.source)
+    names = sorted(name for name, _ in processors)
+    order, upstream = _in_order(names, edges)
+    if order is None:  # a cycle: one column each, the widest it could be
+        return {name: i + 1 for i, name in enumerate(names)}
     depth: dict[str, int] = {}
-    remaining = dict(upstream)
-    while remaining:
-        ready = [name for name, ups in remaining.items() if ups <= depth.keys()]
-        if not ready:  # a cycle: one column each, the widest it could be
-            return {name: i + 1 for i, name in enumerate(sorted(names))}
-        for name in ready:
-            depth[name] = 1 + max((depth[u] for u in upstream[name]), default=0)
-            del remaining[name]
+    for name in order:
+        depth[name] = 1 + max((depth[u] for u in upstream[name]), default=0)
     return depth
 
 
