@@ -17,7 +17,7 @@ from .exceptions import EmptyStreamError
 from .streams import END, StreamReader, StreamWriter
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from .context import Context
 
 __all__ = ["IO", "IOVal", "SyncIO"]
 
@@ -52,7 +52,7 @@ class IO(Generic[T]):
 
     def __init__(
         self,
-        supervisor: Supervisor,
+        supervisor: Context,
         run_id: str,
         name: str,
         *,

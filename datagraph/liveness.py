@@ -58,8 +58,8 @@ from .store import keys, scripts
 from .store.client import exec_batch, new_batch
 
 if TYPE_CHECKING:
+    from .context import Context
     from .runtime import Runtime
-    from .supervisor import Supervisor
 
 __all__ = [
     "Failure",
@@ -148,12 +148,12 @@ def _text(value: Any) -> str:
 # -- heartbeats ----------------------------------------------------------------
 
 
-async def start_heartbeat(supervisor: Supervisor, runtime: Runtime) -> None:
+async def start_heartbeat(supervisor: Context, runtime: Runtime) -> None:
     """Runtime hook: beat (and reap dead workers) from this event loop while it runs."""
     runtime.host.start_soon(_heartbeat, supervisor, runtime, name="datagraph-heartbeat")
 
 
-async def _heartbeat(supervisor: Supervisor, runtime: Runtime) -> None:
+async def _heartbeat(supervisor: Context, runtime: Runtime) -> None:
     failing = False
     while True:
         try:
@@ -170,7 +170,7 @@ async def _heartbeat(supervisor: Supervisor, runtime: Runtime) -> None:
         await anyio.sleep(runtime.settings.heartbeat_interval)
 
 
-def _describe(supervisor: Supervisor, runtime: Runtime, local: _Local) -> list[str]:
+def _describe(supervisor: Context, runtime: Runtime, local: _Local) -> list[str]:
     executor = supervisor.executor
     consumed = getattr(executor, "consumed_queues", None)
     queues = list(consumed()) if callable(consumed) else []
@@ -189,7 +189,7 @@ def _describe(supervisor: Supervisor, runtime: Runtime, local: _Local) -> list[s
     ]
 
 
-async def beat(supervisor: Supervisor, runtime: Runtime) -> None:
+async def beat(supervisor: Context, runtime: Runtime) -> None:
     """Publish one heartbeat of this process (as ``runtime.worker_id``)."""
     worker_id = runtime.worker_id
     settings = runtime.settings

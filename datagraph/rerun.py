@@ -19,11 +19,12 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .context import Context
 from .exceptions import RerunError, RunError
 from .flow import Flow
-from .io import IOVal
+from .io import IO, IOVal
 from .plan import Plan
 from .store import keys
 from .store.client import pipeline, refused
@@ -32,9 +33,18 @@ from .store.scripts import TERMINAL
 if TYPE_CHECKING:
     from .settings import Settings
     from .store.codec import Codec
-    from .supervisor import Supervisor
 
 __all__ = ["RerunInfo", "keep_inputs_commands", "kept_inputs", "rerun", "rerun_info"]
+
+
+
+class Starter(Context, Protocol):
+    """A context that can start runs (the supervisor)."""
+
+    async def start_flow(
+        self, flow: Flow, inputs: list[IOVal[Any]], *, all_outputs: bool = False, run_id: str | None = None
+    ) -> dict[str, IO[Any]]: ...
+
 
 _INPUTS = "inputs"
 _OMITTED = "omitted"
@@ -101,7 +111,7 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def rerun_info(supervisor: Supervisor, run_id: str) -> RerunInfo | None:
+async def rerun_info(supervisor: Context, run_id: str) -> RerunInfo | None:
     """The run's re-run facts, or None when the run is unknown (or expired)."""
     runtime = await supervisor.runtime()
     key = keys.rerun(run_id)
@@ -135,7 +145,7 @@ async def rerun_info(supervisor: Supervisor, run_id: str) -> RerunInfo | None:
     )
 
 
-async def _record(supervisor: Supervisor, run_id: str) -> tuple[Plan, str, bytes | None, str | None]:
+async def _record(supervisor: Context, run_id: str) -> tuple[Plan, str, bytes | None, str | None]:
     runtime = await supervisor.runtime()
     doing = f"reading run {run_id} to run it again"
     replies, _ = await pipeline(
@@ -150,7 +160,7 @@ async def _record(supervisor: Supervisor, run_id: str) -> tuple[Plan, str, bytes
     return Plan.from_json(raw_plan), _text(state) or "", payload, _text(omitted)
 
 
-async def kept_inputs(supervisor: Supervisor, run_id: str) -> tuple[Plan, dict[str, list[Any]]]:
+async def kept_inputs(supervisor: Context, run_id: str) -> tuple[Plan, dict[str, list[Any]]]:
     """The run's plan and the inputs it was started with; RerunError when they were not kept."""
     plan, _, payload, omitted = await _record(supervisor, run_id)
     if payload is None:
@@ -161,7 +171,7 @@ async def kept_inputs(supervisor: Supervisor, run_id: str) -> tuple[Plan, dict[s
 
 
 async def rerun(
-    supervisor: Supervisor, run_id: str, *, inputs: Mapping[str, list[Any]] | None = None
+    supervisor: Starter, run_id: str, *, inputs: Mapping[str, list[Any]] | None = None
 ) -> str:
     """Start run ``run_id``'s flow again; returns the new run's id.
 

@@ -24,7 +24,7 @@ from .store.client import pipeline
 from .streams import StreamWriter
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from .context import Context
 
 __all__ = ["end_unstarted", "run_processor"]
 
@@ -33,7 +33,7 @@ log = logging.getLogger("datagraph.runner")
 _SYNC_CHUNK = 256
 
 
-async def run_processor(supervisor: Supervisor, runtime: Runtime, plan: Plan, impl: Implementation) -> None:
+async def run_processor(supervisor: Context, runtime: Runtime, plan: Plan, impl: Implementation) -> None:
     """Run ``impl`` as its processor in ``plan``; record the outcome in the store.
 
     Never raises for a failure of the processor itself: the failure is written
@@ -123,7 +123,7 @@ def _forget(runtime: Runtime, run_id: str, scope: anyio.CancelScope) -> None:
             runtime.stop_reasons.pop(run_id, None)
 
 
-async def _call(supervisor: Supervisor, impl: Implementation, plan: Plan, writer: StreamWriter) -> None:
+async def _call(supervisor: Context, impl: Implementation, plan: Plan, writer: StreamWriter) -> None:
     name = impl.processor.name
     inputs: dict[str, Any] = {}
     for io in impl.processor.inputs:

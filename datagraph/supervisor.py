@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import anyio
 
+from . import context
 from . import rerun as _rerun
 from ._backend import LoopHost, current_loop
 from .exceptions import (
@@ -58,10 +59,7 @@ class _Instance:
     def __get__(self, obj: object, owner: type[Supervisor]) -> Supervisor:
         current = owner._current
         if current is None:
-            raise ConfigError(
-                "no Supervisor is attached in this process; call "
-                "Supervisor.attach(redis_config=..., executor=...) first"
-            )
+            raise context.not_attached()
         return current
 
 
@@ -142,13 +140,19 @@ class Supervisor:
         address = parse_redis_config(redis_config)
         supervisor = cls(address, executor, config, embedded=embedded)
         keys.use_namespace(config.namespace)
-        cls._current = supervisor
+        cls._make_current(supervisor)
         return supervisor
+
+    @classmethod
+    def _make_current(cls, supervisor: Supervisor | None) -> None:
+        cls._current = supervisor
+        context.set_attached(supervisor)
 
     @classmethod
     def detach(cls) -> None:
         """Forget the attached supervisor; stop an embedded Valkey it started."""
-        current, cls._current = cls._current, None
+        current = cls._current
+        cls._make_current(None)
         if current is not None:
             current._close_sync()
             keys.use_namespace(keys.DEFAULT_NAMESPACE)
@@ -156,7 +160,8 @@ class Supervisor:
     @classmethod
     async def adetach(cls) -> None:
         """Like ``detach()``, but also closes this loop's connections cleanly."""
-        current, cls._current = cls._current, None
+        current = cls._current
+        cls._make_current(None)
         if current is not None:
             await current.aclose()
             keys.use_namespace(keys.DEFAULT_NAMESPACE)

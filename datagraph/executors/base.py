@@ -6,9 +6,9 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..context import Context
     from ..plan import Plan
     from ..processor import Processor
-    from ..supervisor import Supervisor
 
 __all__ = ["Executor"]
 
@@ -24,11 +24,11 @@ class Executor(ABC):
     #: Short name shown in telemetry ("local", "celery").
     kind: str = "custom"
 
-    async def check(self, supervisor: Supervisor, plan: Plan, processors: list[Processor]) -> None:  # noqa: B027
+    async def check(self, supervisor: Context, plan: Plan, processors: list[Processor]) -> None:  # noqa: B027
         """Raise if some processor of ``plan`` cannot be run by this executor."""
 
     @abstractmethod
-    async def dispatch(self, supervisor: Supervisor, plan: Plan, processor: Processor) -> None:
+    async def dispatch(self, supervisor: Context, plan: Plan, processor: Processor) -> None:
         """Start ``processor`` of ``plan``'s run; do not wait for it to finish."""
 
     async def aclose(self) -> None:  # noqa: B027

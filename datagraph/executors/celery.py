@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         'CeleryExecutor needs Celery, which is not installed: pip install "datagraph[celery]"'
     ) from exc
 
-from .. import liveness
+from .. import context, liveness
 from ..exceptions import ConfigError, StoreError, UnknownProcessorError
 from ..plan import Plan
 from ..processor import Processor, registry
@@ -53,7 +53,7 @@ from .worker import fail_dispatch, record_dispatch, run_dispatched
 if TYPE_CHECKING:
     from celery import Celery
 
-    from ..supervisor import Supervisor
+    from ..context import Context
 
 __all__ = ["QUEUE_PREFIX", "TASK_NAME", "CeleryExecutor"]
 
@@ -151,7 +151,7 @@ class CeleryExecutor(Executor):
 
     # -- caller side ---------------------------------------------------------
 
-    async def check(self, supervisor: Supervisor, plan: Plan, processors: list[Processor]) -> None:
+    async def check(self, supervisor: Context, plan: Plan, processors: list[Processor]) -> None:
         """Raise ``UnknownProcessorError`` for a processor no live worker consumes."""
         runtime = await supervisor.runtime()
         grace = runtime.settings.lease if self.worker_grace is None else self.worker_grace
@@ -179,7 +179,7 @@ class CeleryExecutor(Executor):
             f"implement: {', '.join(known) if known else 'nothing'}"
         )
 
-    async def dispatch(self, supervisor: Supervisor, plan: Plan, processor: Processor) -> None:
+    async def dispatch(self, supervisor: Context, plan: Plan, processor: Processor) -> None:
         """Send ``processor`` of the run to its queue; a watchdog fails it if nobody starts it."""
         name = processor.name
         await record_dispatch(supervisor, plan, name)
@@ -257,21 +257,17 @@ class _WorkerLoop:
     """An event loop in a thread of its own, where this worker runs its processors."""
 
     def __init__(self, backend: str) -> None:
-        from ..supervisor import Supervisor
-
         self.pid = os.getpid()
         self._stack = contextlib.ExitStack()
         self.portal = self._stack.enter_context(
             anyio.from_thread.start_blocking_portal(backend, name="datagraph-worker-loop")
         )
         # Connect (which starts the heartbeat) without holding up the pool process's start.
-        self._bring_up = self.portal.start_task_soon(_bring_up, Supervisor.instance)
+        self._bring_up = self.portal.start_task_soon(_bring_up, context.attached())
 
     def close(self) -> None:
-        from ..supervisor import Supervisor
-
         try:
-            self.portal.call(_mark_stopped, Supervisor.instance)
+            self.portal.call(_mark_stopped, context.attached())
         except Exception as exc:  # shutting down: say so, and go on
             log.debug("could not mark this worker stopped: %s", exc)
         with contextlib.suppress(Exception):
@@ -279,7 +275,7 @@ class _WorkerLoop:
         self._stack.close()
 
 
-async def _bring_up(supervisor: Supervisor) -> None:
+async def _bring_up(supervisor: Context) -> None:
     """Create this loop's runtime (and so its heartbeat) before the first task arrives.
 
     Retried while the store is unreachable: a worker that does not beat is
@@ -296,15 +292,13 @@ async def _bring_up(supervisor: Supervisor) -> None:
         delay = min(delay * 2, 10.0)
 
 
-async def _mark_stopped(supervisor: Supervisor) -> None:
+async def _mark_stopped(supervisor: Context) -> None:
     await liveness.mark_stopped(await supervisor.runtime())
 
 
 def _run_processor_task(run_id: str, processor: str) -> None:
     """The Celery task: run one processor of one run in this worker."""
-    from ..supervisor import Supervisor
-
-    executor = Supervisor.instance.executor
+    executor = context.attached().executor
     if not isinstance(executor, CeleryExecutor):
         raise ConfigError(
             f"this worker's supervisor uses {executor!r}; attach it with executor=CeleryExecutor(app) "

@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING
 
 from ..exceptions import UnknownProcessorError
 from ..processor import Implementation, Processor, registry
+from ..runner import run_processor
 from .base import Executor
 
 if TYPE_CHECKING:
+    from ..context import Context
     from ..plan import Plan
-    from ..supervisor import Supervisor
 
 __all__ = ["LocalExecutor"]
 
@@ -31,13 +32,11 @@ class LocalExecutor(Executor):
             )
         return impl
 
-    async def check(self, supervisor: Supervisor, plan: Plan, processors: list[Processor]) -> None:
+    async def check(self, supervisor: Context, plan: Plan, processors: list[Processor]) -> None:
         for processor in processors:
             self._implementation(processor)
 
-    async def dispatch(self, supervisor: Supervisor, plan: Plan, processor: Processor) -> None:
-        from ..runner import run_processor
-
+    async def dispatch(self, supervisor: Context, plan: Plan, processor: Processor) -> None:
         impl = self._implementation(processor)
         runtime = await supervisor.runtime()
         runtime.host.start_soon(

@@ -39,8 +39,8 @@ from .process_pool import Pool
 from .worker import fail_dispatch, record_dispatch
 
 if TYPE_CHECKING:
+    from ..context import Context
     from ..plan import Plan
-    from ..supervisor import Supervisor
 
 __all__ = ["ProcessExecutor"]
 
@@ -99,7 +99,7 @@ class ProcessExecutor(Executor):
         pool = self._pool
         return pool.pids() if pool is not None else []
 
-    async def start(self, supervisor: Supervisor) -> None:
+    async def start(self, supervisor: Context) -> None:
         """Start the pool now rather than at the first dispatch; wait until every worker is up."""
         pool = self._pool_for(supervisor)
         if not pool.full():
@@ -107,13 +107,13 @@ class ProcessExecutor(Executor):
 
     # -- Executor --------------------------------------------------------------
 
-    async def check(self, supervisor: Supervisor, plan: Plan, processors: list[Processor]) -> None:
+    async def check(self, supervisor: Context, plan: Plan, processors: list[Processor]) -> None:
         """Refuse what a worker could not find; start the pool (before the run is recorded)."""
         for processor in processors:
             locate(processor)
         await self.start(supervisor)
 
-    async def dispatch(self, supervisor: Supervisor, plan: Plan, processor: Processor) -> None:
+    async def dispatch(self, supervisor: Context, plan: Plan, processor: Processor) -> None:
         module, qualname = locate(processor)
         name = processor.name
         await record_dispatch(supervisor, plan, name)
@@ -134,7 +134,7 @@ class ProcessExecutor(Executor):
         if pool is not None:
             pool.close()
 
-    def _pool_for(self, supervisor: Supervisor) -> Pool:
+    def _pool_for(self, supervisor: Context) -> Pool:
         with self._lock:
             if self._pool is None:
                 backend = self.backend or sniffio.current_async_library()
@@ -181,7 +181,7 @@ def locate(processor: Processor) -> tuple[str, str]:
     return str(module), qualname
 
 
-def _worker_config(supervisor: Supervisor, backend: str) -> dict[str, Any]:
+def _worker_config(supervisor: Context, backend: str) -> dict[str, Any]:
     settings = {f.name: getattr(supervisor.settings, f.name) for f in fields(supervisor.settings)}
     settings["secret"] = supervisor.signing_secret
     address = supervisor.address

@@ -26,17 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .. import liveness
+from .. import context, liveness
 from ..exceptions import RunError, StoreError
 from ..plan import Plan
 from ..processor import registry
+from ..runner import end_unstarted, run_processor
 from ..store import keys
 from ..store.scripts import TERMINAL
 from ..streams import failure_error, run_error
 
 if TYPE_CHECKING:
+    from ..context import Context
     from ..runtime import Runtime
-    from ..supervisor import Supervisor
 
 __all__ = ["fail_dispatch", "record_dispatch", "run_dispatched"]
 
@@ -46,7 +47,7 @@ log = logging.getLogger("datagraph.executors")
 # -- caller side -------------------------------------------------------------------
 
 
-async def record_dispatch(supervisor: Supervisor, plan: Plan, name: str) -> None:
+async def record_dispatch(supervisor: Context, plan: Plan, name: str) -> None:
     """Record processor ``name`` of ``plan``'s run as dispatched; watch that a worker starts it.
 
     Call it in ``Executor.dispatch`` before handing the processor over, so
@@ -71,7 +72,7 @@ async def record_dispatch(supervisor: Supervisor, plan: Plan, name: str) -> None
     )
 
 
-async def fail_dispatch(supervisor: Supervisor, plan: Plan, name: str, why: str) -> RunError:
+async def fail_dispatch(supervisor: Context, plan: Plan, name: str, why: str) -> RunError:
     """Fail processor ``name``, which could not be handed to a worker; returns the error to raise.
 
     Its readers raise ``ProcessorFailed`` (type ``DispatchError``) with ``why``.
@@ -97,7 +98,7 @@ async def _expect_start(runtime: Runtime, run_id: str, name: str, start_by: floa
 # -- worker side -------------------------------------------------------------------
 
 
-async def run_dispatched(run_id: str, name: str, supervisor: Supervisor | None = None) -> None:
+async def run_dispatched(run_id: str, name: str, supervisor: Context | None = None) -> None:
     """Run processor ``name`` of run ``run_id`` here; return when it has ended.
 
     The implementation is the one registered in this process (the function
@@ -105,10 +106,7 @@ async def run_dispatched(run_id: str, name: str, supervisor: Supervisor | None =
     ``Supervisor.instance``.  A run that is unknown, expired, cancelled or
     failed (other than upstream of this processor) does not start it.
     """
-    from ..runner import end_unstarted, run_processor
-    from ..supervisor import Supervisor
-
-    supervisor = supervisor if supervisor is not None else Supervisor.instance
+    supervisor = supervisor if supervisor is not None else context.attached()
     runtime = await supervisor.runtime()
     raw_plan, state, error = await runtime.client.custom_command(
         ["HMGET", keys.run(run_id), "plan", "state", "error"]
