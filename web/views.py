@@ -260,11 +260,11 @@ class RunLive:
             if now - drawn_at < wait:
                 _add_history(view, history, drawing)
                 return
-        history = await self._history.read()
-        drawing = heatmap(history) if history is not None and history.t else None
-        if history is not None:
-            self._drawn = (now, history, drawing)
-        _add_history(view, history, drawing)
+        latest = await self._history.read()
+        drawing = heatmap(latest) if latest is not None and latest.t else None
+        if latest is not None:
+            self._drawn = (now, latest, drawing)
+        _add_history(view, latest, drawing)
 
     def fragments(self, view: RunView) -> dict[str, str]:
         render = self.dashboard.render
