@@ -8,7 +8,7 @@ is written.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio.from_thread
@@ -167,26 +167,34 @@ class _Batches(_Reading, Generic[T]):
                 return values  # type: ignore[no-any-return]
 
 
+def _exhausted() -> Any:
+    raise StopIteration
+
+
 class _Values(_Reading, Generic[T]):
     def __init__(self, io: IO[T]) -> None:
         super().__init__(io, [io.name])
-        self._batch: list[T] = []
-        self._index = 0
+        #: The next value of the batch in hand (the per-value hot path: one C call).
+        self._take: Callable[[], T] = _exhausted
 
     def __aiter__(self) -> _Values[T]:
         return self
 
     async def __anext__(self) -> T:
-        index = self._index
-        batch = self._batch
-        while index >= len(batch):
+        try:
+            return self._take()
+        except StopIteration:
+            pass
+        while True:
             _, values = await self._next_batch()
             if values is END:
                 continue
-            batch = self._batch = values
-            index = 0
-        self._index = index + 1
-        return batch[index]
+            batch: list[T] = values
+            self._take = take = iter(batch).__next__
+            try:
+                return take()
+            except StopIteration:
+                continue  # an empty batch
 
 
 class _Zip(_Reading):

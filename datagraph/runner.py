@@ -152,14 +152,22 @@ async def _pump(agen: Any, writer: StreamWriter, name: str) -> None:
     """Move yielded values into the writer's buffers: the per-value hot path."""
     buffers = writer.buffers
     limits = writer.limits
+    # The output last yielded to and its buffer (a writer keeps its buffer lists for
+    # its whole life): a processor that yields to one output looks it up once.
+    io: Any = None
+    buf: list[Any] = []
+    append = buf.append
     async for item in agen:
         if type(item) is not IOVal:
             item = _as_ioval(item, name)
-        io = item[0]
-        buf = buffers.get(io)
-        if buf is None:
-            raise writer.undeclared(io)
-        buf.append(item[1])
+        if item[0] is not io:
+            io = item[0]
+            found = buffers.get(io)
+            if found is None:
+                raise writer.undeclared(io)
+            buf = found
+            append = buf.append
+        append(item[1])
         n = len(buf)
         if n == 1:
             writer.started_batch()

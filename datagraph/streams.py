@@ -94,6 +94,16 @@ def entry_id(seq: int) -> str:
     return f"0-{seq}"
 
 
+def _state_reply(reply: Any, run_id: str) -> tuple[Any, Any]:
+    """A run's ``state`` and ``error`` from their ``HMGET``; a run with no record is lost."""
+    if isinstance(reply, GlideBaseError):
+        raise StoreError(f"Valkey refused to read the state of run {run_id}: {reply}")
+    state, error = reply
+    if state is None:
+        raise lost_run_error(run_id)
+    return state, error
+
+
 def store_error(exc: GlideBaseError, doing: str) -> StoreError:
     return StoreError(f"Valkey refused or lost the connection while {doing}: {exc}")
 
@@ -631,11 +641,12 @@ class StreamWriter:
     ) -> list[Any]:
         rt = self._rt
         run_id = self._run_id
-        pending = {io: buf for io, buf in self.buffers.items() if buf}
+        # The buffers are emptied in place: the processor pump holds on to them.
+        pending = {io: buf.copy() for io, buf in self.buffers.items() if buf}
         self._moved.update(pending)
-        for io in pending:
-            self.buffers[io] = []
-            self._inflight[io] = len(pending[io])
+        for io, values in pending.items():
+            self.buffers[io].clear()
+            self._inflight[io] = len(values)
         self.first_at = math.inf
         self._recompute_limits()
         commands: list[list[Any]] = []
@@ -675,8 +686,7 @@ class StreamWriter:
         if self._telemetry:
             commands += self._telemetry_commands(pending, closing=closing)
         state_at = len(commands)
-        commands.append(["HGET", keys.run(run_id), "state"])
-        commands.append(["HGET", keys.run(run_id), "error"])
+        commands.append(["HMGET", keys.run(run_id), "state", "error"])
         if self._riders:
             commands += self._riders
             self._riders = []
@@ -694,10 +704,8 @@ class StreamWriter:
             # on it wakes once and takes both, rather than coming back for the end.
             atomic=bool(markers) and any(io in markers for io in pending),
         )
-        state = result[state_at]
-        if state is None:
-            raise lost_run_error(run_id)
-        self._note_run_state(state, result[state_at + 1])
+        state, error = _state_reply(result[state_at], run_id)
+        self._note_run_state(state, error)
         for index, reply in enumerate(result):
             if not isinstance(reply, GlideBaseError):
                 continue
@@ -863,8 +871,7 @@ class StreamWriter:
             return
         commands: list[list[Any]] = [
             ["HMGET", keys.pos(self._run_id), *fields],
-            ["HGET", keys.run(self._run_id), "state"],
-            ["HGET", keys.run(self._run_id), "error"],
+            ["HMGET", keys.run(self._run_id), "state", "error"],
         ]
         # A writer held back by a slow reader still reports where its time goes.
         status = self.status_commands()
@@ -881,10 +888,9 @@ class StreamWriter:
         for reply in result:
             if isinstance(reply, GlideBaseError):
                 raise StoreError(f"Valkey refused a read of run {self._run_id}'s positions: {reply}")
-        if result[1] is None:
-            raise lost_run_error(self._run_id)
+        state, error = _state_reply(result[1], self._run_id)
         self._apply_positions(fields, result[0])
-        self._note_run_state(result[1], result[2])
+        self._note_run_state(state, error)
         self._recompute_limits()
 
     def _trim_commands(self) -> list[list[str]]:
