@@ -8,7 +8,7 @@ is written.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio.from_thread
@@ -19,7 +19,7 @@ from .streams import END, StreamReader, StreamWriter
 if TYPE_CHECKING:
     from .supervisor import Supervisor
 
-__all__ = ["IO", "IOVal", "SyncIO"]
+__all__ = ["IO", "IOBatch", "IOVal", "SyncIO"]
 
 T = TypeVar("T")
 
@@ -29,6 +29,20 @@ class IOVal(NamedTuple, Generic[T]):
 
     name: str
     value: T
+
+
+class IOBatch(NamedTuple, Generic[T]):
+    """Many values for the stream ``name`` at once: ``yield IOBatch(name="bar", values=[1, 2])``.
+
+    The same as yielding ``IOVal(name, v)`` for each ``v`` of ``values`` in
+    order (readers see the same values, backpressure and counts are the
+    same), without a Python step per value.  ``values`` is any finite
+    iterable: a list, a tuple, a ``range``, a generator expression.  Read
+    the other way round with :meth:`IO.batches`.
+    """
+
+    name: str
+    values: Iterable[T]
 
 
 class _NoPad:

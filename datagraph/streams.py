@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -476,6 +476,41 @@ class StreamWriter:
         if n == 1:
             self.started_batch()
         return n >= self.limits[io] or self.lingering()
+
+    async def put_many(self, io: str, values: Iterable[Any]) -> None:
+        """Buffer ``values`` for ``io`` in order, as one ``put`` each would (same waits for room).
+
+        The values go in as slices up to the buffer's limit, so a batch far
+        larger than the backlog limit waits for readers just as value by value.
+        """
+        buf = self.buffers.get(io)
+        if buf is None:
+            raise self.undeclared(io)
+        if isinstance(values, list):
+            pending = values
+        elif isinstance(values, str | bytes | bytearray) or not isinstance(values, Iterable):
+            raise BadValueError(
+                f"processor {self._processor!r} yielded IOBatch({io!r}, ...) with values of type "
+                f"{type(values).__name__}; give a list (or another iterable) of the values",
+                run_id=self._run_id,
+            )
+        else:
+            pending = list(values)
+        start, total = 0, len(pending)
+        limits = self.limits
+        while start < total:
+            room = limits[io] - len(buf)
+            if room <= 0:
+                await self.make_room(io)
+                continue
+            was_empty = not buf
+            stop = min(total, start + room)
+            buf.extend(pending if start == 0 and stop == total else pending[start:stop])
+            start = stop
+            if was_empty:
+                self.started_batch()
+            if len(buf) >= limits[io] or self.lingering():
+                await self.make_room(io)
 
     def undeclared(self, io: str) -> BadValueError:
         return BadValueError(
