@@ -300,5 +300,18 @@ class SyncIO(Generic[T]):
         finally:
             anyio.from_thread.run(batches.aclose)
 
+    def batches(self) -> Iterator[list[T]]:
+        """The stream's values as written, one list per entry (see :meth:`IO.batches`)."""
+        batches = self._io.batches()
+        try:
+            while True:
+                try:
+                    values = anyio.from_thread.run(batches.__anext__)
+                except StopAsyncIteration:
+                    return
+                yield values
+        finally:
+            anyio.from_thread.run(batches.aclose)
+
     def __iter__(self) -> Iterator[T]:
         return self.stream()

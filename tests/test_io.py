@@ -95,7 +95,8 @@ async def test_coroutines_and_sync_generators_hand_over_batches_too(supervisor: 
 
     @gen
     def _gen(a: Any) -> Iterator[IOBatch[int]]:
-        yield IOBatch("b", [x + 1 for x in a.stream()])
+        for xs in a.batches():  # a SyncIO reads batches too
+            yield IOBatch("b", [x + 1 for x in xs])
 
     out = await supervisor.start_flow(Flow.from_processors(coro, gen).resolve(), [IOVal("n", 300)])
     assert await out["b"].collect() == list(range(1, 302))
