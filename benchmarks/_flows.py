@@ -8,9 +8,10 @@ from typing import Any
 
 import anyio
 
-from datagraph import IO, Flow, IOVal, Processor
+from datagraph import IO, Flow, IOBatch, IOVal, Processor
 
 __all__ = [
+    "BATCHED",
     "FANIN",
     "FANOUT",
     "FANOUT_ONE",
@@ -64,6 +65,27 @@ async def _double(nums: IO[int]) -> AsyncIterator[IOVal[int]]:
 
 
 PIPELINE = Flow.from_processors(source, double, name="bench-pipeline").resolve()
+
+# -- the same, a batch per step: IOBatch out, IO.batches() in -------------------
+
+batch_source = Processor("bench-batch-source", inputs=["n"], outputs=["nums"])
+batch_double = Processor("bench-batch-double", inputs=["nums"], outputs=["out"])
+
+
+@batch_source
+async def _batch_source(n: IO[int]) -> AsyncIterator[IOBatch[int]]:
+    total = await n.first()
+    for start in range(0, total, 1000):
+        yield IOBatch("nums", range(start, min(total, start + 1000)))
+
+
+@batch_double
+async def _batch_double(nums: IO[int]) -> AsyncIterator[IOBatch[int]]:
+    async for xs in nums.batches():
+        yield IOBatch("out", [x * 2 for x in xs])
+
+
+BATCHED = Flow.from_processors(batch_source, batch_double, name="bench-batched").resolve()
 
 # -- the same with 1 KiB dicts -------------------------------------------------
 

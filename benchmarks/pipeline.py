@@ -1,5 +1,9 @@
 """pipeline: source -> map(x*2) -> caller, against the raw glide relay.
 
+The processors yield one ``IOVal`` per value and read with ``stream()``, as
+the README's do; a last row runs the same flow written a batch per step
+(``IOBatch`` out, ``IO.batches()`` in), with the same caller.
+
 The sink is the caller itself: ``async for v in outputs["out"].stream()``,
 the way the README reads a flow.  The clock runs from ``start_flow`` to the
 last value read.  Each repeat measures the relay and the flow back to back,
@@ -12,7 +16,7 @@ from typing import Any
 
 from datagraph import Flow, IOVal
 
-from ._flows import PIPELINE, RECORDS, make_records
+from ._flows import BATCHED, PIPELINE, RECORDS, make_records
 from ._harness import BACKENDS, FIGURES_NOTE, Bench, Session, fmt_rate, median
 from .relay import relay_throughput
 
@@ -56,9 +60,11 @@ def run(bench: Bench) -> dict[str, Any]:
     async def one_round(session: Session) -> dict[str, float]:
         await warm_up(session)
         await flow_rate(session, RECORDS, WARMUP)
+        await flow_rate(session, BATCHED, WARMUP)
         return {
             "relay_ints": await relay_rate(session, n_ints),
             "ints": await flow_rate(session, PIPELINE, n_ints),
+            "ints_batched": await flow_rate(session, BATCHED, n_ints),
             "relay_records": await relay_rate(session, n_recs, make_records),
             "records": await flow_rate(session, RECORDS, n_recs),
         }
@@ -78,10 +84,16 @@ def run(bench: Bench) -> dict[str, Any]:
         runs = rounds[backend]
         got = {key: max(r[key] for r in runs) for key in runs[0]}
         got["ints_vs_relay"] = ratio(runs, runs, "ints", "relay_ints")
+        got["ints_batched_vs_relay"] = ratio(runs, runs, "ints_batched", "relay_ints")
         got["records_vs_relay"] = ratio(runs, runs, "records", "relay_records")
         figures[backend] = got
         bench.row(f"relay, ints, {backend}", fmt_rate(got["relay_ints"]), "baseline", f"N={n_ints:,}")
         bench.row(f"flow, ints, {backend}", fmt_rate(got["ints"]), f"{got['ints_vs_relay']:.3f}x relay")
+        bench.row(
+            f"flow, ints, IOBatch, {backend}",
+            fmt_rate(got["ints_batched"]),
+            f"{got['ints_batched_vs_relay']:.3f}x relay",
+        )
         bench.row(
             f"relay, 1 KiB dicts, {backend}", fmt_rate(got["relay_records"]), "baseline", f"N={n_recs:,}"
         )

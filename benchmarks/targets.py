@@ -61,6 +61,48 @@ TARGETS: list[tuple[str, str, Callable[[Any], bool], Callable[[Any], str]]] = [
         lambda v: f"{v:.2f} ms",
     ),
     (
+        "pipeline, ints, asyncio >= 0.25x the glide relay",
+        "pipeline.asyncio.ints_vs_relay",
+        lambda v: v >= 0.25,
+        lambda v: f"{v:.3f}x",
+    ),
+    (
+        "pipeline, ints, Trio >= 0.25x the glide relay",
+        "pipeline.trio.ints_vs_relay",
+        lambda v: v >= 0.25,
+        lambda v: f"{v:.3f}x",
+    ),
+    (
+        "pipeline, 1 KiB dicts, asyncio >= 0.70x the glide relay",
+        "pipeline.asyncio.records_vs_relay",
+        lambda v: v >= 0.70,
+        lambda v: f"{v:.3f}x",
+    ),
+    (
+        "pipeline, 1 KiB dicts, Trio >= 0.70x the glide relay",
+        "pipeline.trio.records_vs_relay",
+        lambda v: v >= 0.70,
+        lambda v: f"{v:.3f}x",
+    ),
+    (
+        "pipeline, 1 KiB dicts, Trio within 10% of asyncio (>= 0.90x)",
+        "pipeline.trio_vs_asyncio_records",
+        lambda v: v >= 0.90,
+        lambda v: f"Trio = {v:.2f}x asyncio",
+    ),
+    (
+        "latency, one value, p50 <= 2x the relay's round trip",
+        "latency.one_value.p50_vs_relay",
+        lambda v: v <= 2,
+        lambda v: f"{v:.1f}x",
+    ),
+    (
+        "latency, one value, p99 <= 4x the relay's round trip",
+        "latency.one_value.p99_vs_relay",
+        lambda v: v <= 4,
+        lambda v: f"{v:.1f}x",
+    ),
+    (
         "runs, one value, 50 at a time, asyncio >= 0.35x the bare store work",
         "runs.asyncio.flow_50_vs_bare",
         lambda v: v >= 0.35,

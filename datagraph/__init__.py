@@ -6,7 +6,7 @@ from fast_depends import Depends
 from . import registration as _registration  # noqa: F401
 from .executors import Executor, LocalExecutor
 from .flow import Flow
-from .io import IO, IOVal
+from .io import IO, IOBatch, IOVal
 from .processor import Processor
 from .supervisor import Supervisor
 
@@ -15,6 +15,7 @@ __all__ = [
     "Depends",
     "Executor",
     "Flow",
+    "IOBatch",
     "IOVal",
     "LocalExecutor",
     "Processor",

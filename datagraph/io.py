@@ -8,7 +8,7 @@ is written.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio.from_thread
@@ -19,7 +19,7 @@ from .streams import END, StreamReader, StreamWriter
 if TYPE_CHECKING:
     from .context import Context
 
-__all__ = ["IO", "IOVal", "SyncIO"]
+__all__ = ["IO", "IOBatch", "IOVal", "SyncIO"]
 
 T = TypeVar("T")
 
@@ -29,6 +29,20 @@ class IOVal(NamedTuple, Generic[T]):
 
     name: str
     value: T
+
+
+class IOBatch(NamedTuple, Generic[T]):
+    """Many values for the stream ``name`` at once: ``yield IOBatch(name="bar", values=[1, 2])``.
+
+    The same as yielding ``IOVal(name, v)`` for each ``v`` of ``values`` in
+    order (readers see the same values, backpressure and counts are the
+    same), without a Python step per value.  ``values`` is any finite
+    iterable: a list, a tuple, a ``range``, a generator expression.  Read
+    the other way round with :meth:`IO.batches`.
+    """
+
+    name: str
+    values: Iterable[T]
 
 
 class _NoPad:
@@ -167,26 +181,34 @@ class _Batches(_Reading, Generic[T]):
                 return values  # type: ignore[no-any-return]
 
 
+def _exhausted() -> Any:
+    raise StopIteration
+
+
 class _Values(_Reading, Generic[T]):
     def __init__(self, io: IO[T]) -> None:
         super().__init__(io, [io.name])
-        self._batch: list[T] = []
-        self._index = 0
+        #: The next value of the batch in hand (the per-value hot path: one C call).
+        self._take: Callable[[], T] = _exhausted
 
     def __aiter__(self) -> _Values[T]:
         return self
 
     async def __anext__(self) -> T:
-        index = self._index
-        batch = self._batch
-        while index >= len(batch):
+        try:
+            return self._take()
+        except StopIteration:
+            pass
+        while True:
             _, values = await self._next_batch()
             if values is END:
                 continue
-            batch = self._batch = values
-            index = 0
-        self._index = index + 1
-        return batch[index]
+            batch: list[T] = values
+            self._take = take = iter(batch).__next__
+            try:
+                return take()
+            except StopIteration:
+                continue  # an empty batch
 
 
 class _Zip(_Reading):
@@ -275,6 +297,19 @@ class SyncIO(Generic[T]):
                 except StopAsyncIteration:
                     return
                 yield from values
+        finally:
+            anyio.from_thread.run(batches.aclose)
+
+    def batches(self) -> Iterator[list[T]]:
+        """The stream's values as written, one list per entry (see :meth:`IO.batches`)."""
+        batches = self._io.batches()
+        try:
+            while True:
+                try:
+                    values = anyio.from_thread.run(batches.__anext__)
+                except StopAsyncIteration:
+                    return
+                yield values
         finally:
             anyio.from_thread.run(batches.aclose)
 

@@ -266,11 +266,11 @@ class Implementation:
         return result
 
     def output_types(self) -> dict[str, Any]:
-        """Value types of the outputs, read from ``AsyncIterator[IOVal[T]]``; Any when unknown."""
+        """Value types of the outputs, from ``AsyncIterator[IOVal[T]]`` or ``[IOBatch[T]]``; else Any."""
         ret = self.hints.get("return")
         value_type: Any = Any
         for arg in get_args(ret):
-            if getattr(get_origin(arg) or arg, "__name__", "") == "IOVal" and get_args(arg):
+            if getattr(get_origin(arg) or arg, "__name__", "") in ("IOVal", "IOBatch") and get_args(arg):
                 value_type = get_args(arg)[0]
         return {name: value_type for name in self.processor.outputs}
 

@@ -15,7 +15,7 @@ import anyio.to_thread
 from glide import GlideError as GlideBaseError
 
 from .exceptions import BadValueError, ProcessorFailed, RunCancelled, RunLostError, StoreError
-from .io import IO, IOVal, SyncIO
+from .io import IO, IOBatch, IOVal, SyncIO
 from .plan import Plan
 from .processor import Implementation, Kind
 from .runtime import Runtime
@@ -152,14 +152,25 @@ async def _pump(agen: Any, writer: StreamWriter, name: str) -> None:
     """Move yielded values into the writer's buffers: the per-value hot path."""
     buffers = writer.buffers
     limits = writer.limits
+    # The output last yielded to and its buffer (a writer keeps its buffer lists for
+    # its whole life): a processor that yields to one output looks it up once.
+    io: Any = None
+    buf: list[Any] = []
+    append = buf.append
     async for item in agen:
         if type(item) is not IOVal:
+            if isinstance(item, IOBatch):
+                await writer.put_many(item.name, item.values)
+                continue
             item = _as_ioval(item, name)
-        io = item[0]
-        buf = buffers.get(io)
-        if buf is None:
-            raise writer.undeclared(io)
-        buf.append(item[1])
+        if item[0] is not io:
+            io = item[0]
+            found = buffers.get(io)
+            if found is None:
+                raise writer.undeclared(io)
+            buf = found
+            append = buf.append
+        append(item[1])
         n = len(buf)
         if n == 1:
             writer.started_batch()
@@ -173,31 +184,38 @@ def _as_ioval(item: Any, name: str) -> IOVal[Any]:
         return item
     raise BadValueError(
         f"processor {name!r} yielded {type(item).__name__} {item!r:.80}; "
-        "yield IOVal(name=<output>, value=...) instead"
+        "yield IOVal(name=<output>, value=...) or IOBatch(name=<output>, values=[...]) instead"
     )
+
+
+async def _put(writer: StreamWriter, item: Any, name: str) -> None:
+    """Buffer one yielded or returned item (an IOVal or an IOBatch), waiting for room if need be."""
+    if isinstance(item, IOBatch):
+        await writer.put_many(item.name, item.values)
+        return
+    item = _as_ioval(item, name)
+    if writer.put(item.name, item.value):
+        await writer.make_room(item.name)
 
 
 async def _put_returned(result: Any, writer: StreamWriter, name: str) -> None:
     if result is None:
         return
-    items: Iterable[Any] = [result] if isinstance(result, IOVal) else result
+    items: Iterable[Any] = [result] if isinstance(result, IOVal | IOBatch) else result
     try:
         iterator = iter(items)
     except TypeError:
         raise BadValueError(
-            f"processor {name!r} returned {type(result).__name__}; return None, an IOVal or a list of IOVal"
+            f"processor {name!r} returned {type(result).__name__}; return None, an IOVal, an IOBatch "
+            "or a list of them"
         ) from None
     for item in iterator:
-        item = _as_ioval(item, name)
-        if writer.put(item.name, item.value):
-            await writer.make_room(item.name)
+        await _put(writer, item, name)
 
 
 async def _put_chunk(writer: StreamWriter, chunk: list[Any], name: str) -> None:
     for item in chunk:
-        item = _as_ioval(item, name)
-        if writer.put(item.name, item.value):
-            await writer.make_room(item.name)
+        await _put(writer, item, name)
     if writer.lingering():
         await writer.make_room(chunk[-1].name)
 

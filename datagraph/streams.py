@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -92,6 +92,16 @@ def failure_error(failure: Mapping[str, Any], run_id: str) -> ProcessorFailed:
 def entry_id(seq: int) -> str:
     """The stream id of a writer's ``seq``-th entry (1-based): ``0-<seq>``."""
     return f"0-{seq}"
+
+
+def _state_reply(reply: Any, run_id: str) -> tuple[Any, Any]:
+    """A run's ``state`` and ``error`` from their ``HMGET``; a run with no record is lost."""
+    if isinstance(reply, GlideBaseError):
+        raise StoreError(f"Valkey refused to read the state of run {run_id}: {reply}")
+    state, error = reply
+    if state is None:
+        raise lost_run_error(run_id)
+    return state, error
 
 
 def store_error(exc: GlideBaseError, doing: str) -> StoreError:
@@ -467,6 +477,41 @@ class StreamWriter:
             self.started_batch()
         return n >= self.limits[io] or self.lingering()
 
+    async def put_many(self, io: str, values: Iterable[Any]) -> None:
+        """Buffer ``values`` for ``io`` in order, as one ``put`` each would (same waits for room).
+
+        The values go in as slices up to the buffer's limit, so a batch far
+        larger than the backlog limit waits for readers just as value by value.
+        """
+        buf = self.buffers.get(io)
+        if buf is None:
+            raise self.undeclared(io)
+        if isinstance(values, list):
+            pending = values
+        elif isinstance(values, str | bytes | bytearray) or not isinstance(values, Iterable):
+            raise BadValueError(
+                f"processor {self._processor!r} yielded IOBatch({io!r}, ...) with values of type "
+                f"{type(values).__name__}; give a list (or another iterable) of the values",
+                run_id=self._run_id,
+            )
+        else:
+            pending = list(values)
+        start, total = 0, len(pending)
+        limits = self.limits
+        while start < total:
+            room = limits[io] - len(buf)
+            if room <= 0:
+                await self.make_room(io)
+                continue
+            was_empty = not buf
+            stop = min(total, start + room)
+            buf.extend(pending if start == 0 and stop == total else pending[start:stop])
+            start = stop
+            if was_empty:
+                self.started_batch()
+            if len(buf) >= limits[io] or self.lingering():
+                await self.make_room(io)
+
     def undeclared(self, io: str) -> BadValueError:
         return BadValueError(
             f"processor {self._processor!r} yielded to {io!r}, which it does not declare "
@@ -631,11 +676,12 @@ class StreamWriter:
     ) -> list[Any]:
         rt = self._rt
         run_id = self._run_id
-        pending = {io: buf for io, buf in self.buffers.items() if buf}
+        # The buffers are emptied in place: the processor pump holds on to them.
+        pending = {io: buf.copy() for io, buf in self.buffers.items() if buf}
         self._moved.update(pending)
-        for io in pending:
-            self.buffers[io] = []
-            self._inflight[io] = len(pending[io])
+        for io, values in pending.items():
+            self.buffers[io].clear()
+            self._inflight[io] = len(values)
         self.first_at = math.inf
         self._recompute_limits()
         commands: list[list[Any]] = []
@@ -675,8 +721,7 @@ class StreamWriter:
         if self._telemetry:
             commands += self._telemetry_commands(pending, closing=closing)
         state_at = len(commands)
-        commands.append(["HGET", keys.run(run_id), "state"])
-        commands.append(["HGET", keys.run(run_id), "error"])
+        commands.append(["HMGET", keys.run(run_id), "state", "error"])
         if self._riders:
             commands += self._riders
             self._riders = []
@@ -694,10 +739,8 @@ class StreamWriter:
             # on it wakes once and takes both, rather than coming back for the end.
             atomic=bool(markers) and any(io in markers for io in pending),
         )
-        state = result[state_at]
-        if state is None:
-            raise lost_run_error(run_id)
-        self._note_run_state(state, result[state_at + 1])
+        state, error = _state_reply(result[state_at], run_id)
+        self._note_run_state(state, error)
         for index, reply in enumerate(result):
             if not isinstance(reply, GlideBaseError):
                 continue
@@ -863,8 +906,7 @@ class StreamWriter:
             return
         commands: list[list[Any]] = [
             ["HMGET", keys.pos(self._run_id), *fields],
-            ["HGET", keys.run(self._run_id), "state"],
-            ["HGET", keys.run(self._run_id), "error"],
+            ["HMGET", keys.run(self._run_id), "state", "error"],
         ]
         # A writer held back by a slow reader still reports where its time goes.
         status = self.status_commands()
@@ -881,10 +923,9 @@ class StreamWriter:
         for reply in result:
             if isinstance(reply, GlideBaseError):
                 raise StoreError(f"Valkey refused a read of run {self._run_id}'s positions: {reply}")
-        if result[1] is None:
-            raise lost_run_error(self._run_id)
+        state, error = _state_reply(result[1], self._run_id)
         self._apply_positions(fields, result[0])
-        self._note_run_state(result[1], result[2])
+        self._note_run_state(state, error)
         self._recompute_limits()
 
     def _trim_commands(self) -> list[list[str]]:

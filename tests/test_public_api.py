@@ -11,7 +11,7 @@ from datagraph import exceptions
 
 def test_all_is_exactly_the_public_api() -> None:
     assert sorted(datagraph.__all__) == sorted(
-        ["Depends", "IO", "IOVal", "LocalExecutor", "Flow", "Supervisor", "Processor", "Executor"]
+        ["Depends", "IO", "IOBatch", "IOVal", "LocalExecutor", "Flow", "Supervisor", "Processor", "Executor"]
     )
     for name in datagraph.__all__:
         assert getattr(datagraph, name) is not None

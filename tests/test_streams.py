@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import anyio
 import pytest
 
 from datagraph import Supervisor
@@ -64,3 +65,21 @@ async def test_a_reader_closed_after_its_writer_publishes_its_position_itself(
     reader = StreamReader(runtime, run_id, ["x"], reader="p", writer=own)
     assert [item async for item in reader] == [("x", [1, 2]), ("x", END)]
     assert await _position(runtime, run_id, "p", "x") == b"2"
+
+
+async def test_put_many_writes_no_further_than_the_backlog_ahead_of_the_slowest_reader(
+    supervisor: Supervisor,
+) -> None:
+    """A batch far larger than max_backlog goes out in slices, as value by value it would."""
+    runtime = await supervisor.runtime()
+    run_id = await _new_run(runtime)
+    writer = StreamWriter(runtime, run_id, "p", {"y": ["idle-reader"]}, max_backlog=5)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run_flusher)
+        with anyio.move_on_after(1.0) as waited:
+            await writer.put_many("y", range(100))  # the reader never reads: this must wait
+        writer.stop_flusher()
+    assert waited.cancel_called, "put_many returned although nobody read"
+    entries = await runtime.client.custom_command(["XRANGE", keys.stream(run_id, "y"), "-", "+"])
+    values = [v for fields in entries.values() for v in runtime.codec.decode_batch(fields[0][1], "y")]
+    assert values == list(range(5)) and writer.written["y"] == 5

@@ -76,9 +76,19 @@ def is_transient(exc: BaseException) -> bool:
     return any(reply in text for reply in _TRANSIENT_REPLIES)
 
 
+#: Whether each client class talks to a cluster.  ``isinstance`` against glide's
+#: client classes runs ``typing.Protocol``'s Python-level check (about 2 us), and
+#: every round trip asks several times.
+_CLUSTER_KINDS: dict[type, bool] = {}
+
+
 def is_cluster(client: Store) -> bool:
     """Whether ``client`` talks to a Valkey Cluster."""
-    return isinstance(client, GlideClusterClient)
+    kind = type(client)
+    cluster = _CLUSTER_KINDS.get(kind)
+    if cluster is None:
+        cluster = _CLUSTER_KINDS[kind] = issubclass(kind, GlideClusterClient)
+    return cluster
 
 
 class StoreBatch:
@@ -109,7 +119,7 @@ def new_batch(client: Store) -> StoreBatch:
     *command* whose keys span slots (a multi-key ``DEL`` of two workers, an
     ``EVAL`` over keys of two runs): give each slot its own command.
     """
-    return StoreBatch(isinstance(client, GlideClusterClient))
+    return StoreBatch(is_cluster(client))
 
 
 #: Replies that mean the command did not run because the cluster is moving a
@@ -130,7 +140,7 @@ async def exec_batch(client: Store, batch: StoreBatch, *, raise_on_error: bool) 
     (``SETTLE_TIMEOUT`` at most).  A lost connection is *not* retried here:
     the command may have run; :func:`pipeline` retries idempotent batches.
     """
-    if isinstance(client, GlideClusterClient) != batch.cluster:
+    if is_cluster(client) != batch.cluster:
         raise TypeError("this batch was built for another kind of client: build it with new_batch(client)")
     replies, _ = await _send_settling(client, batch.commands)
     if raise_on_error:
@@ -144,7 +154,7 @@ async def _send_settling(client: Store, commands: list[list[Any]]) -> tuple[list
     """Replies, and whether some commands were sent again (see :func:`exec_batch`)."""
     replies = await _send(client, commands)
     resent = False
-    if isinstance(client, GlideClusterClient):
+    if is_cluster(client):
         deadline = None
         delay = 0.02
         while True:
@@ -171,7 +181,7 @@ def _not_run(error: GlideBaseError) -> bool:
 async def _send(client: Store, commands: list[list[Any]], *, atomic: bool = False) -> list[Any]:
     if not commands:
         return []
-    if isinstance(client, GlideClusterClient):
+    if is_cluster(client):
         cluster_batch = ClusterBatch(is_atomic=atomic)
         for command in commands:
             cluster_batch.custom_command(command)
