@@ -19,6 +19,8 @@ The tree::
     │   ├── StreamIdleTimeout    a stream's producer went silent for too long
     │   ├── EmptyStreamError     ``first()`` on a stream that ended with no value
     │   ├── RerunError           a run that cannot be run again (still running, inputs not kept)
+    │   ├── RetryMismatchError   a retried attempt that did not repeat the values already
+    │   │                        delivered (the flow is not deterministic)
     │   └── BadValueError        a yielded value that cannot be sent (undeclared IO,
     │                            not serialisable, too large)
     └── StoreError               Valkey is unreachable, refused a command, or lost data
@@ -27,6 +29,8 @@ The tree::
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "BadValueError",
@@ -41,6 +45,7 @@ __all__ = [
     "ProcessorError",
     "ProcessorFailed",
     "RerunError",
+    "RetryMismatchError",
     "RunCancelled",
     "RunError",
     "RunLostError",
@@ -55,6 +60,10 @@ __all__ = [
 
 class DatagraphError(Exception):
     """Base class of every Datagraph error."""
+
+    #: The attempts of a retried run that failed for good (``datagraph.retries.Attempt``),
+    #: oldest first; empty for a run that was not retried.
+    attempts: tuple[Any, ...] = ()
 
 
 class ConfigError(DatagraphError):
@@ -111,6 +120,14 @@ class RunError(DatagraphError):
 
 class RerunError(RunError):
     """A run that cannot be run again: it has not ended, or its inputs were not kept."""
+
+
+class RetryMismatchError(RunError):
+    """A retried run's new attempt did not start with the values already delivered.
+
+    Exactly-once delivery across attempts needs a deterministic flow: the same
+    inputs give the same values in the same order.
+    """
 
 
 class ProcessorFailed(RunError):

@@ -17,6 +17,7 @@ from .exceptions import EmptyStreamError
 from .streams import END, StreamReader, StreamWriter
 
 if TYPE_CHECKING:
+    from .retries import RunAttempts
     from .supervisor import Supervisor
 
 __all__ = ["IO", "IOVal", "SyncIO"]
@@ -48,7 +49,7 @@ class IO(Generic[T]):
     Every call reads the stream from its beginning.
     """
 
-    __slots__ = ("_producers", "_reader", "_supervisor", "_writer", "name", "run_id")
+    __slots__ = ("_attempts", "_producers", "_reader", "_supervisor", "_writer", "name", "run_id")
 
     def __init__(
         self,
@@ -59,8 +60,10 @@ class IO(Generic[T]):
         reader: str | None = None,
         producers: dict[str, str] | None = None,
         writer: StreamWriter | None = None,
+        attempts: RunAttempts | None = None,
     ) -> None:
         self._supervisor = supervisor
+        self._attempts = attempts
         self._writer = writer
         self.run_id = run_id
         self.name = name
@@ -71,6 +74,9 @@ class IO(Generic[T]):
         return f"<IO {self.name!r} of run {self.run_id}>"
 
     async def _open(self, ios: list[str]) -> StreamReader:
+        if self._attempts is not None:
+            # A retried run: the reader follows its attempts (datagraph.retries).
+            return self._attempts.reader(ios, reader=self._reader, producers=self._producers)  # type: ignore[return-value]
         runtime = await self._supervisor.runtime()
         return StreamReader(
             runtime, self.run_id, ios, reader=self._reader, producers=self._producers, writer=self._writer

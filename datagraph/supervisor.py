@@ -37,6 +37,7 @@ from .io import IO, IOVal
 from .liveness import start_heartbeat
 from .plan import Plan
 from .rerun import keep_inputs_commands
+from .retries import RetryPolicy, RunAttempts, follow_attempt
 from .runtime import Runtime
 from .settings import DEVELOPMENT_SECRET, Settings
 from .store import keys
@@ -240,14 +241,23 @@ class Supervisor:
         *,
         all_outputs: bool = False,
         run_id: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException] | str] | None = None,
     ) -> dict[str, IO[Any]]:
         """Start a run of ``flow``; returns its outputs as soon as it is dispatched.
 
         The result maps each final output (one no processor of the flow reads)
         to its :class:`IO`; ``all_outputs=True`` returns every output.
+
+        ``retries`` (default: the flow's, else the ``retries`` setting, 0) starts
+        the run again when it fails for a reason other than its processors' code,
+        or with an exception type named in ``retry_on``; the returned IO handles
+        follow the attempts and deliver each value once (see :mod:`datagraph.retries`).
         """
         if not isinstance(flow, Flow):
             raise TypeError(f"start_flow() takes a Flow, got {flow!r}")
+        policy = RetryPolicy.build(retries=retries, retry_on=retry_on, flow=flow, settings=self.settings)
+        inputs = list(inputs)
         topo = flow.topology  # raises UnresolvedFlowError
         given: dict[str, list[Any]] = {}
         for item in inputs:
@@ -290,7 +300,16 @@ class Supervisor:
             await self.executor.dispatch(self, plan, flow.processor(name))
         # The caller's reads publish positions too, so telemetry can show what it consumed.
         reader = keys.OUTPUT_READER if self.settings.telemetry else None
-        return {io: IO(self, run_id, io, reader=reader, producers=plan.producers) for io in outputs}
+        attempts = None
+        if policy.retries:
+            attempts = RunAttempts(
+                self, flow, inputs, all_outputs=all_outputs, policy=policy, run_id=run_id
+            )
+            await attempts.record_start(runtime)
+        return {
+            io: IO(self, run_id, io, reader=reader, producers=plan.producers, attempts=attempts)
+            for io in outputs
+        }
 
     async def _record_run(self, runtime: Runtime, plan: Plan, given: dict[str, list[Any]]) -> None:
         run_id = plan.run_id
@@ -354,13 +373,26 @@ class Supervisor:
         return state.decode() if state is not None else None
 
     async def wait(self, run_id: str, timeout: float | None = None) -> str:  # noqa: ASYNC109
-        """Wait until the run reaches a terminal state; returns it."""
+        """Wait until the run reaches a terminal state; returns it.
+
+        A retried run's state is its last attempt's: a failed attempt that is
+        being retried is followed to the next one.
+        """
         delay = 0.005
         with anyio.fail_after(timeout):
             while True:
                 state = await self.run_state(run_id)
                 if state is None:
                     raise RunError(f"run {run_id} is unknown (or expired)", run_id=run_id)
+                if state == "failed":
+                    following = await follow_attempt(self, run_id)
+                    if following is not None:
+                        run_id = following or run_id
+                        if following:
+                            delay = 0.005
+                        await anyio.sleep(delay)
+                        delay = min(delay * 2, 0.1)
+                        continue
                 if state in TERMINAL:
                     return state
                 await anyio.sleep(delay)
