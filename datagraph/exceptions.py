@@ -19,6 +19,7 @@ The tree::
     │   ├── StreamIdleTimeout    a stream's producer went silent for too long
     │   ├── EmptyStreamError     ``first()`` on a stream that ended with no value
     │   ├── RerunError           a run that cannot be run again (still running, inputs not kept)
+    │   ├── WorkerStopping       a worker asked to stop handed its processor over (retried)
     │   ├── RetryMismatchError   a retried attempt that did not repeat the values already
     │   │                        delivered (the flow is not deterministic)
     │   └── BadValueError        a yielded value that cannot be sent (undeclared IO,
@@ -55,6 +56,7 @@ __all__ = [
     "UnknownInputError",
     "UnknownProcessorError",
     "UnresolvedFlowError",
+    "WorkerStopping",
 ]
 
 
@@ -120,6 +122,14 @@ class RunError(DatagraphError):
 
 class RerunError(RunError):
     """A run that cannot be run again: it has not ended, or its inputs were not kept."""
+
+
+class WorkerStopping(RunError):
+    """A worker asked to stop (a warm shutdown) handed over a processor still running.
+
+    The processor's run fails with this cause after the ``shutdown_grace``
+    setting, and a run with a retry policy is started again elsewhere.
+    """
 
 
 class RetryMismatchError(RunError):
