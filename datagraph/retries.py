@@ -407,10 +407,14 @@ class RunAttempts:
             log.warning("run %s: could not stop attempt %s: %s", self.origin, previous.run_id, exc)
         number = previous.number + 1
         attempt = Attempt(number, f"{self.origin}.{number}", time.time())
-        self.attempts.append(attempt)
-        await self.supervisor.start_flow(
-            self.flow, self.inputs, all_outputs=self.all_outputs, run_id=attempt.run_id, retries=0
-        )
+        try:
+            await self.supervisor.start_flow(
+                self.flow, self.inputs, all_outputs=self.all_outputs, run_id=attempt.run_id, retries=0
+            )
+        finally:
+            # Current only once its record exists (the watcher reads it at once); a start
+            # that failed is listed too, as a failed attempt.
+            self.attempts.append(attempt)
         await self._publish(runtime, attempt, previous=previous)
 
     async def watch(self) -> None:
