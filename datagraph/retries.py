@@ -4,7 +4,8 @@
 retries=N)``, or the ``retries`` setting) makes a run *retried*: when an
 attempt fails because a worker was lost (``WorkerLost``), handed its work
 over while stopping (``WorkerStopping``), nobody started a processor in time
-(``DispatchTimeout``), the store lost writes (``WritesLost``) or stayed
+(``DispatchTimeout``) or none could be sent to the broker
+(``DispatchError``), the store lost writes (``WritesLost``) or stayed
 unreachable past ``reconnect_timeout`` (``StoreError``), or a processor
 raised an exception whose type is named in ``retry_on``, the run is started
 again from its inputs, after a backoff (``retry_backoff``, doubled each
@@ -62,7 +63,7 @@ from .exceptions import (
 from .store import keys
 from .store.client import pipeline, refused
 from .store.scripts import TERMINAL
-from .streams import BATCH, END, MARKER, StreamReader, run_error
+from .streams import BATCH, END, MARKER, StreamReader, failure_error, run_error
 
 if TYPE_CHECKING:
     from .flow import Flow
@@ -84,7 +85,10 @@ log = logging.getLogger("datagraph.retries")
 
 #: Causes of failure that are not the user's code: always retried under a policy.
 RETRIED_CAUSES = frozenset(
-    {"WorkerLost", "WorkerStopping", "DispatchTimeout", "WritesLost", "StoreError", "RunLostError"}
+    {
+        "WorkerLost", "WorkerStopping", "DispatchTimeout", "DispatchError", "WritesLost",
+        "StoreError", "RunLostError",
+    }
 )
 #: Longest wait between two attempts, in seconds.
 MAX_BACKOFF = 30.0
@@ -279,6 +283,12 @@ def _exhausted(cause: BaseException, attempts: Sequence[Attempt]) -> BaseExcepti
     return error
 
 
+def _ended(attempt: Attempt, cause: BaseException) -> None:
+    attempt.ended = time.time()
+    attempt.cause = cause_name(cause)
+    attempt.message = str(cause)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -308,14 +318,15 @@ class RunAttempts:
         self.policy = policy
         self.origin = run_id
         self.attempts: list[Attempt] = [Attempt(1, run_id, time.time())]
+        self._current = run_id
         self._lock = anyio.Lock()
         self._final: BaseException | None = None
         self._changed = anyio.Event()
 
     @property
     def current(self) -> str:
-        """The run id of the attempt running now (or the last one)."""
-        return self.attempts[-1].run_id
+        """The run id of the attempt running now (or the last one started)."""
+        return self._current
 
     def __repr__(self) -> str:
         return f"<RunAttempts of run {self.origin}: {len(self.attempts)} attempt(s)>"
@@ -328,7 +339,7 @@ class RunAttempts:
 
     async def record_start(self, runtime: Runtime) -> None:
         """Record the policy on the first attempt's record and start the watcher."""
-        await self._publish(runtime, self.attempts[0], first=True)
+        await self._publish(runtime, self.attempts[0])
         runtime.host.start_soon(self.watch, name=f"datagraph-retries-{self.origin}")
 
     def _policy_fields(self, attempt: Attempt) -> list[str]:
@@ -338,17 +349,20 @@ class RunAttempts:
         ]
 
     async def _publish(
-        self, runtime: Runtime, attempt: Attempt, *, first: bool = False, final: bool = False,
-        previous: Attempt | None = None,
+        self, runtime: Runtime, attempt: Attempt | None = None, *, final: bool = False,
+        previous: str | None = None,
     ) -> None:
+        """Record the attempts on the first attempt's record; ``attempt``'s policy fields on its own;
+        that ``previous`` was retried by it; or that the current attempt's failure is ``final``."""
         commands: list[list[Any]] = [
-            ["HSET", keys.run(attempt.run_id), *self._policy_fields(attempt)],
             ["HSET", keys.run(self.origin), ATTEMPTS, json.dumps([a.to_dict() for a in self.attempts])],
         ]
-        if previous is not None:
-            commands.append(["HSET", keys.run(previous.run_id), RETRIED_BY, attempt.run_id])
+        if attempt is not None:
+            commands.append(["HSET", keys.run(attempt.run_id), *self._policy_fields(attempt)])
+        if previous is not None and attempt is not None:
+            commands.append(["HSET", keys.run(previous), RETRIED_BY, attempt.run_id])
         if final:
-            commands.append(["HSET", keys.run(attempt.run_id), FINAL, "1"])
+            commands.append(["HSET", keys.run(self._current), FINAL, "1"])
         doing = f"recording the attempts of run {self.origin}"
         replies, attempts = await pipeline(
             runtime.client, commands, retry_for=runtime.settings.reconnect_timeout, doing=doing
@@ -360,62 +374,75 @@ class RunAttempts:
         """Attempt ``run_id`` failed with ``cause``: the run id to read from now on.
 
         Starts the next attempt (once, whoever asks first), or raises the
-        failure when it is not retried or no attempt is left.
+        failure when it is not retried or no attempt is left.  An attempt that
+        could not even be started (the broker or the store away) counts as one
+        that failed.
         """
         async with self._lock:
-            if run_id != self.current:
-                return self.current  # another reader (or the watcher) moved on already
+            if run_id != self._current:
+                return self._current  # another reader (or the watcher) moved on already
             if self._final is not None:
                 raise self._final
             runtime = await self.supervisor.runtime()
+            failed = next(a for a in reversed(self.attempts) if a.run_id == run_id)
+            _ended(failed, cause)
             while True:
-                attempt = self.attempts[-1]
-                attempt.ended = time.time()
-                attempt.cause = cause_name(cause)
-                attempt.message = str(cause)
-                if not self.policy.retryable(cause) or len(self.attempts) > self.policy.retries:
-                    final = cause if not self.policy.retryable(cause) else _exhausted(cause, self.attempts)
+                retryable = self.policy.retryable(cause)
+                if not retryable or len(self.attempts) > self.policy.retries:
+                    final = _exhausted(cause, self.attempts) if retryable else cause
                     self._final = final
                     self._changed.set()
                     try:
-                        await self._publish(runtime, attempt, final=True)
+                        await self._publish(runtime, final=True)
                     except StoreError as exc:
                         log.warning("run %s: could not record its last attempt: %s", self.origin, exc)
                     raise final
+                number = len(self.attempts) + 1
                 log.warning(
                     "run %s: attempt %d failed (%s: %s); starting attempt %d of %d",
-                    self.origin, attempt.number, attempt.cause, attempt.message,
-                    attempt.number + 1, self.policy.retries + 1,
+                    self.origin, number - 1, self.attempts[-1].cause, self.attempts[-1].message,
+                    number, self.policy.retries + 1,
                 )
-                await anyio.sleep(self.policy.delay(len(self.attempts)))
+                await anyio.sleep(self.policy.delay(number - 1))
+                attempt = Attempt(number, f"{self.origin}.{number}", time.time())
+                self.attempts.append(attempt)
                 try:
-                    await self._start_next(runtime, attempt)
-                except StoreError as exc:
-                    cause = exc  # the store is still away: that attempt failed too
+                    await self._start(attempt)
+                except Exception as exc:
+                    # Recorded as that attempt's failure (and raised if it is not retried).
+                    _ended(attempt, exc)
+                    cause = exc
+                    await self._abandon(attempt)
                     continue
+                previous, self._current = self._current, attempt.run_id
                 self._changed.set()
                 self._changed = anyio.Event()
-                return self.current
+                try:
+                    await self._publish(runtime, attempt, previous=previous)
+                except StoreError as exc:  # the attempt runs: its readers meet the store's trouble
+                    log.warning("run %s: could not record attempt %d: %s", self.origin, number, exc)
+                return self._current
 
-    async def _start_next(self, runtime: Runtime, previous: Attempt) -> None:
+    async def _start(self, attempt: Attempt) -> None:
         # The failed attempt may still have processors going (a reader that gave up on an
         # unreachable store): stop them before the next attempt writes its own values.
+        previous = self._current
         try:
-            if await self.supervisor.run_state(previous.run_id) not in (None, *TERMINAL):
-                await self.supervisor.cancel(previous.run_id)
+            if await self.supervisor.run_state(previous) not in (None, *TERMINAL):
+                await self.supervisor.cancel(previous)
         except StoreError as exc:
-            log.warning("run %s: could not stop attempt %s: %s", self.origin, previous.run_id, exc)
-        number = previous.number + 1
-        attempt = Attempt(number, f"{self.origin}.{number}", time.time())
+            log.warning("run %s: could not stop attempt %s: %s", self.origin, previous, exc)
+        await self.supervisor.start_flow(
+            self.flow, self.inputs, all_outputs=self.all_outputs, run_id=attempt.run_id, retries=0
+        )
+
+    async def _abandon(self, attempt: Attempt) -> None:
+        """Stop what an attempt that failed to start did start (nobody reads it)."""
         try:
-            await self.supervisor.start_flow(
-                self.flow, self.inputs, all_outputs=self.all_outputs, run_id=attempt.run_id, retries=0
-            )
-        finally:
-            # Current only once its record exists (the watcher reads it at once); a start
-            # that failed is listed too, as a failed attempt.
-            self.attempts.append(attempt)
-        await self._publish(runtime, attempt, previous=previous)
+            if await self.supervisor.run_state(attempt.run_id) not in (None, *TERMINAL):
+                await self.supervisor.cancel(attempt.run_id)
+        except DatagraphError as exc:
+            log.warning("run %s: could not stop attempt %s: %s", self.origin, attempt.run_id, exc)
 
     async def watch(self) -> None:
         """Follow the attempts' states; retry a failure that no reader met first.
@@ -455,8 +482,6 @@ class RunAttempts:
                 if text is None:
                     cause = RunLostError(f"Valkey no longer has attempt {run_id} of run {self.origin}")
                 else:
-                    from .streams import failure_error
-
                     cause = failure_error(run_error(error), run_id)
                 try:
                     await self.after_failure(run_id, cause)
