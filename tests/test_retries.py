@@ -8,6 +8,7 @@ workers and warm shutdowns are in ``tests/test_celery_retries.py``.
 
 from __future__ import annotations
 
+import io as io_module
 import json
 from collections.abc import AsyncIterator
 
@@ -15,9 +16,12 @@ import anyio
 import pytest
 
 from datagraph import IO, Flow, IOVal, Processor, Supervisor
+from datagraph.cli import _print_status
 from datagraph.exceptions import ConfigError, ProcessorFailed, RetryMismatchError
 from datagraph.retries import RetryPolicy, pending_retry
+from datagraph.snapshots import StatusSnapshot
 from datagraph.store import keys
+from datagraph.telemetry import Telemetry
 
 pytestmark = pytest.mark.anyio
 
@@ -99,6 +103,19 @@ async def test_a_retried_run_delivers_every_value_once_to_the_caller(
     assert record["retried_by"] == f"{io.run_id}.2"
     # Reading again from the start: the whole sequence, from the last attempt.
     assert await io.collect() == list(range(N))
+
+    # What the dashboard and `datagraph status` show.
+    telemetry = await Telemetry.from_supervisor(supervisor)
+    first, second = await telemetry.run_snapshots([io.run_id, f"{io.run_id}.2"])
+    assert first is not None and second is not None
+    assert [a.cause for a in first.attempts] == ["Flaky", None]
+    assert first.state == "failed" and first.retrying  # replaced by attempt 2: no alert
+    assert second.attempt == 2 and second.retry_of == io.run_id and not second.retrying
+    out = io_module.StringIO()
+    _print_status(StatusSnapshot(processors=(), workers=(), runs=(first, second)), out, detailed=False)
+    text = out.getvalue()
+    assert "attempts (2):" in text and f"attempt 2 of run {io.run_id}" in text
+    assert "Flaky: attempt 1 of" in text and "(this attempt is retried" in text
 
 
 async def test_retries_from_the_flow_and_a_watcher_when_nobody_reads(
