@@ -401,8 +401,13 @@ class Supervisor:
     async def cancel(self, run_id: str) -> bool:
         """Cancel a run: its readers raise ``RunCancelled``, its processors stop.
 
-        Returns False when the run had already ended.
+        Returns False when the run had already ended.  A retried run is cancelled
+        in its current attempt.
         """
+        if await self.run_state(run_id) == "failed":
+            following = await follow_attempt(self, run_id)
+            if following:
+                return await self.cancel(following)
         runtime = await self.runtime()
         doing = f"cancelling run {run_id}"
         (raw,), _ = await pipeline(

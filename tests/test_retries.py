@@ -17,7 +17,7 @@ import pytest
 
 from datagraph import IO, Flow, IOVal, Processor, Supervisor
 from datagraph.cli import _print_status
-from datagraph.exceptions import ConfigError, ProcessorFailed, RetryMismatchError
+from datagraph.exceptions import ConfigError, ProcessorFailed, RetryMismatchError, RunCancelled
 from datagraph.retries import RetryPolicy, pending_retry
 from datagraph.snapshots import StatusSnapshot
 from datagraph.store import keys
@@ -208,3 +208,27 @@ def test_a_retry_policy_names_the_bad_argument() -> None:
     policy = RetryPolicy.build(retries=None, retry_on="TimeoutError, builtins.OSError")
     assert policy.retries == 0 and policy.retry_on == {"TimeoutError", "OSError"}
     assert policy.delay(1) == 0.5 and policy.delay(3) == 2.0
+
+
+async def test_cancelling_a_retried_run_cancels_its_current_attempt(
+    supervisor: Supervisor, anyio_backend: str
+) -> None:
+    tag = _tag("cancelled", anyio_backend)
+    proc = flaky_processor("r_cancelled", fail_times=1)
+    out = await supervisor.start_flow(
+        Flow.from_processors(proc).resolve(),
+        [IOVal("r_cancelled_job", {"n": 200_000, "tag": tag})],
+        retries=1, retry_on=[Flaky],
+    )
+    io = out["r_cancelled_out"]
+    got: list[int] = []
+    with anyio.fail_after(30), pytest.raises(RunCancelled):
+        async for value in io.stream():
+            got.append(value)
+            if len(got) == 10:
+                taken[tag].set()
+            if len(got) == 20:  # attempt 2 is running
+                assert await supervisor.cancel(io.run_id)
+    assert got[:20] == list(range(20))
+    assert await supervisor.wait(io.run_id, timeout=10) == "cancelled"
+    assert await supervisor.run_state(f"{io.run_id}.2") == "cancelled"
