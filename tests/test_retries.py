@@ -117,6 +117,17 @@ async def test_a_retried_run_delivers_every_value_once_to_the_caller(
     assert "attempts (2):" in text and f"attempt 2 of run {io.run_id}" in text
     assert "Flaky: attempt 1 of" in text and "(this attempt is retried" in text
 
+    # The run view lists the attempts (the web stack is imported here only).
+    from tests.web_support import open_dashboard, text_of
+
+    async with open_dashboard(supervisor) as (_, client):
+        page = await client.get(f"/runs/{io.run_id}")
+        assert page.status_code == 200
+        assert page.text.count('data-testid="run-attempt"') == 2
+        assert 'data-testid="run-retrying"' in page.text and "Flaky" in text_of(page.text)
+        later = await client.get(f"/runs/{io.run_id}.2")
+        assert 'data-testid="run-retry-of"' in later.text
+
 
 async def test_retries_from_the_flow_and_a_watcher_when_nobody_reads(
     supervisor: Supervisor, anyio_backend: str
