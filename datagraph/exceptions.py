@@ -19,6 +19,7 @@ The tree::
     │   ├── StreamIdleTimeout    a stream's producer went silent for too long
     │   ├── EmptyStreamError     ``first()`` on a stream that ended with no value
     │   ├── RerunError           a run that cannot be run again (still running, inputs not kept)
+    │   ├── DispatchError        a processor that could not be handed to a worker (the broker away)
     │   ├── WorkerStopping       a worker asked to stop handed its processor over (retried)
     │   ├── RetryMismatchError   a retried attempt that did not repeat the values already
     │   │                        delivered (the flow is not deterministic)
@@ -39,6 +40,7 @@ __all__ = [
     "CycleError",
     "DatagraphError",
     "DependencyError",
+    "DispatchError",
     "DuplicateOutputError",
     "EmptyStreamError",
     "FlowError",
@@ -122,6 +124,10 @@ class RunError(DatagraphError):
 
 class RerunError(RunError):
     """A run that cannot be run again: it has not ended, or its inputs were not kept."""
+
+
+class DispatchError(RunError):
+    """A processor of a starting run could not be handed to a worker (e.g. the broker is away)."""
 
 
 class WorkerStopping(RunError):

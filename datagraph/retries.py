@@ -44,6 +44,7 @@ import json
 import logging
 import pickle
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -67,7 +68,7 @@ from .streams import BATCH, END, MARKER, StreamReader, failure_error, run_error
 
 if TYPE_CHECKING:
     from .flow import Flow
-    from .io import IOVal
+    from .io import IO, IOVal
     from .runtime import Runtime
     from .supervisor import Supervisor
 
@@ -79,6 +80,7 @@ __all__ = [
     "cause_name",
     "follow_attempt",
     "pending_retry",
+    "start_retried",
 ]
 
 log = logging.getLogger("datagraph.retries")
@@ -492,6 +494,63 @@ class RunAttempts:
                 continue
             with anyio.move_on_after(interval):
                 await self._changed.wait()
+
+
+async def start_retried(
+    supervisor: Supervisor,
+    flow: Flow,
+    inputs: Sequence[IOVal[Any]],
+    *,
+    all_outputs: bool,
+    run_id: str | None,
+    policy: RetryPolicy,
+) -> dict[str, IO[Any]]:
+    """``start_flow`` under a retry policy: the IO handles returned follow the attempts.
+
+    A start that fails before the run is recorded (the store away) is tried
+    again with the same run id, after the backoff, up to ``policy.retries``
+    times; one that fails after (the broker away while dispatching) is the
+    first attempt's failure, and the next attempt takes over.
+    """
+    from .io import IO
+
+    run_id = run_id or uuid.uuid4().hex
+    attempts = RunAttempts(
+        supervisor, flow, inputs, all_outputs=all_outputs, policy=policy, run_id=run_id
+    )
+    tries = 0
+    while True:
+        try:
+            await supervisor.start_flow(flow, inputs, all_outputs=all_outputs, run_id=run_id, retries=0)
+        except Exception as exc:
+            if not policy.retryable(exc):
+                raise
+            try:
+                recorded = await supervisor.run_state(run_id) is not None
+            except StoreError:
+                recorded = False
+            if recorded:
+                await attempts.record_start(await supervisor.runtime())
+                await attempts.after_failure(run_id, exc)  # raises when no attempt is left
+                break
+            tries += 1
+            if tries > policy.retries:
+                raise
+            log.warning(
+                "run %s could not be started (%s: %s); trying again", run_id, cause_name(exc), exc
+            )
+            await anyio.sleep(policy.delay(tries))
+            continue
+        await attempts.record_start(await supervisor.runtime())
+        break
+    topology = flow.topology
+    outputs = list(topology.producers) if all_outputs else list(topology.final_outputs)
+    reader = keys.OUTPUT_READER if supervisor.settings.telemetry else None
+    producers = dict(topology.producers)
+    return {
+        io: IO(supervisor, run_id, io, reader=reader, producers=producers, attempts=attempts)
+        for io in outputs
+    }
 
 
 class RetryingReader:

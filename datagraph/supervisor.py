@@ -37,7 +37,7 @@ from .io import IO, IOVal
 from .liveness import start_heartbeat
 from .plan import Plan
 from .rerun import keep_inputs_commands
-from .retries import RetryPolicy, RunAttempts, follow_attempt
+from .retries import RetryPolicy, follow_attempt, start_retried
 from .runtime import Runtime
 from .settings import DEVELOPMENT_SECRET, Settings
 from .store import keys
@@ -257,7 +257,10 @@ class Supervisor:
         if not isinstance(flow, Flow):
             raise TypeError(f"start_flow() takes a Flow, got {flow!r}")
         policy = RetryPolicy.build(retries=retries, retry_on=retry_on, flow=flow, settings=self.settings)
-        inputs = list(inputs)
+        if policy.retries:
+            return await start_retried(
+                self, flow, list(inputs), all_outputs=all_outputs, run_id=run_id, policy=policy
+            )
         topo = flow.topology  # raises UnresolvedFlowError
         given: dict[str, list[Any]] = {}
         for item in inputs:
@@ -300,16 +303,7 @@ class Supervisor:
             await self.executor.dispatch(self, plan, flow.processor(name))
         # The caller's reads publish positions too, so telemetry can show what it consumed.
         reader = keys.OUTPUT_READER if self.settings.telemetry else None
-        attempts = None
-        if policy.retries:
-            attempts = RunAttempts(
-                self, flow, inputs, all_outputs=all_outputs, policy=policy, run_id=run_id
-            )
-            await attempts.record_start(runtime)
-        return {
-            io: IO(self, run_id, io, reader=reader, producers=plan.producers, attempts=attempts)
-            for io in outputs
-        }
+        return {io: IO(self, run_id, io, reader=reader, producers=plan.producers) for io in outputs}
 
     async def _record_run(self, runtime: Runtime, plan: Plan, given: dict[str, list[Any]]) -> None:
         run_id = plan.run_id
