@@ -340,8 +340,10 @@ class RunAttempts:
         return RetryingReader(self, ios, reader=reader, producers=producers)
 
     async def record_start(self, runtime: Runtime) -> None:
-        """Record the policy on the first attempt's record and start the watcher."""
-        await self._publish(runtime, self.attempts[0])
+        """Start the watcher, which first records the policy on the first attempt's record.
+
+        Off the caller's path: ``start_flow`` returns without waiting for it.
+        """
         runtime.host.start_soon(self.watch, name=f"datagraph-retries-{self.origin}")
 
     def _policy_fields(self, attempt: Attempt) -> list[str]:
@@ -459,9 +461,19 @@ class RunAttempts:
 
     async def _watch(self) -> None:
         runtime = await self.supervisor.runtime()
+        async with self._lock:  # before any later attempt is recorded
+            if self._current == self.origin:
+                try:
+                    await self._publish(runtime, self.attempts[0])
+                except StoreError as exc:  # its readers meet the store's trouble themselves
+                    log.warning("run %s: could not record its retry policy: %s", self.origin, exc)
         interval = min(1.0, runtime.settings.heartbeat_interval / 2)
         deadline = time.monotonic() + runtime.settings.max_run_duration
         while time.monotonic() < deadline and self._final is None:
+            with anyio.move_on_after(interval):
+                await self._changed.wait()  # a reader moved on, or the run failed for good
+            if self._final is not None:
+                return
             run_id = self.current
             try:
                 ((state, error),), _ = await pipeline(
@@ -471,10 +483,8 @@ class RunAttempts:
                 )
             except StoreError as exc:
                 log.debug("run %s: could not read the state of attempt %s: %s", self.origin, run_id, exc)
-                await anyio.sleep(interval)
                 continue
             if isinstance(state, Exception):
-                await anyio.sleep(interval)
                 continue
             text = _text(state) if state is not None else None
             if text in ("succeeded", "cancelled"):
@@ -491,9 +501,6 @@ class RunAttempts:
                     if exc is not self._final:
                         raise
                     return  # the run failed for good: its readers raise it
-                continue
-            with anyio.move_on_after(interval):
-                await self._changed.wait()
 
 
 async def start_retried(

@@ -69,11 +69,17 @@ async def _consume(out: IO[int], tag: str) -> list[int]:
     return got
 
 
-def _tag(name: str, anyio_backend: str) -> str:
+def new_tag(name: str, anyio_backend: str, *, wait: bool = True) -> str:
+    """A test's tag for the flaky processors; ``wait=False``: they fail without waiting for a reader."""
     tag = f"{name}-{anyio_backend}"
     started.pop(tag, None)
     taken[tag] = anyio.Event()
+    if not wait:
+        taken[tag].set()
     return tag
+
+
+_tag = new_tag
 
 
 async def _record(supervisor: Supervisor, run_id: str) -> dict[str, str]:
