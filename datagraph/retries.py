@@ -46,6 +46,7 @@ import pickle
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("datagraph.retries")
+
+#: Fields an attempt of a retried run adds to its record when ``start_flow`` creates it
+#: (its policy), so that no round trip of its own is needed.
+record_fields: ContextVar[tuple[str, ...]] = ContextVar("datagraph_record_fields", default=())
 
 #: Causes of failure that are not the user's code: always retried under a policy.
 RETRIED_CAUSES = frozenset(
@@ -340,13 +345,11 @@ class RunAttempts:
         return RetryingReader(self, ios, reader=reader, producers=producers)
 
     async def record_start(self, runtime: Runtime) -> None:
-        """Start the watcher, which first records the policy on the first attempt's record.
-
-        Off the caller's path: ``start_flow`` returns without waiting for it.
-        """
+        """Start the watcher (the policy is already in the first attempt's record)."""
         runtime.host.start_soon(self.watch, name=f"datagraph-retries-{self.origin}")
 
-    def _policy_fields(self, attempt: Attempt) -> list[str]:
+    def policy_fields(self, attempt: Attempt) -> list[str]:
+        """The fields that record ``attempt`` and the policy in the attempt's run record."""
         return [
             ATTEMPT, str(attempt.number), ORIGIN, self.origin, RETRIES, str(self.policy.retries),
             RETRY_ON, json.dumps(sorted(self.policy.retry_on)),
@@ -362,7 +365,7 @@ class RunAttempts:
             ["HSET", keys.run(self.origin), ATTEMPTS, json.dumps([a.to_dict() for a in self.attempts])],
         ]
         if attempt is not None:
-            commands.append(["HSET", keys.run(attempt.run_id), *self._policy_fields(attempt)])
+            commands.append(["HSET", keys.run(attempt.run_id), *self.policy_fields(attempt)])
         if previous is not None and attempt is not None:
             commands.append(["HSET", keys.run(previous), RETRIED_BY, attempt.run_id])
         if final:
@@ -436,9 +439,13 @@ class RunAttempts:
                 await self.supervisor.cancel(previous)
         except StoreError as exc:
             log.warning("run %s: could not stop attempt %s: %s", self.origin, previous, exc)
-        await self.supervisor.start_flow(
-            self.flow, self.inputs, all_outputs=self.all_outputs, run_id=attempt.run_id, retries=0
-        )
+        token = record_fields.set(tuple(self.policy_fields(attempt)))
+        try:
+            await self.supervisor.start_flow(
+                self.flow, self.inputs, all_outputs=self.all_outputs, run_id=attempt.run_id, retries=0
+            )
+        finally:
+            record_fields.reset(token)
 
     async def _abandon(self, attempt: Attempt) -> None:
         """Stop what an attempt that failed to start did start (nobody reads it)."""
@@ -461,13 +468,9 @@ class RunAttempts:
 
     async def _watch(self) -> None:
         runtime = await self.supervisor.runtime()
-        async with self._lock:  # before any later attempt is recorded
-            if self._current == self.origin:
-                try:
-                    await self._publish(runtime, self.attempts[0])
-                except StoreError as exc:  # its readers meet the store's trouble themselves
-                    log.warning("run %s: could not record its retry policy: %s", self.origin, exc)
-        interval = min(1.0, runtime.settings.heartbeat_interval / 2)
+        # Failures are noticed within a lease anyway: one poll per heartbeat is plenty,
+        # and a run shorter than that costs no poll at all.
+        interval = runtime.settings.heartbeat_interval
         deadline = time.monotonic() + runtime.settings.max_run_duration
         while time.monotonic() < deadline and self._final is None:
             with anyio.move_on_after(interval):
@@ -527,29 +530,34 @@ async def start_retried(
     )
     tries = 0
     while True:
+        failure: Exception | None = None
+        token = record_fields.set(tuple(attempts.policy_fields(attempts.attempts[0])))
         try:
             await supervisor.start_flow(flow, inputs, all_outputs=all_outputs, run_id=run_id, retries=0)
         except Exception as exc:
-            if not policy.retryable(exc):
-                raise
-            try:
-                recorded = await supervisor.run_state(run_id) is not None
-            except StoreError:
-                recorded = False
-            if recorded:
-                await attempts.record_start(await supervisor.runtime())
-                await attempts.after_failure(run_id, exc)  # raises when no attempt is left
-                break
-            tries += 1
-            if tries > policy.retries:
-                raise
-            log.warning(
-                "run %s could not be started (%s: %s); trying again", run_id, cause_name(exc), exc
-            )
-            await anyio.sleep(policy.delay(tries))
-            continue
-        await attempts.record_start(await supervisor.runtime())
-        break
+            failure = exc
+        finally:
+            record_fields.reset(token)
+        if failure is None:
+            await attempts.record_start(await supervisor.runtime())
+            break
+        if not policy.retryable(failure):
+            raise failure
+        try:
+            recorded = await supervisor.run_state(run_id) is not None
+        except StoreError:
+            recorded = False
+        if recorded:
+            await attempts.record_start(await supervisor.runtime())
+            await attempts.after_failure(run_id, failure)  # raises when no attempt is left
+            break
+        tries += 1
+        if tries > policy.retries:
+            raise failure
+        log.warning(
+            "run %s could not be started (%s: %s); trying again", run_id, cause_name(failure), failure
+        )
+        await anyio.sleep(policy.delay(tries))
     topology = flow.topology
     outputs = list(topology.producers) if all_outputs else list(topology.final_outputs)
     reader = keys.OUTPUT_READER if supervisor.settings.telemetry else None

@@ -37,7 +37,7 @@ from .io import IO, IOVal
 from .liveness import start_heartbeat
 from .plan import Plan
 from .rerun import keep_inputs_commands
-from .retries import RetryPolicy, follow_attempt, start_retried
+from .retries import RetryPolicy, follow_attempt, record_fields, start_retried
 from .runtime import Runtime
 from .settings import DEVELOPMENT_SECRET, Settings
 from .store import keys
@@ -315,7 +315,7 @@ class Supervisor:
         commands: list[list[Any]] = [
             ["HSET", keys.run(run_id), "state", "running", "started", now, "plan", plan.to_json(),
              "inputs", summary, "done", "0", "flow", plan.flow.get("name") or "",
-             "submitter", self.worker_id],
+             "submitter", self.worker_id, *record_fields.get()],
             ["EXPIRE", keys.run(run_id), ttl],
             ["HSET", keys.stats(run_id), "created", now],
             ["EXPIRE", keys.stats(run_id), ttl],
