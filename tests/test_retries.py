@@ -249,3 +249,20 @@ async def test_cancelling_a_retried_run_cancels_its_current_attempt(
     assert got[:20] == list(range(20))
     assert await supervisor.wait(io.run_id, timeout=10) == "cancelled"
     assert await supervisor.run_state(f"{io.run_id}.2") == "cancelled"
+
+
+def test_retries_come_from_the_settings_unless_the_flow_or_the_call_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from datagraph.settings import Settings
+
+    monkeypatch.setenv("DATAGRAPH_RETRIES", "3")
+    monkeypatch.setenv("DATAGRAPH_RETRY_ON", "TimeoutError")
+    settings = Settings.from_env()
+    flow = Flow.from_processors(flaky_processor("r_settings", fail_times=0), retries=1, retry_on=[KeyError])
+    assert RetryPolicy.build(retries=None, retry_on=None, settings=settings).retries == 3
+    policy = RetryPolicy.build(retries=None, retry_on=None, flow=flow, settings=settings)
+    assert policy.retries == 1 and policy.retry_on == {"TimeoutError", "KeyError"}
+    assert RetryPolicy.build(retries=0, retry_on=None, flow=flow, settings=settings).retries == 0
+    with pytest.raises(ConfigError, match="'retries' must not be negative"):
+        Settings.from_env(retries=-1)
