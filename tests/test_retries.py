@@ -79,8 +79,6 @@ def new_tag(name: str, anyio_backend: str, *, wait: bool = True) -> str:
     return tag
 
 
-_tag = new_tag
-
 
 async def _record(supervisor: Supervisor, run_id: str) -> dict[str, str]:
     runtime = await supervisor.runtime()
@@ -91,7 +89,7 @@ async def _record(supervisor: Supervisor, run_id: str) -> dict[str, str]:
 async def test_a_retried_run_delivers_every_value_once_to_the_caller(
     supervisor: Supervisor, anyio_backend: str
 ) -> None:
-    tag = _tag("once", anyio_backend)
+    tag = new_tag("once", anyio_backend)
     proc = flaky_processor("r_once", fail_times=1)
     out = await supervisor.start_flow(
         Flow.from_processors(proc).resolve(), [IOVal("r_once_job", {"n": N, "tag": tag})],
@@ -138,7 +136,7 @@ async def test_a_retried_run_delivers_every_value_once_to_the_caller(
 async def test_retries_from_the_flow_and_a_watcher_when_nobody_reads(
     supervisor: Supervisor, anyio_backend: str
 ) -> None:
-    tag = _tag("watched", anyio_backend)
+    tag = new_tag("watched", anyio_backend)
     taken[tag].set()  # nobody reads: the processor fails as soon as it gets to value 10
     proc = flaky_processor("r_watched", fail_times=2)
     flow = Flow.from_processors(proc, retries=2, retry_on=["Flaky"]).resolve()
@@ -155,7 +153,7 @@ async def test_retries_from_the_flow_and_a_watcher_when_nobody_reads(
 async def test_a_processor_exception_not_listed_fails_at_once_naming_the_processor(
     supervisor: Supervisor, anyio_backend: str
 ) -> None:
-    tag = _tag("unlisted", anyio_backend)
+    tag = new_tag("unlisted", anyio_backend)
     proc = flaky_processor("r_unlisted", fail_times=1)
     out = await supervisor.start_flow(
         Flow.from_processors(proc).resolve(), [IOVal("r_unlisted_job", {"n": N, "tag": tag})],
@@ -174,7 +172,7 @@ async def test_a_processor_exception_not_listed_fails_at_once_naming_the_process
 async def test_a_non_deterministic_retry_fails_rather_than_deliver_a_different_sequence(
     supervisor: Supervisor, anyio_backend: str
 ) -> None:
-    tag = _tag("shifty", anyio_backend)
+    tag = new_tag("shifty", anyio_backend)
     proc = flaky_processor("r_shifty", fail_times=1, shift=True)
     out = await supervisor.start_flow(
         Flow.from_processors(proc).resolve(), [IOVal("r_shifty_job", {"n": N, "tag": tag})],
@@ -195,7 +193,7 @@ async def test_a_non_deterministic_retry_fails_rather_than_deliver_a_different_s
 async def test_retries_exhausted_raise_the_last_cause_with_the_attempts_listed(
     supervisor: Supervisor, anyio_backend: str
 ) -> None:
-    tag = _tag("exhausted", anyio_backend)
+    tag = new_tag("exhausted", anyio_backend)
     proc = flaky_processor("r_exhausted", fail_times=5)
     out = await supervisor.start_flow(
         Flow.from_processors(proc).resolve(), [IOVal("r_exhausted_job", {"n": N, "tag": tag})],
@@ -230,7 +228,7 @@ def test_a_retry_policy_names_the_bad_argument() -> None:
 async def test_cancelling_a_retried_run_cancels_its_current_attempt(
     supervisor: Supervisor, anyio_backend: str
 ) -> None:
-    tag = _tag("cancelled", anyio_backend)
+    tag = new_tag("cancelled", anyio_backend)
     proc = flaky_processor("r_cancelled", fail_times=1)
     out = await supervisor.start_flow(
         Flow.from_processors(proc).resolve(),
