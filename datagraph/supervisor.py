@@ -378,7 +378,7 @@ class Supervisor:
                 state = await self.run_state(run_id)
                 if state is None:
                     raise RunError(f"run {run_id} is unknown (or expired)", run_id=run_id)
-                if state == "failed":
+                if state in ("failed", "cancelled"):  # an attempt the run's retries replaced
                     following = await follow_attempt(self, run_id)
                     if following is not None:
                         run_id = following or run_id
@@ -398,7 +398,7 @@ class Supervisor:
         Returns False when the run had already ended.  A retried run is cancelled
         in its current attempt.
         """
-        if await self.run_state(run_id) == "failed":
+        if await self.run_state(run_id) in ("failed", "cancelled"):
             following = await follow_attempt(self, run_id)
             if following:
                 return await self.cancel(following)

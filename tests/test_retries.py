@@ -264,3 +264,19 @@ def test_retries_come_from_the_settings_unless_the_flow_or_the_call_says_otherwi
     assert RetryPolicy.build(retries=0, retry_on=None, flow=flow, settings=settings).retries == 0
     with pytest.raises(ConfigError, match="'retries' must not be negative"):
         Settings.from_env(retries=-1)
+
+
+def test_which_failed_attempts_wait_for_a_retry() -> None:
+    lost = json.dumps({"processor": "p", "type": "WorkerLost"})
+    raised = json.dumps({"processor": "p", "type": "ValueError"})
+    base = {"state": "failed", "retries": "2", "attempt": "1", "retry_on": "[]", "error": lost}
+    assert pending_retry(base)
+    assert not pending_retry({**base, "attempt": "3"})  # the last attempt: it alerts
+    assert not pending_retry({**base, "final": "1"})
+    assert not pending_retry({**base, "error": raised})
+    assert pending_retry({**base, "error": raised, "retry_on": '["ValueError"]'})
+    assert not pending_retry({"state": "failed", "error": lost})  # no policy
+    # Cancelled by the retries themselves (a reader gave up on it): followed, not an end.
+    assert pending_retry({"state": "cancelled", "stopped_for_retry": "1"})
+    assert not pending_retry({"state": "cancelled", "retries": "2"})  # cancelled by someone
+    assert pending_retry({"state": "cancelled", "retried_by": "x.2"})

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from glide import GlideError
 
 from ..exceptions import DatagraphError, RunLostError, StoreError
 from ..store import keys
@@ -23,6 +24,7 @@ from .policy import (
     RETRIED_BY,
     RETRIES,
     RETRY_ON,
+    STOPPED_FOR_RETRY,
     Attempt,
     RetryPolicy,
     _ended,
@@ -180,8 +182,13 @@ class RunAttempts:
         previous = self._current
         try:
             if await self.supervisor.run_state(previous) not in (None, *TERMINAL):
+                # Said first, so that wait() sees a cancel it should follow, not the run's end.
+                runtime = await self.supervisor.runtime()
+                await runtime.client.custom_command(
+                    ["HSET", keys.run(previous), STOPPED_FOR_RETRY, "1"]
+                )
                 await self.supervisor.cancel(previous)
-        except StoreError as exc:
+        except (StoreError, GlideError) as exc:
             log.warning("run %s: could not stop attempt %s: %s", self.origin, previous, exc)
         token = record_fields.set(tuple(self.policy_fields(attempt)))
         try:

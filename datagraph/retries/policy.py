@@ -63,6 +63,7 @@ RETRIES = "retries"
 RETRY_ON = "retry_on"
 RETRIED_BY = "retried_by"
 FINAL = "final"
+STOPPED_FOR_RETRY = "stopped_for_retry"
 
 
 
@@ -188,14 +189,22 @@ def attempts_from(raw: bytes | str | None) -> tuple[Attempt, ...]:
 def pending_retry(fields: Mapping[str, Any]) -> bool:
     """Whether a failed run (its record's fields, as text) is about to be started again.
 
+    (Or a cancelled one: an attempt still running when its retries gave up on it,
+    e.g. after a reader lost the store, is cancelled before the next one starts.)
+
     True when another attempt already replaced it, or its cause is retried and
     attempts remain and no final decision was recorded: alerts wait for the last attempt.
     """
-    if fields.get("state") != "failed":
+    state = fields.get("state")
+    if state not in ("failed", "cancelled"):
         return False
     if fields.get(RETRIED_BY):
         return True
-    if fields.get(FINAL) or not fields.get(RETRIES):
+    if fields.get(FINAL):
+        return False
+    if fields.get(STOPPED_FOR_RETRY):
+        return True  # cancelled (or failed) by the retries themselves, the next attempt starting
+    if state != "failed" or not fields.get(RETRIES):
         return False
     try:
         attempt, retries = int(fields.get(ATTEMPT) or 1), int(fields[RETRIES])
@@ -207,19 +216,19 @@ def pending_retry(fields: Mapping[str, Any]) -> bool:
 
 
 async def follow_attempt(supervisor: Supervisor, run_id: str) -> str | None:
-    """For a failed run: the attempt that replaced it, "" while one is about to, or None.
+    """For a failed (or cancelled) run: the attempt that replaced it, "" while one is about to,
+    or None.
 
     None means the failure is final (not retried, or no attempt left).
     """
     runtime = await supervisor.runtime()
     doing = f"reading the attempts of run {run_id}"
+    names = ("state", "error", ATTEMPT, RETRIES, RETRY_ON, RETRIED_BY, FINAL, STOPPED_FOR_RETRY)
     (reply,), _ = await pipeline(
         runtime.client,
-        [["HMGET", keys.run(run_id), "state", "error", ATTEMPT, RETRIES, RETRY_ON, RETRIED_BY, FINAL]],
-        retry_for=runtime.settings.reconnect_timeout, doing=doing,
+        [["HMGET", keys.run(run_id), *names]], retry_for=runtime.settings.reconnect_timeout, doing=doing,
     )
     refused([reply], doing)
-    names = ("state", "error", ATTEMPT, RETRIES, RETRY_ON, RETRIED_BY, FINAL)
     fields = {n: _text(v) for n, v in zip(names, reply, strict=True) if v is not None}
     if fields.get(RETRIED_BY):
         return fields[RETRIED_BY]
