@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from glide import GlideError
 
-from ..exceptions import DatagraphError, RunLostError, StoreError
+from ..exceptions import DatagraphError, RunCancelled, RunError, RunLostError, StoreError
 from ..store import keys
 from ..store.client import pipeline, refused
 from ..store.scripts import TERMINAL
@@ -35,7 +35,11 @@ from .policy import (
     record_fields,
 )
 
-__all__ = ["RunAttempts", "start_retried"]
+__all__ = ["RunAttempts", "StoppedForRetry", "start_retried"]
+
+
+class StoppedForRetry(RunError):
+    """An attempt cancelled by its run's own retries (its readers go on with the next one)."""
 
 if TYPE_CHECKING:
     from ..flow import Flow
@@ -137,6 +141,11 @@ class RunAttempts:
             if self._final is not None:
                 raise self._final
             runtime = await self.supervisor.runtime()
+            if isinstance(cause, RunCancelled) and await self._stopped_for_retry(runtime, run_id):
+                # Cancelled by these retries, not by anyone else: the run goes on.
+                cause = StoppedForRetry(
+                    f"attempt {run_id} of run {self.origin} was stopped to be retried", run_id=run_id
+                )
             failed = next(a for a in reversed(self.attempts) if a.run_id == run_id)
             _ended(failed, cause)
             while True:
@@ -197,6 +206,13 @@ class RunAttempts:
             )
         finally:
             record_fields.reset(token)
+
+    async def _stopped_for_retry(self, runtime: Runtime, run_id: str) -> bool:
+        try:
+            marked = await runtime.client.custom_command(["HGET", keys.run(run_id), STOPPED_FOR_RETRY])
+        except GlideError as exc:
+            raise StoreError(f"could not read the record of attempt {run_id}: {exc}") from exc
+        return marked is not None
 
     async def _abandon(self, attempt: Attempt) -> None:
         """Stop what an attempt that failed to start did start (nobody reads it)."""

@@ -49,7 +49,7 @@ record_fields: ContextVar[tuple[str, ...]] = ContextVar("datagraph_record_fields
 RETRIED_CAUSES = frozenset(
     {
         "WorkerLost", "WorkerStopping", "DispatchTimeout", "DispatchError", "WritesLost",
-        "StoreError", "RunLostError",
+        "StoreError", "RunLostError", "StoppedForRetry",
     }
 )
 #: Longest wait between two attempts, in seconds.
