@@ -1,6 +1,7 @@
 """chaos: many flows on Celery workers while workers are SIGKILLed and Valkey restarts.
 
     python -m benchmarks.chaos [--duration 120] [--workers 3] [--at-once 6] [--seed N] [--cluster]
+                               [--retries N] [--faults kill|rolling|none] [--compare-retries]
 
 What it does:
 
@@ -10,7 +11,9 @@ What it does:
   benchmarks.chaos worker --pool=threads``), each implementing every
   processor of the flow ``chaos-src -> chaos-square -> chaos-total``;
 * keeps ``--at-once`` runs going from this process for ``--duration``
-  seconds, each with its own tag and size, and checks every output exactly;
+  seconds, each with its own tag and size, and checks every output exactly:
+  the total, and ``seen``, every value of the source streamed to the caller,
+  which must arrive exactly once (duplicates and gaps are counted);
 * meanwhile, every few seconds, injects a fault: SIGKILL of a random worker
   (restarted a moment later as a new process) or a restart of Valkey on the
   same port (stopped, then started again from its append-only file).
@@ -21,6 +24,17 @@ standalone Valkey of its own, as in a real deployment (kombu cannot use a
 cluster as its broker).  The store faults are then a SIGKILL of a random
 primary: its replica takes over, and a fresh node joins as the new replica
 a moment later, so that the next primary killed has a replica too.
+
+``--retries N`` starts every run with ``retries=N`` (see ``datagraph.retries``):
+a run counts as exact when its last attempt delivered exact outputs, and the
+cost of retries (attempts, and source values computed again by the attempts
+that followed a failed one) is printed.  ``--faults rolling`` replaces the
+SIGKILLs and Valkey restarts by a rolling restart: one worker at a time gets
+SIGTERM (a warm shutdown that hands its processors over after
+``--shutdown-grace`` seconds) and is started again once it has exited.
+``--compare-retries`` injects no faults and alternates 10-second phases of runs
+with ``retries=0`` and ``retries=N`` (N from ``--retries``, default 2),
+printing the runs and values per second of each and their ratio.
 
 Every run is bounded by ``--run-deadline``; a run that neither finished nor
 raised within it counts as hung.  At the end it prints runs started, succeeded
@@ -73,7 +87,8 @@ ROOT = Path(__file__).resolve().parent.parent
 src = Processor("chaos-src", inputs=["job"], outputs=["xs"])
 square = Processor("chaos-square", inputs=["xs"], outputs=["ys"])
 total = Processor("chaos-total", inputs=["ys"], outputs=["total"], wait=True)
-FLOW = Flow.from_processors(src, square, total, name="chaos").resolve()
+tap = Processor("chaos-tap", inputs=["xs"], outputs=["seen"])
+FLOW = Flow.from_processors(src, square, total, tap, name="chaos").resolve()
 
 
 async def _src(job: IO[dict[str, Any]]) -> AsyncIterator[IOVal[tuple[str, int]]]:
@@ -100,6 +115,11 @@ async def _total(ys: IO[tuple[str, int]]) -> AsyncIterator[IOVal[dict[str, Any]]
     yield IOVal("total", {"tags": sorted(tags), "count": count, "sum": total_})
 
 
+async def _tap(xs: IO[tuple[str, int]]) -> AsyncIterator[IOVal[tuple[str, int]]]:
+    async for item in xs:
+        yield IOVal("seen", item)
+
+
 def expected_total(tag: str, n: int) -> dict[str, Any]:
     return {"tags": [tag], "count": n, "sum": sum(i * i for i in range(n))}
 
@@ -124,6 +144,7 @@ if os.environ.get(SERVICE_ENV):
     src(_src)
     square(_square)
     total(_total)
+    tap(_tap)
     backend = os.environ.get("DATAGRAPH_CHAOS_WORKER_BACKEND", "asyncio")
     # The store, the secret and the timeouts come from DATAGRAPH_* variables.
     Supervisor.attach(executor=CeleryExecutor(app, backend=backend))
@@ -271,6 +292,17 @@ class Worker:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
+    def warm_restart(self) -> None:
+        """SIGTERM to the worker (a warm shutdown), then a new process once it has exited."""
+        if self.alive:
+            assert self.process is not None
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(120)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.start()
+
     def stop(self) -> None:
         if not self.alive:
             return
@@ -296,6 +328,15 @@ class Tally:
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
     examples: dict[str, str] = field(default_factory=dict)
     stalls: str = "?"
+    #: Values the caller received more than once, and values it never received.
+    duplicated: int = 0
+    missing: int = 0
+    #: Retried runs: attempts in all, runs with more than one, source values recomputed.
+    attempts: int = 0
+    retried: int = 0
+    recomputed: int = 0
+    #: Source values delivered to the caller by runs that succeeded exactly.
+    values: int = 0
 
     def line(self, elapsed: float) -> str:
         return (
@@ -359,7 +400,9 @@ def error_kind(exc: DatagraphError) -> str:
     return type(exc).__name__
 
 
-async def one_run(supervisor: Supervisor, tally: Tally, rng: random.Random, deadline: float) -> None:
+async def one_run(
+    supervisor: Supervisor, tally: Tally, rng: random.Random, deadline: float, retries: int = 0
+) -> None:
     run_id = uuid.uuid4().hex
     tag = run_id[:8]
     n = rng.randint(20, 400)
@@ -368,7 +411,8 @@ async def one_run(supervisor: Supervisor, tally: Tally, rng: random.Random, dead
     outcome: str | None = None
     with anyio.move_on_after(deadline):
         try:
-            outputs = await supervisor.start_flow(FLOW, [IOVal("job", job)], run_id=run_id)
+            outputs = await supervisor.start_flow(FLOW, [IOVal("job", job)], run_id=run_id, retries=retries)
+            seen = await outputs["seen"].collect()
             got = await outputs["total"].collect()
             state = await supervisor.wait(run_id)
         except DatagraphError as exc:
@@ -385,11 +429,19 @@ async def one_run(supervisor: Supervisor, tally: Tally, rng: random.Random, dead
             )
             outcome = "unclear"
         else:
-            if got != [expected_total(tag, n)]:
+            expected_seen = [(tag, i) for i in range(n)]
+            seen = [tuple(v) for v in seen]
+            tally.duplicated += len(seen) - len(set(seen))
+            tally.missing += len(set(expected_seen) - set(seen))
+            if seen != expected_seen:
+                tally.wrong.append(f"run {run_id}: {len(seen)} values seen, expected {n} exactly once")
+                outcome = "wrong"
+            elif got != [expected_total(tag, n)]:
                 tally.wrong.append(f"run {run_id}: got {got!r:.200}, expected {expected_total(tag, n)}")
                 outcome = "wrong"
             elif state == "succeeded":
                 tally.succeeded += 1
+                tally.values += n
                 outcome = "succeeded"
             else:
                 record = await run_error(supervisor, run_id)
@@ -399,6 +451,27 @@ async def one_run(supervisor: Supervisor, tally: Tally, rng: random.Random, dead
                 outcome = "failed"
     if outcome is None:
         tally.hung.append(f"run {run_id} (n={n}): neither finished nor raised within {deadline:g}s")
+    if retries:
+        with anyio.move_on_after(10, shield=True):
+            await count_attempts(supervisor, tally, run_id)
+
+
+async def count_attempts(supervisor: Supervisor, tally: Tally, run_id: str) -> None:
+    """Add a retried run's attempts, and the source values its failed attempts wrote, to the tally."""
+    from datagraph.store import keys
+
+    client = (await supervisor.runtime()).client
+    try:
+        raw = await client.custom_command(["HGET", keys.run(run_id), "attempts"])
+        attempts = json.loads(raw) if raw else [{"run_id": run_id}]
+        tally.attempts += len(attempts)
+        if len(attempts) > 1:
+            tally.retried += 1
+        for attempt in attempts[:-1]:
+            written = await client.custom_command(["HGET", keys.stats(attempt["run_id"]), "written:xs"])
+            tally.recomputed += int(written or 0)
+    except Exception as exc:  # the store is restarting: this run's cost goes uncounted, say so
+        tally.examples.setdefault("uncounted attempts", f"run {run_id}: {exc}"[:300])
 
 
 async def run_error(supervisor: Supervisor, run_id: str) -> dict[str, Any]:
@@ -456,6 +529,18 @@ async def chaos(
             tg.start_soon(restart_later, victim, rng.uniform(1.0, 4.0))
 
 
+async def rolling(workers: list[Worker], tally: Tally, rng: random.Random, gaps: tuple[float, float]) -> None:
+    """A rolling restart, over and over: SIGTERM one worker, start it again once it has exited."""
+    index = 0
+    while True:
+        await anyio.sleep(rng.uniform(*gaps))
+        worker = workers[index % len(workers)]
+        index += 1
+        with anyio.CancelScope(shield=True):  # never leave a worker stopped
+            await anyio.to_thread.run_sync(worker.warm_restart)
+        tally.faults["warm restarts"] += 1
+
+
 async def restart_later(worker: Worker, delay: float) -> None:
     await anyio.sleep(delay)
     worker.start()
@@ -481,9 +566,13 @@ async def main_async(args: argparse.Namespace, store: Store | ClusterStore, work
         started = time.monotonic()
         end = started + args.duration
 
+        if args.compare_retries:
+            await compare_retries(supervisor, args, rng, stalls)
+            return tally
+
         async def runner() -> None:
             while time.monotonic() < end:
-                await one_run(supervisor, tally, rng, args.run_deadline)
+                await one_run(supervisor, tally, rng, args.run_deadline, args.retries)
 
         async def progress() -> None:
             while True:
@@ -492,7 +581,11 @@ async def main_async(args: argparse.Namespace, store: Store | ClusterStore, work
 
         async with anyio.create_task_group() as outer:
             outer.start_soon(stalls.ticker)
-            outer.start_soon(chaos, store, workers, tally, rng, (args.min_gap, args.max_gap))
+            gaps = (args.min_gap, args.max_gap)
+            if args.faults == "kill":
+                outer.start_soon(chaos, store, workers, tally, rng, gaps)
+            elif args.faults == "rolling":
+                outer.start_soon(rolling, workers, tally, rng, gaps)
             outer.start_soon(progress)
             async with anyio.create_task_group() as runs:
                 for _ in range(args.at_once):
@@ -507,6 +600,58 @@ async def main_async(args: argparse.Namespace, store: Store | ClusterStore, work
         with anyio.move_on_after(10, shield=True):
             await Supervisor.adetach()
     return tally
+
+
+async def compare_retries(
+    supervisor: Supervisor, args: argparse.Namespace, rng: random.Random, stalls: StallWatch
+) -> None:
+    """No faults: alternate phases of retries=0 and retries=N; print both rates and their ratio."""
+    retries = args.retries or 2
+    phase = 10.0
+    rounds = max(1, int(args.duration // (2 * phase)))
+    rates: dict[int, list[float]] = {0: [], retries: []}
+    values: dict[int, list[float]] = {0: [], retries: []}
+    ratios: list[float] = []
+    for round_ in range(rounds):
+        order = [0, retries] if round_ % 2 == 0 else [retries, 0]
+        for setting in order:
+            tally = Tally()
+            end = time.monotonic() + phase
+            started = time.monotonic()
+
+            async def runner(tally: Tally = tally, end: float = end, setting: int = setting) -> None:
+                while time.monotonic() < end:
+                    await one_run(supervisor, tally, rng, args.run_deadline, setting)
+
+            async with anyio.create_task_group() as runs:
+                for _ in range(args.at_once):
+                    runs.start_soon(runner)
+            elapsed = time.monotonic() - started
+            bad = len(tally.wrong) + len(tally.hung) + len(tally.unclear) + sum(tally.failed.values())
+            if bad:
+                print(f"(!) {bad} runs did not succeed exactly with no faults: {tally.line(elapsed)}")
+            rates[setting].append(tally.succeeded / elapsed)
+            values[setting].append(tally.values / elapsed)
+        ratios.append(values[retries][-1] / values[0][-1])
+        print(
+            f"round {round_ + 1}: retries=0 {rates[0][-1]:.1f} runs/s {values[0][-1]:,.0f} values/s; "
+            f"retries={retries} {rates[retries][-1]:.1f} runs/s {values[retries][-1]:,.0f} values/s; "
+            f"ratio {ratios[-1]:.3f}",
+            flush=True,
+        )
+    import statistics
+
+    print()
+    print(f"throughput with no faults, {rounds} rounds of {phase:g}s each way, {args.at_once} runs at once:")
+    print(
+        f"    retries=0 (baseline): {max(rates[0]):.1f} runs/s, "
+        f"{max(values[0]):,.0f} values/s (best round)"
+    )
+    print(
+        f"    retries={retries}:            {max(rates[retries]):.1f} runs/s, "
+        f"{max(values[retries]):,.0f} values/s (best round)"
+    )
+    print(f"    ratio retries={retries} / retries=0: {statistics.median(ratios):.3f} (median of rounds)")
 
 
 def report(tally: Tally, logs: Path) -> int:
@@ -525,6 +670,15 @@ def report(tally: Tally, logs: Path) -> int:
         "faults injected:                 "
         + (", ".join(f"{v} {k}" for k, v in sorted(tally.faults.items())) or "none")
     )
+    print(f"values duplicated at the caller: {tally.duplicated}, missing: {tally.missing}")
+    if tally.attempts:
+        exact = 100.0 * tally.succeeded / max(1, tally.started)
+        print(f"runs exact:                      {exact:.1f} %")
+        print(
+            f"cost of retries:                 {tally.attempts} attempts for {tally.started} runs "
+            f"({tally.retried} runs retried), {tally.recomputed:,} source values computed again "
+            f"({100.0 * tally.recomputed / max(1, tally.values):.1f} % of the {tally.values:,} delivered)"
+        )
     print(f"caller's longest event-loop stall: {tally.stalls}")
     accounted = tally.succeeded + sum(tally.failed.values()) + len(tally.unclear) + len(tally.hung)
     accounted += len(tally.wrong)
@@ -557,6 +711,20 @@ def main(argv: list[str] | None = None) -> int:
         "--worker-backend", choices=["asyncio", "trio"], default="asyncio", help="the workers' processor loop"
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--retries", type=int, default=0, help="start every run with retries=N (default 0)")
+    parser.add_argument(
+        "--faults", choices=["kill", "rolling", "none"], default="kill",
+        help="kill: SIGKILL workers and restart Valkey (default); rolling: warm-restart one worker "
+        "at a time; none: no faults",
+    )
+    parser.add_argument(
+        "--shutdown-grace", type=float, default=2.0,
+        help="the workers' shutdown_grace setting, in seconds (default 2)",
+    )
+    parser.add_argument(
+        "--compare-retries", action="store_true",
+        help="no faults: alternate phases of retries=0 and retries=N, print the throughput ratio",
+    )
     parser.add_argument(
         "--cluster", action="store_true",
         help="the store on a 3-shard Valkey Cluster with replicas; kill primaries instead of restarts",
@@ -586,12 +754,14 @@ def main(argv: list[str] | None = None) -> int:
         "DATAGRAPH_RECONNECT_TIMEOUT": str(args.reconnect_timeout),
         "DATAGRAPH_DISPATCH_TIMEOUT": str(args.dispatch_timeout),
         "DATAGRAPH_CHAOS_WORKER_BACKEND": args.worker_backend,
+        "DATAGRAPH_SHUTDOWN_GRACE": str(args.shutdown_grace),
     }
     workers = [Worker(i, env, args.concurrency, logs) for i in range(args.workers)]
     print(
         f"chaos: {args.duration:g}s, {args.workers} Celery workers x {args.concurrency} threads, "
         f"{args.at_once} runs at once, a fault every {args.min_gap:g}-{args.max_gap:g}s, "
-        f"caller on {args.backend}, workers on {args.worker_backend}, seed {args.seed}; "
+        f"caller on {args.backend}, workers on {args.worker_backend}, seed {args.seed}, "
+        f"retries {args.retries}, faults {'none' if args.compare_retries else args.faults}; "
         f"Valkey Cluster on ports {store.port} (3 shards, a replica each)"
         if args.cluster else f"Valkey on port {store.port} (appendonly)",
         flush=True,

@@ -341,8 +341,20 @@ def _print_status(data: StatusSnapshot, out: TextIO, *, detailed: bool) -> None:
                 ]
                 for s in run.processor_states
             ], indent="  ")
+        if run.retry_of:
+            out.write(f"  attempt {run.attempt} of run {run.retry_of}\n")
+        if len(run.attempts) > 1:
+            out.write(f"  attempts ({len(run.attempts)}):\n")
+            for attempt in run.attempts:
+                why = f"{attempt.cause}: {attempt.message}" if attempt.cause else (
+                    "running" if attempt.ended is None else "-"
+                )
+                at = _ago(attempt.started, now)
+                out.write(f"    {attempt.number}  {attempt.run_id}  started {at}  {why}\n")
         if run.error is not None:
             error = run.error
+            if run.retrying:
+                out.write("  (this attempt is retried: the run is started again)\n")
             out.write(f"  error in {error.processor!r}: {error.type}: {error.message}\n")
             if detailed and error.traceback:
                 for line in error.traceback.rstrip().splitlines():

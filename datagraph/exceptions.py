@@ -19,6 +19,10 @@ The tree::
     │   ├── StreamIdleTimeout    a stream's producer went silent for too long
     │   ├── EmptyStreamError     ``first()`` on a stream that ended with no value
     │   ├── RerunError           a run that cannot be run again (still running, inputs not kept)
+    │   ├── DispatchError        a processor that could not be handed to a worker (the broker away)
+    │   ├── WorkerStopping       a worker asked to stop handed its processor over (retried)
+    │   ├── RetryMismatchError   a retried attempt that did not repeat the values already
+    │   │                        delivered (the flow is not deterministic)
     │   └── BadValueError        a yielded value that cannot be sent (undeclared IO,
     │                            not serialisable, too large)
     └── StoreError               Valkey is unreachable, refused a command, or lost data
@@ -28,12 +32,15 @@ The tree::
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BadValueError",
     "ConfigError",
     "CycleError",
     "DatagraphError",
     "DependencyError",
+    "DispatchError",
     "DuplicateOutputError",
     "EmptyStreamError",
     "FlowError",
@@ -41,6 +48,7 @@ __all__ = [
     "ProcessorError",
     "ProcessorFailed",
     "RerunError",
+    "RetryMismatchError",
     "RunCancelled",
     "RunError",
     "RunLostError",
@@ -50,11 +58,16 @@ __all__ = [
     "UnknownInputError",
     "UnknownProcessorError",
     "UnresolvedFlowError",
+    "WorkerStopping",
 ]
 
 
 class DatagraphError(Exception):
     """Base class of every Datagraph error."""
+
+    #: The attempts of a retried run that failed for good (``datagraph.retries.Attempt``),
+    #: oldest first; empty for a run that was not retried.
+    attempts: tuple[Any, ...] = ()
 
 
 class ConfigError(DatagraphError):
@@ -111,6 +124,26 @@ class RunError(DatagraphError):
 
 class RerunError(RunError):
     """A run that cannot be run again: it has not ended, or its inputs were not kept."""
+
+
+class DispatchError(RunError):
+    """A processor of a starting run could not be handed to a worker (e.g. the broker is away)."""
+
+
+class WorkerStopping(RunError):
+    """A worker asked to stop (a warm shutdown) handed over a processor still running.
+
+    The processor's run fails with this cause after the ``shutdown_grace``
+    setting, and a run with a retry policy is started again elsewhere.
+    """
+
+
+class RetryMismatchError(RunError):
+    """A retried run's new attempt did not start with the values already delivered.
+
+    Exactly-once delivery across attempts needs a deterministic flow: the same
+    inputs give the same values in the same order.
+    """
 
 
 class ProcessorFailed(RunError):

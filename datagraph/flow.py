@@ -41,9 +41,20 @@ class Topology:
 class Flow:
     """A set of processors wired by IO name."""
 
-    def __init__(self, processors: Iterable[Processor], *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        processors: Iterable[Processor],
+        *,
+        name: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException] | str] = (),
+    ) -> None:
         self.processors: tuple[Processor, ...] = tuple(processors)
         self.name = name
+        #: Retries of this flow's runs (None: the ``retries`` setting); see ``datagraph.retries``.
+        self.retries = retries
+        #: Exception types retried besides lost workers and the like.
+        self.retry_on = tuple(retry_on)
         self._topology: Topology | None = None
         for p in self.processors:
             if not isinstance(p, Processor):
@@ -57,12 +68,18 @@ class Flow:
         self.processors = tuple(seen.values())
 
     @classmethod
-    def from_processors(cls, *processors: Processor, name: str | None = None) -> Flow:
+    def from_processors(
+        cls,
+        *processors: Processor,
+        name: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException] | str] = (),
+    ) -> Flow:
         if len(processors) == 1 and not isinstance(processors[0], Processor):
             processors = tuple(processors[0])
         if not processors:
             raise FlowError("a flow needs at least one processor")
-        return cls(processors, name=name)
+        return cls(processors, name=name, retries=retries, retry_on=retry_on)
 
     def __repr__(self) -> str:
         names = ", ".join(p.name for p in self.processors)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 import anyio.from_thread
 
@@ -53,6 +53,22 @@ class _NoPad:
 _NOPAD: Any = _NoPad()
 
 
+class BatchReader(Protocol):
+    """What the iterators read from: ``(io, values)`` and ``(io, END)`` (a StreamReader)."""
+
+    async def __anext__(self) -> tuple[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Attempts(Protocol):
+    """The attempts of a retried run, as its IO handles see them (``datagraph.retries.RunAttempts``)."""
+
+    def reader(self, ios: list[str], *, reader: str | None, producers: dict[str, str]) -> BatchReader:
+        """A reader of ``ios`` that follows the run from attempt to attempt."""
+        ...
+
+
 class IO(Generic[T]):
     """A stream of one run, read through the store.
 
@@ -62,7 +78,7 @@ class IO(Generic[T]):
     Every call reads the stream from its beginning.
     """
 
-    __slots__ = ("_producers", "_reader", "_supervisor", "_writer", "name", "run_id")
+    __slots__ = ("_attempts", "_producers", "_reader", "_supervisor", "_writer", "name", "run_id")
 
     def __init__(
         self,
@@ -73,8 +89,10 @@ class IO(Generic[T]):
         reader: str | None = None,
         producers: dict[str, str] | None = None,
         writer: StreamWriter | None = None,
+        attempts: Attempts | None = None,
     ) -> None:
         self._supervisor = supervisor
+        self._attempts = attempts
         self._writer = writer
         self.run_id = run_id
         self.name = name
@@ -84,7 +102,10 @@ class IO(Generic[T]):
     def __repr__(self) -> str:
         return f"<IO {self.name!r} of run {self.run_id}>"
 
-    async def _open(self, ios: list[str]) -> StreamReader:
+    async def _open(self, ios: list[str]) -> BatchReader:
+        if self._attempts is not None:
+            # A retried run: the reader follows its attempts (datagraph.retries).
+            return self._attempts.reader(ios, reader=self._reader, producers=self._producers)
         runtime = await self._supervisor.runtime()
         return StreamReader(
             runtime, self.run_id, ios, reader=self._reader, producers=self._producers, writer=self._writer
@@ -151,7 +172,7 @@ class _Reading:
     def __init__(self, io: IO[Any], names: list[str]) -> None:
         self._io = io
         self._names = names
-        self._reader: StreamReader | None = None
+        self._reader: BatchReader | None = None
 
     async def _next_batch(self) -> tuple[str, Any]:
         if self._reader is None:

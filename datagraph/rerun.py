@@ -19,12 +19,13 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .context import Context
+from .coordinator import Coordinator
 from .exceptions import RerunError, RunError
 from .flow import Flow
-from .io import IO, IOVal
+from .io import IOVal
 from .plan import Plan
 from .store import keys
 from .store.client import pipeline, refused
@@ -36,14 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RerunInfo", "keep_inputs_commands", "kept_inputs", "rerun", "rerun_info"]
 
-
-
-class Starter(Context, Protocol):
-    """A context that can start runs (the supervisor)."""
-
-    async def start_flow(
-        self, flow: Flow, inputs: list[IOVal[Any]], *, all_outputs: bool = False, run_id: str | None = None
-    ) -> dict[str, IO[Any]]: ...
 
 
 _INPUTS = "inputs"
@@ -171,7 +164,7 @@ async def kept_inputs(supervisor: Context, run_id: str) -> tuple[Plan, dict[str,
 
 
 async def rerun(
-    supervisor: Starter, run_id: str, *, inputs: Mapping[str, list[Any]] | None = None
+    supervisor: Coordinator, run_id: str, *, inputs: Mapping[str, list[Any]] | None = None
 ) -> str:
     """Start run ``run_id``'s flow again; returns the new run's id.
 

@@ -70,6 +70,16 @@ class Settings:
     #: Prefix of every key (and of the Celery queues): deployments sharing one store
     #: stay apart by using different namespaces (``DATAGRAPH_NAMESPACE``).
     namespace: str = DEFAULT_NAMESPACE
+    #: Times a run that failed for a reason other than its own code is started again
+    #: (``start_flow(retries=...)`` and ``Flow.retries`` override it; see ``datagraph.retries``).
+    retries: int = 0
+    #: Exception type names (comma-separated) retried as well, e.g. ``"TimeoutError,OSError"``.
+    retry_on: str = ""
+    #: Seconds before the first retry of a run; doubled for each further one (at most 30 s).
+    retry_backoff: float = 0.5
+    #: Seconds a Celery worker asked to stop lets its running processors go on before it
+    #: hands them over (fails them as ``WorkerStopping``, so their runs are retried).
+    shutdown_grace: float = 30.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -117,6 +127,9 @@ class Settings:
             raise ConfigError(
                 f"setting 'rerun_inputs_max_bytes' must not be negative, got {self.rerun_inputs_max_bytes!r}"
             )
+        for name in ("retries", "retry_backoff", "shutdown_grace"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"setting {name!r} must not be negative, got {getattr(self, name)!r}")
         if self.linger < 0:
             raise ConfigError(f"setting 'linger' must not be negative, got {self.linger!r}")
         try:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from .processor import Processor
+from .retries import pending_retry
 from .store import keys
 
 __all__ = [
@@ -167,6 +168,19 @@ class RunFailure(_Snapshot):
 
 
 @dataclass(frozen=True)
+class AttemptInfo(_Snapshot):
+    """One attempt of a retried run (see ``datagraph.retries``)."""
+
+    number: int
+    run_id: str
+    started: float | None
+    ended: float | None
+    #: Why it failed (``WorkerLost``, ...); None while it runs or once it succeeded.
+    cause: str | None
+    message: str | None
+
+
+@dataclass(frozen=True)
 class RunSummary(_Snapshot):
     """A run as listed: record only, no per-edge figures."""
 
@@ -186,6 +200,14 @@ class RunSummary(_Snapshot):
     done: int
     inputs: dict[str, InputSummary]
     error: RunFailure | None
+    #: The attempts of a retried run (listed on its first attempt's record), oldest first.
+    attempts: tuple[AttemptInfo, ...] = field(default=(), kw_only=True)
+    #: Which attempt of a retried run this run is (1 for the first, and for any other run).
+    attempt: int = field(default=1, kw_only=True)
+    #: The run this one is a later attempt of.
+    retry_of: str | None = field(default=None, kw_only=True)
+    #: A failed attempt that is being (or was) started again: not a final failure.
+    retrying: bool = field(default=False, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -286,6 +308,7 @@ class StatusSnapshot(_Snapshot):
 #: Fields of a run record that a :class:`RunSummary` needs.
 SUMMARY_FIELDS = (
     "state", "started", "ended", "flow", "submitter", "done", "plan", "inputs", "error",
+    "attempts", "attempt", "origin", "retries", "retry_on", "retried_by", "final",
 )
 #: Busy, idle and backpressured seconds of one processor.
 Seconds = tuple[float, float, float]
@@ -461,6 +484,18 @@ def run_summary(
             traceback=str(error.get("traceback", "")),
             worker=error.get("worker"),
         ) if isinstance(error, Mapping) else None,
+        attempts=tuple(
+            AttemptInfo(
+                number=to_int(a.get("number")), run_id=str(a.get("run_id", "")),
+                started=to_float(a.get("started")), ended=to_float(a.get("ended")),
+                cause=a.get("cause"), message=a.get("message"),
+            )
+            for a in (loads(fields.get("attempts")) or ())
+            if isinstance(a, Mapping)
+        ),
+        attempt=to_int(fields.get("attempt")) or 1,
+        retry_of=fields.get("origin") if fields.get("origin") not in (None, run_id) else None,
+        retrying=pending_retry(fields),
     )
 
 

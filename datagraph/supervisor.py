@@ -38,6 +38,7 @@ from .io import IO, IOVal
 from .liveness import start_heartbeat
 from .plan import Plan
 from .rerun import keep_inputs_commands
+from .retries import RetryPolicy, follow_attempt, record_fields, start_retried
 from .runtime import Runtime
 from .settings import DEVELOPMENT_SECRET, Settings
 from .store import keys
@@ -245,14 +246,26 @@ class Supervisor:
         *,
         all_outputs: bool = False,
         run_id: str | None = None,
+        retries: int | None = None,
+        retry_on: Iterable[type[BaseException] | str] | None = None,
     ) -> dict[str, IO[Any]]:
         """Start a run of ``flow``; returns its outputs as soon as it is dispatched.
 
         The result maps each final output (one no processor of the flow reads)
         to its :class:`IO`; ``all_outputs=True`` returns every output.
+
+        ``retries`` (default: the flow's, else the ``retries`` setting, 0) starts
+        the run again when it fails for a reason other than its processors' code,
+        or with an exception type named in ``retry_on``; the returned IO handles
+        follow the attempts and deliver each value once (see :mod:`datagraph.retries`).
         """
         if not isinstance(flow, Flow):
             raise TypeError(f"start_flow() takes a Flow, got {flow!r}")
+        policy = RetryPolicy.build(retries=retries, retry_on=retry_on, flow=flow, settings=self.settings)
+        if policy.retries:
+            return await start_retried(
+                self, flow, list(inputs), all_outputs=all_outputs, run_id=run_id, policy=policy
+            )
         topo = flow.topology  # raises UnresolvedFlowError
         given: dict[str, list[Any]] = {}
         for item in inputs:
@@ -307,7 +320,7 @@ class Supervisor:
         commands: list[list[Any]] = [
             ["HSET", keys.run(run_id), "state", "running", "started", now, "plan", plan.to_json(),
              "inputs", summary, "done", "0", "flow", plan.flow.get("name") or "",
-             "submitter", self.worker_id],
+             "submitter", self.worker_id, *record_fields.get()],
             ["EXPIRE", keys.run(run_id), ttl],
             ["HSET", keys.stats(run_id), "created", now],
             ["EXPIRE", keys.stats(run_id), ttl],
@@ -359,13 +372,26 @@ class Supervisor:
         return state.decode() if state is not None else None
 
     async def wait(self, run_id: str, timeout: float | None = None) -> str:  # noqa: ASYNC109
-        """Wait until the run reaches a terminal state; returns it."""
+        """Wait until the run reaches a terminal state; returns it.
+
+        A retried run's state is its last attempt's: a failed attempt that is
+        being retried is followed to the next one.
+        """
         delay = 0.005
         with anyio.fail_after(timeout):
             while True:
                 state = await self.run_state(run_id)
                 if state is None:
                     raise RunError(f"run {run_id} is unknown (or expired)", run_id=run_id)
+                if state in ("failed", "cancelled"):  # an attempt the run's retries replaced
+                    following = await follow_attempt(self, run_id)
+                    if following is not None:
+                        run_id = following or run_id
+                        if following:
+                            delay = 0.005
+                        await anyio.sleep(delay)
+                        delay = min(delay * 2, 0.1)
+                        continue
                 if state in TERMINAL:
                     return state
                 await anyio.sleep(delay)
@@ -374,8 +400,13 @@ class Supervisor:
     async def cancel(self, run_id: str) -> bool:
         """Cancel a run: its readers raise ``RunCancelled``, its processors stop.
 
-        Returns False when the run had already ended.
+        Returns False when the run had already ended.  A retried run is cancelled
+        in its current attempt.
         """
+        if await self.run_state(run_id) in ("failed", "cancelled"):
+            following = await follow_attempt(self, run_id)
+            if following:
+                return await self.cancel(following)
         runtime = await self.runtime()
         doing = f"cancelling run {run_id}"
         (raw,), _ = await pipeline(

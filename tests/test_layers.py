@@ -19,7 +19,8 @@ LOWER = (
     "datagraph.context", "datagraph.io", "datagraph.streams", "datagraph.runner", "datagraph.liveness",
     "datagraph.rerun", "datagraph.runtime", "datagraph.executors.base", "datagraph.executors.local",
     "datagraph.executors.worker", "datagraph.executors.process", "datagraph.executors.process_pool",
-    "datagraph.executors.celery",
+    "datagraph.executors.celery", "datagraph.coordinator", "datagraph.retries", "datagraph.retries.attempts",
+    "datagraph.retries.policy", "datagraph.retries.reader",
 )
 
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from datagraph import Supervisor, flows_store
+from datagraph.store import keys
 from tests.web_support import csrf_token, open_dashboard, text_of, web_double, web_source
 from web.forms import InputField, launch_fields, parse_form
 from web.schema import check_value
@@ -220,3 +221,29 @@ def test_fields_come_from_the_first_reader_with_a_schema() -> None:
     assert (field.widget, field.type_text, field.readers) == ("bool", "bool", ("a", "b"))
     assert parse_form([field], {}).values == {"x": [False]}
     assert parse_form([field], {"input.x": "on"}).values == {"x": [True]}
+
+
+async def test_launches_ask_for_retries_from_the_form_and_the_api(supervisor: Supervisor) -> None:
+    async with open_dashboard(supervisor) as (_, client):
+        page = await client.get("/launch", params={"processor": TYPED})
+        assert 'name="run_retries"' in page.text
+        response = await _post(client, {**GOOD, "run_retries": "2"})
+        assert response.status_code == 303, response.text[:2000]
+        run_id = response.headers["location"].removeprefix("/runs/")
+        assert await supervisor.wait(run_id, timeout=20) == "succeeded"
+        record = await (await supervisor.runtime()).client.custom_command(
+            ["HGET", keys.run(run_id), "retries"]
+        )
+        assert record == b"2"
+
+        bad = await _post(client, {**GOOD, "run_retries": "many"})
+        assert bad.status_code == 422
+        assert "retries must be a whole number from 0 to 20" in text_of(bad.text)
+
+        api = await client.post("/api/runs", json={
+            "processors": TYPED, "retries": 1,
+            "inputs": {"web_i": 3, "web_f": 1.5, "web_s": "x", "web_b": True, "web_l": [1],
+                       "web_m": {"id": 1, "customer": "ada"}},
+        })
+        assert api.status_code == 201, api.text
+        assert (await client.post("/api/runs", json={"processors": TYPED, "retries": -1})).status_code == 422

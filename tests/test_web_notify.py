@@ -205,3 +205,33 @@ async def test_a_slow_webhook_never_slows_the_pages(supervisor: Supervisor, rece
                 assert (await client.get("/operations")).status_code == 200
         assert not receiver.payloads("run.failed", run_id=run_id)
         await _until(lambda: bool(receiver.payloads("run.failed", run_id=run_id)), 20, "the stalled POST")
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(60)
+async def test_a_retried_run_alerts_only_when_its_last_attempt_fails(
+    supervisor: Supervisor, receiver: Receiver, anyio_backend: str
+) -> None:
+    from tests.test_retries import Flaky, flaky_processor, new_tag
+
+    recovers = flaky_processor("nt_recovers", fail_times=1)
+    gives_up = flaky_processor("nt_gives_up", fail_times=5)
+    options: dict[str, Any] = {"notify_urls": [receiver.url], "notify_after": 1.0, "notify_interval": 0.2}
+    async with open_dashboard(supervisor, **options):
+        ids = []
+        for proc in (recovers, gives_up):
+            tag = new_tag(proc.name, anyio_backend, wait=False)
+            out = await supervisor.start_flow(
+                Flow.from_processors(proc).resolve(), [IOVal(f"{proc.name}_job", {"n": 20, "tag": tag})],
+                retries=1, retry_on=[Flaky],
+            )
+            ids.append(out[f"{proc.name}_out"].run_id)
+        recovered, gave_up = ids
+        assert await supervisor.wait(recovered, timeout=20) == "succeeded"
+        assert await supervisor.wait(gave_up, timeout=20) == "failed"
+        last = f"{gave_up}.2"
+        await _until(lambda: receiver.payloads("run.failed", run_id=last), 30, "the last attempt's alert")
+        await anyio.sleep(1.0)  # more polls: the attempts that were retried stay quiet
+    assert receiver.payloads("run.failed", run_id=recovered) == []
+    assert receiver.payloads("run.failed", run_id=gave_up) == []
+    assert len(receiver.payloads("run.failed", run_id=f"{gave_up}.2")) == 1

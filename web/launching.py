@@ -15,7 +15,7 @@ from .dashboard import Dashboard
 from .designer import Design, assemble
 from .forms import InputField, Submission, launch_fields
 
-__all__ = ["LaunchError", "LaunchTarget", "launch", "launch_target"]
+__all__ = ["MAX_RETRIES", "LaunchError", "LaunchTarget", "launch", "launch_target", "parse_retries"]
 
 
 class LaunchError(Exception):
@@ -58,8 +58,34 @@ async def launch_target(
     return LaunchTarget(name=name or None, saved=saved, design=design, fields=fields)
 
 
-async def launch(dashboard: Dashboard, target: LaunchTarget, submission: Submission) -> str:
-    """Start the run; returns its id. Raises :class:`LaunchError` with a message for people."""
+#: Most retries the dashboard lets a launch ask for.
+MAX_RETRIES = 20
+
+
+def parse_retries(text: str | None) -> int | None:
+    """The launch form's retries field: None when empty; LaunchError when not 0..MAX_RETRIES."""
+    if text is None or not text.strip():
+        return None
+    try:
+        retries = int(text.strip())
+    except ValueError:
+        retries = -1
+    if not 0 <= retries <= MAX_RETRIES:
+        raise LaunchError(
+            f"retries must be a whole number from 0 to {MAX_RETRIES}, got {text!r}; "
+            "leave it empty for the flow's default"
+        )
+    return retries
+
+
+async def launch(
+    dashboard: Dashboard, target: LaunchTarget, submission: Submission, *, retries: int | None = None
+) -> str:
+    """Start the run; returns its id. Raises :class:`LaunchError` with a message for people.
+
+    ``retries`` (None: the ``retries`` setting) starts the run again when a worker is
+    lost and the like; this dashboard process drives those retries (``datagraph.retries``).
+    """
     supervisor = dashboard.supervisor
     if supervisor is None:
         raise LaunchError(
@@ -73,7 +99,7 @@ async def launch(dashboard: Dashboard, target: LaunchTarget, submission: Submiss
     inputs = [IOVal(name=io, value=value) for io, values in submission.values.items() for value in values]
     run_id = uuid.uuid4().hex
     try:
-        await supervisor.start_flow(flow, inputs=inputs, run_id=run_id)
+        await supervisor.start_flow(flow, inputs=inputs, run_id=run_id, retries=retries)
     except DatagraphError as exc:
         raise LaunchError(str(exc)) from exc
     return run_id

@@ -116,7 +116,8 @@ async def _store_families(dashboard: Dashboard, now: float) -> list[Metric]:
     failed: dict[str, int] = {}
     for run in recent:
         counts[run.state] = counts.get(run.state, 0) + 1
-        if run.state == "failed" and (run.ended or run.started or 0.0) >= now - config.failed_window:
+        recent_end = (run.ended or run.started or 0.0) >= now - config.failed_window
+        if run.state == "failed" and not run.retrying and recent_end:
             failed[_flow(run.flow)] = failed.get(_flow(run.flow), 0) + 1
     for state, n in counts.items():
         runs.add_metric([state], n)

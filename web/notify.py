@@ -188,6 +188,8 @@ class Notifier:
             ended = run.ended or run.started or 0.0
             if ended < self.started - STARTUP_GRACE:
                 continue
+            if run.retrying:
+                continue  # a failed attempt that is started again: only the last one alerts
             error = run.error
             processor = error.processor if error else None
             worker = error.worker if error else None

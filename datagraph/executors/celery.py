@@ -24,8 +24,10 @@ That loop also carries the process's heartbeat (:mod:`datagraph.liveness`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
+import signal
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -43,7 +45,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from .. import context, liveness
-from ..exceptions import ConfigError, StoreError, UnknownProcessorError
+from ..exceptions import ConfigError, StoreError, UnknownProcessorError, WorkerStopping
 from ..plan import Plan
 from ..processor import Processor, registry
 from ..store import keys
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
 
     from ..context import Context
 
-__all__ = ["QUEUE_PREFIX", "TASK_NAME", "CeleryExecutor"]
+__all__ = ["HAND_OVER_SIGNAL", "QUEUE_PREFIX", "TASK_NAME", "CeleryExecutor", "hand_over"]
 
 log = logging.getLogger("datagraph.celery")
 
@@ -71,6 +73,8 @@ def _queue_prefix() -> str:
     return QUEUE_PREFIX if namespace == keys.DEFAULT_NAMESPACE else f"{QUEUE_PREFIX}{namespace}."
 
 _BACKENDS = ("asyncio", "trio")
+#: What a stopping prefork worker sends its pool processes (see ``_on_shutting_down``).
+HAND_OVER_SIGNAL = signal.SIGUSR2
 
 
 class CeleryExecutor(Executor):
@@ -112,6 +116,9 @@ class CeleryExecutor(Executor):
         signals.worker_process_init.connect(self._on_process_init)
         signals.worker_process_shutdown.connect(self._on_process_shutdown)
         signals.worker_shutdown.connect(self._on_worker_shutdown)
+        signals.worker_shutting_down.connect(self._on_shutting_down)
+        self._worker: Any = None
+        self._handing_over = False
 
     def __repr__(self) -> str:
         return f"CeleryExecutor({self.app.main!r}, backend={self.backend!r})"
@@ -200,6 +207,7 @@ class CeleryExecutor(Executor):
             return
         names = self.subscribe()
         self._consuming = True
+        self._worker = instance
         multiplier = getattr(instance, "prefetch_multiplier", self.app.conf.worker_prefetch_multiplier)
         if multiplier != 1 or not self.app.conf.worker_disable_prefetch:
             log.warning(
@@ -220,7 +228,42 @@ class CeleryExecutor(Executor):
     def _on_process_init(self, **_: Any) -> None:
         """``worker_process_init``: a prefork child starts its own loop (and heartbeat)."""
         if self._consuming:
+            self._handing_over = False
             self.worker_loop()
+            # The parent tells its pool processes of a warm shutdown with this signal.
+            signal.signal(HAND_OVER_SIGNAL, self._on_hand_over_signal)
+
+    # -- graceful shutdown ---------------------------------------------------
+
+    def _on_shutting_down(self, sender: Any = None, how: str = "", **_: Any) -> None:
+        """``worker_shutting_down`` (in the main process): hand over after the grace period.
+
+        Celery stops taking tasks at once; processors still running after the
+        ``shutdown_grace`` setting are stopped with ``WorkerStopping``, so their
+        runs fail with a cause that retry policies retry, instead of the worker
+        waiting for an endless stream or being killed mid-write.
+        """
+        if how != "Warm" or not self._consuming:
+            return
+        if self._loop is not None and self._loop.pid == os.getpid():
+            self._hand_over_soon()  # a threads or solo pool: the processors run here
+            return
+        for pid in _pool_pids(self._worker):
+            try:
+                os.kill(pid, HAND_OVER_SIGNAL)
+            except ProcessLookupError:
+                continue
+
+    def _on_hand_over_signal(self, signum: int, frame: Any) -> None:
+        self._hand_over_soon()
+
+    def _hand_over_soon(self) -> None:
+        loop = self._loop
+        if loop is None or loop.pid != os.getpid() or self._handing_over:
+            return
+        self._handing_over = True
+        # Not from the signal handler itself: a thread waits for the hand-over.
+        threading.Thread(target=loop.hand_over, name="datagraph-hand-over", daemon=True).start()
 
     def _on_process_shutdown(self, **_: Any) -> None:
         self._stop_loop()
@@ -265,6 +308,13 @@ class _WorkerLoop:
         # Connect (which starts the heartbeat) without holding up the pool process's start.
         self._bring_up = self.portal.start_task_soon(_bring_up, context.attached())
 
+    def hand_over(self) -> None:
+        """Wait ``shutdown_grace`` for this loop's processors; stop those still running."""
+        try:
+            self.portal.call(hand_over, context.attached())
+        except Exception as exc:  # the loop is closing: nothing left to hand over
+            log.warning("could not hand this worker's processors over: %r", exc)
+
     def close(self) -> None:
         try:
             self.portal.call(_mark_stopped, context.attached())
@@ -290,6 +340,44 @@ async def _bring_up(supervisor: Context) -> None:
             log.warning("this worker cannot reach the store yet (retrying in %gs): %s", delay, exc)
         await anyio.sleep(delay)
         delay = min(delay * 2, 10.0)
+
+
+async def hand_over(supervisor: Context) -> int:
+    """A warm shutdown: stop the processors still running here after ``shutdown_grace``.
+
+    Each is failed with :class:`~datagraph.exceptions.WorkerStopping` (written
+    like any failure, after the flush in flight), which retry policies retry.
+    Returns how many runs were handed over.
+    """
+    runtime = await supervisor.runtime()
+    grace = runtime.settings.shutdown_grace
+    log.warning(
+        "this worker is stopping: it takes no more processors; those still running in %gs "
+        "are handed over (their runs fail as WorkerStopping and are retried under their policy)",
+        grace,
+    )
+    with anyio.move_on_after(grace):
+        for _ in itertools.count():
+            if not runtime.running:
+                break  # every processor ended within the grace period
+            await anyio.sleep(0.05)
+    runs = list(runtime.running)
+    for run_id in runs:
+        names = sorted(set(runtime.running.get(run_id, {}).values()))
+        runtime.stop_run(run_id, WorkerStopping(
+            f"worker {runtime.worker_id} was asked to stop and handed over processor(s) "
+            f"{', '.join(map(repr, names))} still running after shutdown_grace={grace:g}s; "
+            "a run with retries is started again on another worker",
+            run_id=run_id,
+        ))
+    return len(runs)
+
+
+def _pool_pids(worker: Any) -> list[int]:
+    """The pool processes of a prefork worker (WorkController), or none."""
+    pool = getattr(getattr(worker, "pool", None), "_pool", None)
+    processes = getattr(pool, "_pool", None) or []
+    return [p.pid for p in processes if getattr(p, "pid", None)]
 
 
 async def _mark_stopped(supervisor: Context) -> None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .. import context, liveness
-from ..exceptions import RunError, StoreError
+from ..exceptions import DispatchError, RunError, StoreError
 from ..plan import Plan
 from ..processor import registry
 from ..runner import end_unstarted, run_processor
@@ -83,7 +83,7 @@ async def fail_dispatch(supervisor: Context, plan: Plan, name: str, why: str) ->
     )
     with anyio.CancelScope(shield=True):
         await liveness.fail_processors(runtime, plan.run_id, [failure])
-    return RunError(why, run_id=plan.run_id)
+    return DispatchError(why, run_id=plan.run_id)
 
 
 async def _expect_start(runtime: Runtime, run_id: str, name: str, start_by: float) -> None:

@@ -38,4 +38,12 @@ async def _g_sink(g: IO[int]) -> AsyncIterator[IOVal[int]]:
         yield IOVal("g_out", i)
 
 
+@specs.g_count
+async def _g_count(g_job: IO[dict[str, float]]) -> AsyncIterator[IOVal[int]]:
+    job = await g_job.first()
+    for i in range(int(job["n"])):
+        yield IOVal("g_counted", i)
+        await anyio.sleep(job["period"])
+
+
 app = attach("gamma", backend="asyncio")

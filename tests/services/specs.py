@@ -26,7 +26,8 @@ drain = Processor("c_drain", ["fx"], ["drained"])
 g_ticker = Processor("g_ticker", ["n"], ["g_ticks"])
 g_source = Processor("g_source", ["n"], ["g"])
 g_sink = Processor("g_sink", ["g"], ["g_out"])
+g_count = Processor("g_count", ["g_job"], ["g_counted"])  # range(n), one value per period
 
 ALPHA = (split, nums, left, join, prod, slow, ticker, faulty)
 BETA = (pair, right, cons, total, echo, drain)
-GAMMA = (g_ticker, g_source, g_sink)
+GAMMA = (g_ticker, g_source, g_sink, g_count)

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 from glide import GlideError as GlideBaseError
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from datagraph import flows_store
 from datagraph.exceptions import RunError
@@ -29,7 +29,7 @@ from datagraph.snapshots import RUN_STATES
 from .. import metrics
 from ..dashboard import Dashboard, get_dashboard
 from ..forms import parse_json_inputs
-from ..launching import LaunchError, launch, launch_target
+from ..launching import MAX_RETRIES, LaunchError, launch, launch_target
 
 __all__ = ["router"]
 
@@ -111,6 +111,8 @@ class LaunchRequest(BaseModel):
     inputs: dict[str, Any] = {}
     #: Several values per input (each a JSON list).
     streams: dict[str, Any] = {}
+    #: Times the run is started again after a lost worker and the like (None: the setting).
+    retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
 
 
 @router.post("/api/runs", status_code=201)
@@ -131,7 +133,7 @@ async def api_launch(dashboard: DashboardDep, body: LaunchRequest) -> Response:
     if not submission.ok:
         return JSONResponse({"detail": "invalid inputs", "errors": submission.errors}, status_code=422)
     try:
-        run_id = await launch(dashboard, target, submission)
+        run_id = await launch(dashboard, target, submission, retries=body.retries)
     except LaunchError as exc:
         return JSONResponse({"detail": str(exc), "errors": {"": str(exc)}}, status_code=422)
     return JSONResponse({"run_id": run_id, "url": f"/runs/{run_id}"}, status_code=201)

@@ -13,7 +13,7 @@ from datagraph.snapshots import RUN_STATES, ProcessorInfo
 
 from ..dashboard import Dashboard, get_dashboard
 from ..forms import Submission, parse_form
-from ..launching import LaunchError, launch, launch_target
+from ..launching import LaunchError, launch, launch_target, parse_retries
 from ..views import RunLive, ops_view
 from .common import is_htmx, page
 
@@ -170,9 +170,11 @@ async def launch_submit(request: Request, dashboard: DashboardDep) -> Response:
     if target is None:
         raise HTTPException(404, f"there is no saved flow named {flow!r}")
     submission = parse_form(target.fields, {k: str(v) for k, v in form.items()})
+    submission.raw["run_retries"] = str(form.get("run_retries") or "")
     if submission.ok:
         try:
-            run_id = await launch(dashboard, target, submission)
+            retries = parse_retries(str(form.get("run_retries") or ""))
+            run_id = await launch(dashboard, target, submission, retries=retries)
         except LaunchError as exc:
             submission.errors[""] = str(exc)
         else:
