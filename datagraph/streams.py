@@ -31,7 +31,7 @@ from .exceptions import (
 from .runtime import Runtime
 from .store import gaps, keys
 from .store.client import exec_batch, is_transient, new_batch, pipeline
-from .store.scripts import lost_run_error, sample_history_command
+from .store.scripts import is_script, lost_run_error, sample_history_command
 
 __all__ = ["END", "StreamReader", "StreamWriter", "failure_error", "marker_error", "run_error"]
 
@@ -293,7 +293,7 @@ class StreamReader:
             for extra in status:
                 batch.custom_command(extra)
             batch.custom_command(command)
-            sample_at = len(batch) - 2 if status and status[-1][0] == "EVAL" else -1
+            sample_at = len(batch) - 2 if status and is_script(status[-1]) else -1
             try:
                 result = await exec_batch(self._client, batch, raise_on_error=False)
                 for index, reply in enumerate(result):
@@ -675,8 +675,7 @@ class StreamWriter:
         if self._telemetry:
             commands += self._telemetry_commands(pending, closing=closing)
         state_at = len(commands)
-        commands.append(["HGET", keys.run(run_id), "state"])
-        commands.append(["HGET", keys.run(run_id), "error"])
+        commands.append(["HMGET", keys.run(run_id), "state", "error"])
         if self._riders:
             commands += self._riders
             self._riders = []
@@ -694,10 +693,13 @@ class StreamWriter:
             # on it wakes once and takes both, rather than coming back for the end.
             atomic=bool(markers) and any(io in markers for io in pending),
         )
-        state = result[state_at]
+        state_reply = result[state_at]
+        if isinstance(state_reply, GlideBaseError):
+            raise StoreError(f"Valkey refused to read the state of run {run_id}: {state_reply}")
+        state, run_failure = state_reply
         if state is None:
             raise lost_run_error(run_id)
-        self._note_run_state(state, result[state_at + 1])
+        self._note_run_state(state, run_failure)
         for index, reply in enumerate(result):
             if not isinstance(reply, GlideBaseError):
                 continue
@@ -863,13 +865,12 @@ class StreamWriter:
             return
         commands: list[list[Any]] = [
             ["HMGET", keys.pos(self._run_id), *fields],
-            ["HGET", keys.run(self._run_id), "state"],
-            ["HGET", keys.run(self._run_id), "error"],
+            ["HMGET", keys.run(self._run_id), "state", "error"],
         ]
         # A writer held back by a slow reader still reports where its time goes.
         status = self.status_commands()
         commands += status
-        sampled = bool(status) and status[-1][0] == "EVAL"
+        sampled = bool(status) and is_script(status[-1])
         result, _ = await pipeline(
             self._rt.client,
             commands,
@@ -881,10 +882,11 @@ class StreamWriter:
         for reply in result:
             if isinstance(reply, GlideBaseError):
                 raise StoreError(f"Valkey refused a read of run {self._run_id}'s positions: {reply}")
-        if result[1] is None:
+        state, run_failure = result[1]
+        if state is None:
             raise lost_run_error(self._run_id)
         self._apply_positions(fields, result[0])
-        self._note_run_state(result[1], result[2])
+        self._note_run_state(state, run_failure)
         self._recompute_limits()
 
     def _trim_commands(self) -> list[list[str]]:
