@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .settings import Settings
     from .store.codec import Codec
 
-__all__ = ["RerunInfo", "keep_inputs_commands", "kept_inputs", "rerun", "rerun_info"]
+__all__ = ["RerunInfo", "kept_inputs", "kept_inputs_field", "rerun", "rerun_info"]
 
 
 
@@ -47,11 +47,8 @@ _CHILD = "run:"
 MAX_LISTED_RERUNS = 50
 
 
-def keep_inputs_commands(
-    codec: Codec, settings: Settings, run_id: str, given: Mapping[str, list[Any]]
-) -> list[list[Any]]:
-    """Commands that keep a starting run's inputs (or the reason they are not kept)."""
-    key = keys.rerun(run_id)
+def kept_inputs_field(codec: Codec, settings: Settings, given: Mapping[str, list[Any]]) -> list[Any]:
+    """The field and value of a starting run's rerun hash: its inputs, or why they are not kept."""
     limit = settings.rerun_inputs_max_bytes
     payload = codec.encode_batch([dict(given)]) if limit else b""
     if limit and len(payload) <= limit:
@@ -63,7 +60,7 @@ def keep_inputs_commands(
             if limit else "keeping inputs for re-runs is off (setting rerun_inputs_max_bytes is 0)"
         )
         field = [_OMITTED, reason]
-    return [["HSET", key, *field], ["EXPIRE", key, str(int(settings.max_run_duration))]]
+    return field
 
 
 @dataclass(frozen=True)

@@ -266,7 +266,7 @@ def _is_marker(reply: Any) -> bool:
     return False
 
 
-def _release_inputs(plan: Plan, name: str) -> list[str]:
+def _release_inputs(plan: Plan, name: str) -> list[list[str]]:
     """Mark this processor's inputs as read to the end, whatever it actually read.
 
     A processor may stop reading early (``first()``, a zip that stops at the
@@ -276,14 +276,16 @@ def _release_inputs(plan: Plan, name: str) -> list[str]:
     fields: list[str] = []
     for io in plan.processor(name)["inputs"]:
         fields += [keys.pos_done_field(name, io), "1"]
-    return ["HSET", keys.pos(plan.run_id), *fields] if fields else ["PING"]
+    return [["HSET", keys.pos(plan.run_id), *fields]] if fields else []
 
 
 async def _finish_ok(runtime: Runtime, plan: Plan, name: str, writer: StreamWriter) -> None:
     marker = runtime.codec.encode_marker({"status": "ok", "processor": name})
     result = await writer.close(
         dict.fromkeys(writer.buffers, marker),
-        extra=[_release_inputs(plan, name), scripts.processor_done_command(runtime, plan, name)],
+        extra=[scripts.processor_done_command(runtime, plan, name)],
+        # With the read positions the processor's readers hand over: one HSET.
+        also=_release_inputs(plan, name),
     )
     if result[-1] == -1:
         raise scripts.lost_run_error(plan.run_id)
@@ -358,7 +360,7 @@ async def _finish_failed(
     # The run's end goes in the same pipeline as the markers: if the event loop is
     # shutting down and no reply can be read any more, the store has it all the same.
     extra = [
-        _release_inputs(plan, name),
+        *_release_inputs(plan, name),
         ["HSET", stats_key, f"state:{name}", status, f"ended:{name}", repr(time.time())],
         scripts.finish_run_command(runtime, plan, status, error=error),
     ]

@@ -31,9 +31,17 @@ from .exceptions import (
 from .runtime import Runtime
 from .store import gaps, keys
 from .store.client import exec_batch, is_transient, new_batch, pipeline
-from .store.scripts import lost_run_error, sample_history_command
+from .store.scripts import is_script, lost_run_error, sample_history_command
 
-__all__ = ["END", "StreamReader", "StreamWriter", "failure_error", "marker_error", "run_error"]
+__all__ = [
+    "END",
+    "StreamReader",
+    "StreamWriter",
+    "failure_error",
+    "marker_error",
+    "merge_hsets",
+    "run_error",
+]
 
 #: Field names of stream entries: a batch of values, or an end marker.
 BATCH = "b"
@@ -303,7 +311,7 @@ class StreamReader:
             for extra in status:
                 batch.custom_command(extra)
             batch.custom_command(command)
-            sample_at = len(batch) - 2 if status and status[-1][0] == "EVAL" else -1
+            sample_at = len(batch) - 2 if status and is_script(status[-1]) else -1
             try:
                 result = await exec_batch(self._client, batch, raise_on_error=False)
                 for index, reply in enumerate(result):
@@ -661,18 +669,27 @@ class StreamWriter:
         markers: Mapping[str, bytes] | None = None,
         extra: Sequence[list[str]] = (),
         closing: bool = False,
+        also: Sequence[list[str]] = (),
     ) -> list[Any]:
-        """Send everything buffered (plus optional end markers and commands) in one pipeline."""
+        """Send everything buffered (plus optional end markers and commands) in one pipeline.
+
+        Returns the replies to ``extra``; ``also`` are commands whose replies are
+        not needed (an error among them fails the flush), merged with the riders.
+        """
         while self._flushing:
             await self._flushed.wait()
         self._flushing = True
         try:
-            return await self._flush(markers or {}, extra, closing)
+            return await self._flush(markers or {}, extra, closing, also)
         finally:
             self._release()
 
     async def _flush(
-        self, markers: Mapping[str, bytes], extra: Sequence[list[str]], closing: bool
+        self,
+        markers: Mapping[str, bytes],
+        extra: Sequence[list[str]],
+        closing: bool,
+        also: Sequence[list[str]] = (),
     ) -> list[Any]:
         rt = self._rt
         run_id = self._run_id
@@ -689,6 +706,8 @@ class StreamWriter:
         ttl = str(int(rt.settings.max_run_duration))
         seq = self._seq
         xadds: list[int] = []
+        #: Fields of the run's stats hash this flush sets, in one HSET.
+        stats_fields: list[str] = []
         bad_value: BadValueError | None = None
         sent: dict[str, int] = {}
         for io, values in pending.items():
@@ -701,7 +720,7 @@ class StreamWriter:
                 seq[io] += 1
                 xadds.append(len(commands))
                 commands.append(["XADD", self._keys[io], entry_id(seq[io]), BATCH, payload])
-            commands.append(["HSET", stats_key, f"written:{io}", str(self.written[io] + sent[io])])
+            stats_fields += [f"written:{io}", str(self.written[io] + sent[io])]
         if bad_value is not None:
             # Send what came before the bad value, but not an end: the processor fails here.
             markers, extra = {}, ()
@@ -714,16 +733,20 @@ class StreamWriter:
             commands.append(["EXPIRE", self._keys[io], ttl, "NX"])
         if self._trim:
             commands += self._trim_commands()
-        pos_fields = self._position_fields()
+        # Readers' positions bound what may still be written: after the last write
+        # (closing), they no longer matter.
+        pos_fields = [] if closing else self._position_fields()
         pos_at = len(commands)
         if pos_fields:
             commands.append(["HMGET", keys.pos(run_id), *pos_fields])
         if self._telemetry:
-            commands += self._telemetry_commands(pending, closing=closing)
+            stats_fields += self._telemetry_fields(pending, closing=closing)
+        if stats_fields:
+            commands.append(["HSET", stats_key, *stats_fields])
         state_at = len(commands)
         commands.append(["HMGET", keys.run(run_id), "state", "error"])
-        if self._riders:
-            commands += self._riders
+        if self._riders or also:
+            commands += merge_hsets([*self._riders, *also])
             self._riders = []
         extra_at = len(commands)
         commands += extra
@@ -739,8 +762,8 @@ class StreamWriter:
             # on it wakes once and takes both, rather than coming back for the end.
             atomic=bool(markers) and any(io in markers for io in pending),
         )
-        state, error = _state_reply(result[state_at], run_id)
-        self._note_run_state(state, error)
+        state, run_failure = _state_reply(result[state_at], run_id)
+        self._note_run_state(state, run_failure)
         for index, reply in enumerate(result):
             if not isinstance(reply, GlideBaseError):
                 continue
@@ -796,6 +819,11 @@ class StreamWriter:
 
     def _telemetry_commands(self, pending: Mapping[str, list[Any]], *, closing: bool) -> list[list[Any]]:
         """Time split and per-output rates, at most twice a second (or at the end)."""
+        fields = self._telemetry_fields(pending, closing=closing)
+        return [["HSET", keys.stats(self._run_id), *fields]] if fields else []
+
+    def _telemetry_fields(self, pending: Mapping[str, list[Any]], *, closing: bool) -> list[str]:
+        """The stats fields of :meth:`_telemetry_commands` (none when nothing is due)."""
         now = time.monotonic()
         if now - self._published_at < 0.5 and not closing:
             return []
@@ -826,7 +854,7 @@ class StreamWriter:
         if elapsed >= 0.5:
             self._window = (now, totals)
         self._sample_due = self._history
-        return [["HSET", keys.stats(self._run_id), *fields]]
+        return fields
 
     def _encode(self, io: str, values: list[Any]) -> tuple[list[tuple[bytes, int]], BadValueError | None]:
         """Encode a batch as one entry, or several if one would exceed ``max_entry_bytes``.
@@ -911,7 +939,7 @@ class StreamWriter:
         # A writer held back by a slow reader still reports where its time goes.
         status = self.status_commands()
         commands += status
-        sampled = bool(status) and status[-1][0] == "EVAL"
+        sampled = bool(status) and is_script(status[-1])
         result, _ = await pipeline(
             self._rt.client,
             commands,
@@ -923,9 +951,9 @@ class StreamWriter:
         for reply in result:
             if isinstance(reply, GlideBaseError):
                 raise StoreError(f"Valkey refused a read of run {self._run_id}'s positions: {reply}")
-        state, error = _state_reply(result[1], self._run_id)
+        state, run_failure = _state_reply(result[1], self._run_id)
         self._apply_positions(fields, result[0])
-        self._note_run_state(state, error)
+        self._note_run_state(state, run_failure)
         self._recompute_limits()
 
     def _trim_commands(self) -> list[list[str]]:
@@ -944,8 +972,34 @@ class StreamWriter:
                 commands.append(["XTRIM", self._keys[io], "MINID", entry])
         return commands
 
-    async def close(self, markers: Mapping[str, bytes], extra: Sequence[list[str]] = ()) -> list[Any]:
-        """Flush what is left with the end markers; stop the flusher."""
+    async def close(
+        self,
+        markers: Mapping[str, bytes],
+        extra: Sequence[list[str]] = (),
+        also: Sequence[list[str]] = (),
+    ) -> list[Any]:
+        """Flush what is left with the end markers; stop the flusher (see :meth:`flush`)."""
         self._closed = True
         self._wake.set()
-        return await self.flush(markers=markers, extra=extra, closing=True)
+        return await self.flush(markers=markers, extra=extra, closing=True, also=also)
+
+
+def merge_hsets(commands: list[list[str]]) -> list[list[str]]:
+    """``commands`` with the ``HSET``s of one key as one ``HSET`` (at the first one's place).
+
+    For commands whose replies nobody reads: one command fewer per key for the
+    store client to encode and the store to parse.  Later fields win, as they
+    would have.
+    """
+    merged: list[list[str]] = []
+    first: dict[str, list[str]] = {}
+    for command in commands:
+        if command[0] == "HSET":
+            into = first.get(command[1])
+            if into is not None:
+                into += command[2:]
+                continue
+            command = list(command)
+            first[command[1]] = command
+        merged.append(command)
+    return merged

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -37,19 +38,22 @@ from .flow import Flow
 from .io import IO, IOVal
 from .liveness import start_heartbeat
 from .plan import Plan
-from .rerun import keep_inputs_commands
+from .rerun import kept_inputs_field
 from .retries import RetryPolicy, follow_attempt, record_fields, start_retried
 from .runtime import Runtime
 from .settings import DEVELOPMENT_SECRET, Settings
 from .store import keys
 from .store.client import BlockingPool, StoreAddress, connect, parse_redis_config, pipeline, refused
 from .store.codec import Codec
-from .store.scripts import TERMINAL, finish_run
+from .store.scripts import TERMINAL, finish_run, start_run_command
 from .streams import BATCH, MARKER, entry_id
 
 __all__ = ["Supervisor"]
 
 log = logging.getLogger("datagraph")
+
+#: Seconds between two trims of the run index by one process.
+_INDEX_TRIM_INTERVAL = 1.0
 
 RuntimeHook = Callable[["Supervisor", Runtime], Awaitable[None]]
 
@@ -102,6 +106,8 @@ class Supervisor:
         self._runtimes: weakref.WeakKeyDictionary[object, Runtime] = weakref.WeakKeyDictionary()
         self._creating: weakref.WeakKeyDictionary[object, anyio.Event] = weakref.WeakKeyDictionary()
         self._closed = False
+        #: When this process last dropped expired runs from the run index (monotonic).
+        self._index_trimmed_at = -math.inf
 
     # -- lifecycle -------------------------------------------------------
 
@@ -317,30 +323,41 @@ class Supervisor:
         summary = json.dumps({io: _summarise(values) for io, values in given.items()})
         # Seconds after its start by which every key of a run has expired.
         horizon = self.settings.max_run_duration + self.settings.retention
+        record = [
+            "state", "running", "started", now, "plan", plan.to_json(), "inputs", summary,
+            "done", "0", "flow", plan.flow.get("name") or "", "submitter", self.worker_id,
+            *record_fields.get(),
+        ]  # fmt: skip
+        ok = self.codec.encode_marker({"status": "ok", "processor": "(input)"})
+        max_batch = self.settings.max_batch
+        streams: dict[str, tuple[list[tuple[str, str, bytes]], int]] = {}
+        for io, values in given.items():
+            entries = [
+                (entry_id(seq), BATCH, self.codec.encode_batch(values[start : start + max_batch]))
+                for seq, start in enumerate(range(0, len(values), max_batch), 1)
+            ]
+            entries.append((entry_id(len(entries) + 1), MARKER, ok))
+            streams[io] = (entries, len(values))
+        # The run's own keys in one script (one slot, so on a cluster too); the run index
+        # is a global key, in a command of its own.
         commands: list[list[Any]] = [
-            ["HSET", keys.run(run_id), "state", "running", "started", now, "plan", plan.to_json(),
-             "inputs", summary, "done", "0", "flow", plan.flow.get("name") or "",
-             "submitter", self.worker_id, *record_fields.get()],
-            ["EXPIRE", keys.run(run_id), ttl],
-            ["HSET", keys.stats(run_id), "created", now],
-            ["EXPIRE", keys.stats(run_id), ttl],
+            start_run_command(
+                run_id,
+                ttl=ttl,
+                now=now,
+                record=record,
+                kept=kept_inputs_field(self.codec, self.settings, given),
+                streams=streams,
+            ),
             ["ZADD", keys.RUNS, now, run_id],
+        ]
+        ticks = time.monotonic()
+        if ticks - self._index_trimmed_at >= _INDEX_TRIM_INTERVAL:
             # Index entries of runs whose keys have surely expired (a run's keys live at most
             # max_run_duration + retention): the index stays bounded with no telemetry reader.
-            ["ZREMRANGEBYSCORE", keys.RUNS, "-inf", f"({time.time() - horizon!r}"],
-        ]  # fmt: skip
-        commands += keep_inputs_commands(self.codec, self.settings, run_id, given)
-        ok = self.codec.encode_marker({"status": "ok", "processor": "(input)"})
-        for io, values in given.items():
-            key = keys.stream(run_id, io)
-            seq = 0
-            for start in range(0, len(values), self.settings.max_batch):
-                seq += 1
-                payload = self.codec.encode_batch(values[start : start + self.settings.max_batch])
-                commands.append(["XADD", key, entry_id(seq), BATCH, payload])
-            commands.append(["XADD", key, entry_id(seq + 1), MARKER, ok])
-            commands.append(["HSET", keys.stats(run_id), f"written:{io}", str(len(values))])
-            commands.append(["EXPIRE", key, ttl])
+            # Once a second per process is enough; not with every run.
+            self._index_trimmed_at = ticks
+            commands.append(["ZREMRANGEBYSCORE", keys.RUNS, "-inf", f"({time.time() - horizon!r}"])
         doing = f"recording run {run_id} in Valkey at {self.address.url}"
         # Every command here may run twice (explicit ids, plain sets): safe to retry.
         replies, attempts = await pipeline(

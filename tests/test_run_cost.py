@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +12,8 @@ import pytest
 
 from datagraph import IO, Flow, IOVal, Processor, Supervisor
 from datagraph.plan import Plan
-from datagraph.store import keys
+from datagraph.store import keys, scripts
+from datagraph.store.batch import pipeline
 
 pytestmark = pytest.mark.anyio
 
@@ -18,14 +21,19 @@ pytestmark = pytest.mark.anyio
 DEADLINE = 10.0
 
 
-async def _xread_calls(supervisor: Supervisor) -> int:
+async def _calls(supervisor: Supervisor, command: str) -> int:
+    """How many times the (standalone) store has run ``command``, by ``INFO commandstats``."""
     runtime = await supervisor.runtime()
     info = await runtime.client.custom_command(["INFO", "commandstats"])
     text = info.decode() if isinstance(info, bytes) else str(info)
     for line in text.splitlines():
-        if line.startswith("cmdstat_xread:"):
+        if line.startswith(f"cmdstat_{command}:"):
             return int(line.split("calls=", 1)[1].split(",", 1)[0])
     return 0
+
+
+async def _xread_calls(supervisor: Supervisor) -> int:
+    return await _calls(supervisor, "xread")
 
 
 async def _stats(supervisor: Supervisor, run_id: str) -> dict[str, str]:
@@ -124,3 +132,137 @@ def test_plan_json_round_trips() -> None:
     flow = Flow.from_processors(spec).resolve()
     plan = Plan.build("r1", flow, outputs=["cost_plan_out"], default_backlog=10, trim=True)
     assert Plan.from_json(plan.to_json()) == plan
+
+
+_sha_source = Processor("sha_source", ["sha_n"], ["sha_nums"])
+_sha_double = Processor("sha_double", ["sha_nums"], ["sha_out"])
+
+
+@_sha_source
+async def _count_up(sha_n: IO[int]) -> AsyncIterator[IOVal[int]]:
+    for i in range(await sha_n.first()):
+        yield IOVal("sha_nums", i + 1)
+
+
+@_sha_double
+async def _twice(sha_nums: IO[int]) -> AsyncIterator[IOVal[int]]:
+    async for x in sha_nums:
+        yield IOVal("sha_out", x * 2)
+
+
+TWO_STAGES = Flow.from_processors(_sha_source, _sha_double).resolve()
+
+
+async def test_a_run_sends_scripts_by_sha_and_reads_its_state_in_one_command(
+    supervisor: Supervisor, valkey_url: str
+) -> None:
+    """After the first run, scripts travel as their SHA1; a closing flush reads state and error
+    with one HMGET, and no reader positions (nothing more will be written)."""
+    await Supervisor.adetach()  # no heartbeat in the window counted below
+    supervisor = Supervisor.attach(
+        redis_config={"url": valkey_url}, secret=b"test-secret", heartbeat_interval=600.0
+    )
+    flow = TWO_STAGES
+    warm = await supervisor.start_flow(flow, [IOVal("sha_n", 1)])
+    assert await warm["sha_out"].collect() == [2]
+
+    counted = ("eval", "evalsha", "hmget")
+    before = {c: await _calls(supervisor, c) for c in counted}
+    out = await supervisor.start_flow(flow, [IOVal("sha_n", 1)])
+    assert await out["sha_out"].collect() == [2]
+    after = {c: await _calls(supervisor, c) for c in counted}
+    assert after["eval"] == before["eval"]  # no script text sent again
+    # The start, each processor's end (and its history sample): by SHA1.
+    assert after["evalsha"] - before["evalsha"] >= 3
+    # One per processor's closing flush: HMGET state error (not two HGETs), no positions.
+    assert after["hmget"] - before["hmget"] == 2
+    run_id = out["sha_out"].run_id
+    assert await supervisor.wait(run_id, timeout=DEADLINE) == "succeeded"
+
+    # The processors' read positions and "read to the end" marks went in one HSET each.
+    runtime = await supervisor.runtime()
+    raw: Any = await runtime.client.custom_command(["HGETALL", keys.pos(run_id)])
+    pos = {k.decode(): v.decode() for k, v in raw.items()}
+    assert pos[keys.pos_field("sha_double", "sha_nums")] == "1"
+    assert pos[keys.pos_done_field("sha_double", "sha_nums")] == "1"
+    assert pos[keys.pos_done_field("sha_source", "sha_n")] == "1"
+
+
+@pytest.mark.stores
+async def test_runs_go_on_when_the_store_forgets_its_scripts(supervisor: Supervisor) -> None:
+    """A store restarted or failed over has no scripts cached: they are sent again with their text."""
+    flow = TWO_STAGES
+    warm = await supervisor.start_flow(flow, [IOVal("sha_n", 2)])
+    assert await warm["sha_out"].collect() == [2, 4]
+    runtime = await supervisor.runtime()
+    await runtime.client.custom_command(["SCRIPT", "FLUSH"])
+
+    out = await supervisor.start_flow(flow, [IOVal("sha_n", 3)])
+    assert await out["sha_out"].collect() == [2, 4, 6]
+    run_id = out["sha_out"].run_id
+    assert await supervisor.wait(run_id, timeout=DEADLINE) == "succeeded"
+    history = await runtime.client.custom_command(["XLEN", keys.history(run_id)])
+    assert history >= 1  # the sample script ran too
+
+    await runtime.client.custom_command(["SCRIPT", "FLUSH"])
+    assert await supervisor.cancel(run_id) is False  # finish_run, sent alone, falls back too
+
+
+async def test_the_run_index_is_trimmed_once_a_second(supervisor: Supervisor) -> None:
+    flow = TWO_STAGES
+    before = await _calls(supervisor, "zremrangebyscore")
+    started = time.monotonic()
+    for _ in range(5):
+        out = await supervisor.start_flow(flow, [IOVal("sha_n", 1)])
+        assert await out["sha_out"].collect() == [2]
+    elapsed = time.monotonic() - started
+    trims = await _calls(supervisor, "zremrangebyscore") - before
+    assert 1 <= trims <= math.ceil(elapsed) + 1
+    if elapsed < 3:
+        assert trims < 5  # not one per run
+
+
+@pytest.mark.stores
+async def test_a_run_starts_with_every_key_bounded_and_its_inputs_counted(supervisor: Supervisor) -> None:
+    """The start script writes inputs over several entries, counts them, and gives every key an expiry."""
+    spec = Processor("start_sum", ["start_xs", "start_k"], ["start_total"])
+
+    @spec
+    async def _sum(start_xs: IO[int], start_k: IO[int]) -> AsyncIterator[IOVal[int]]:
+        k = await start_k.first()
+        yield IOVal("start_total", k * sum([x async for x in start_xs]))
+
+    flow = Flow.from_processors(spec).resolve()
+    values = list(range(2500))  # more than max_batch (1,000 by default): three entries
+    out = await supervisor.start_flow(flow, [*(IOVal("start_xs", v) for v in values), IOVal("start_k", 3)])
+    run_id = out["start_total"].run_id
+    runtime = await supervisor.runtime()
+    client = runtime.client
+    stream = keys.stream(run_id, "start_xs")
+    assert await client.custom_command(["XLEN", stream]) == 2500 // supervisor.settings.max_batch + 2
+    bounded = [keys.run(run_id), keys.stats(run_id), keys.rerun(run_id), stream]
+    bounded.append(keys.stream(run_id, "start_k"))
+    for key in bounded:
+        assert 0 < await client.custom_command(["TTL", key]) <= supervisor.settings.max_run_duration
+    stats = await _stats(supervisor, run_id)
+    assert stats["written:start_xs"] == "2500" and stats["written:start_k"] == "1"
+    assert await out["start_total"].collect() == [3 * sum(values)]
+    assert await supervisor.wait(run_id, timeout=DEADLINE) == "succeeded"
+
+
+@pytest.mark.stores
+async def test_the_start_script_may_run_twice(supervisor: Supervisor) -> None:
+    """A pipeline retried after a lost connection runs it again: the same entries, no error."""
+    runtime = await supervisor.runtime()
+    run_id = "start-twice"
+    entries = [("0-1", "b", b"one"), ("0-2", "e", b"end")]
+    command = scripts.start_run_command(
+        run_id, ttl="60", now="1.0", record=["state", "running"], kept=["omitted", "test"],
+        streams={"twice_in": (entries, 1)},
+    )  # fmt: skip
+    for _ in range(2):
+        replies, _ = await pipeline(runtime.client, [command], retry_for=1.0, doing="starting a test run")
+        assert replies == [1]
+    raw: Any = await runtime.client.custom_command(["XRANGE", keys.stream(run_id, "twice_in"), "-", "+"])
+    assert len(raw) == 2
+    await runtime.client.custom_command(["DEL", *keys.run_keys(run_id, ["twice_in"])])

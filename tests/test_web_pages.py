@@ -187,3 +187,49 @@ async def test_cancel_from_the_live_header_uses_htmx(supervisor: Supervisor) -> 
         assert response.status_code == 200
         assert response.headers["HX-Redirect"] == f"/runs/{run_id}"
         assert await supervisor.wait(run_id, timeout=10) == "cancelled"
+
+
+async def test_operations_finds_running_runs_behind_the_recent_ones(
+    supervisor: Supervisor, valkey_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running runs come from the recent ones when those cover them, else from further back."""
+    import uuid
+    from collections.abc import AsyncIterator
+
+    import anyio
+
+    from datagraph import IO, Processor
+    from datagraph.telemetry import Telemetry
+    from web import views
+
+    await Supervisor.adetach()  # a namespace of its own: a run index with only this test's runs
+    supervisor = Supervisor.attach(
+        redis_config={"url": valkey_url}, secret=b"test-secret", namespace=f"ops{uuid.uuid4().hex[:8]}"
+    )
+    gate = anyio.Event()
+    parked = Processor("ops_parked", ["ops_in"], ["ops_out"])
+
+    @parked
+    async def _parked(ops_in: IO[int]) -> AsyncIterator[IOVal[int]]:
+        value = await ops_in.first()
+        await gate.wait()
+        yield IOVal("ops_out", value)
+
+    old = await supervisor.start_flow(Flow.from_processors(parked).resolve(), [IOVal("ops_in", 1)])
+    old_id = old["ops_out"].run_id
+    flow = Flow.from_processors(web_source, web_double).resolve()
+    for _ in range(3):
+        out = await supervisor.start_flow(flow, [IOVal("web_count", 1)])
+        assert await out["web_doubled"].collect() == [0]
+        assert await supervisor.wait(out["web_doubled"].run_id, timeout=10) == "succeeded"
+    telemetry = Telemetry((await supervisor.runtime()).client, supervisor.settings)
+
+    async def stuck_ids() -> list[str]:
+        view = await views.ops_view(telemetry, state=None, stuck_after=0.0, failed_window=3600.0)
+        return [run.id for run, _ in view.stuck]
+
+    assert await stuck_ids() == [old_id]  # the recent runs hold every run: one read
+    monkeypatch.setattr(views, "OPS_RECENT_RUNS", 3)
+    assert await stuck_ids() == [old_id]  # behind the 3 most recent: read further back
+    gate.set()
+    assert await old["ops_out"].collect() == [1]

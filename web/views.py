@@ -380,7 +380,12 @@ async def ops_view(
     now = time.time()
     workers = await telemetry.workers()
     recent = await telemetry.runs(limit=OPS_RECENT_RUNS)
-    running = await telemetry.runs(state="running", limit=OPS_RUNNING_RUNS)
+    running = [r for r in recent if r.state == "running"][:OPS_RUNNING_RUNS]
+    if len(running) < OPS_RUNNING_RUNS and len(recent) >= OPS_RECENT_RUNS:
+        # Running runs may hide behind the recent ones: read further back. When the
+        # recent runs hold enough of them, or all the runs there are, they are the same
+        # list (newest first), and the run index is read once, not twice.
+        running = await telemetry.runs(state="running", limit=OPS_RUNNING_RUNS)
     counts: dict[str, int] = {}
     for summary in recent:
         counts[summary.state] = counts.get(summary.state, 0) + 1

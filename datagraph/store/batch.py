@@ -35,6 +35,7 @@ from glide import (
 )
 
 from ..exceptions import StoreError
+from .evalsha import is_unknown_script, with_script_text
 
 __all__ = [
     "SETTLE_TIMEOUT",
@@ -193,7 +194,16 @@ async def _send(client: Store, commands: list[list[Any]], *, atomic: bool = Fals
         result = await client.exec(batch, raise_on_error=False)
     if result is None:  # only a WATCHed transaction returns None
         raise StoreError("Valkey aborted a batch")
-    return list(result)
+    replies = list(result)
+    # Scripts go by their SHA1 (EVALSHA, see store.evalsha.Script); a server that does
+    # not have one yet (restarted, failed over, SCRIPT FLUSH) refuses it without running
+    # it: those alone go again with the script's text, which also caches it there.
+    unknown = [i for i, reply in enumerate(replies) if is_unknown_script(reply, commands[i])]
+    if unknown:
+        again = [with_script_text(commands[i]) for i in unknown]
+        for i, reply in zip(unknown, await _send(client, again), strict=True):
+            replies[i] = reply
+    return replies
 
 
 async def pipeline(

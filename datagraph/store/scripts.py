@@ -4,30 +4,38 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from glide import GlideError as GlideBaseError
 
 from ..exceptions import RunLostError, StoreError
 from . import keys
+from .evalsha import Script, is_script, is_unknown_script, with_script_text
 
 if TYPE_CHECKING:
     from ..plan import Plan
     from ..runtime import Runtime
 
 __all__ = [
+    "Script",
     "finish_run",
     "finish_run_command",
+    "is_script",
+    "is_unknown_script",
     "lost_run_error",
     "processor_done_command",
     "sample_history_command",
+    "start_run_command",
+    "with_script_text",
 ]
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
+
 # KEYS[1] run hash, KEYS[2..] the run's other keys.
 # ARGV[1] new state, ARGV[2] end time, ARGV[3] retention seconds, ARGV[4] error JSON or "".
-_FINISH = """
+_FINISH = Script("""
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return -1 end
 if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
@@ -37,7 +45,7 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
 redis.call('HSETNX', KEYS[2], 'ended', ARGV[2])
 for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return 1
-"""
+""")
 
 
 async def finish_run(
@@ -45,7 +53,13 @@ async def finish_run(
 ) -> bool:
     """Move the run to a terminal state (once) and start its retention clock."""
     try:
-        changed = await runtime.client.custom_command(finish_run_command(runtime, plan, state, error=error))
+        command = finish_run_command(runtime, plan, state, error=error)
+        try:
+            changed = await runtime.client.custom_command(command)
+        except GlideBaseError as exc:
+            if not is_unknown_script(exc, command):
+                raise
+            changed = await runtime.client.custom_command(with_script_text(command))
     except GlideBaseError as exc:
         raise StoreError(f"could not record the end of run {plan.run_id}: {exc}") from exc
     if changed == -1:
@@ -56,7 +70,7 @@ async def finish_run(
 def finish_run_command(
     runtime: Runtime, plan: Plan, state: str, *, error: dict[str, Any] | None = None
 ) -> list[str]:
-    """The EVAL behind :func:`finish_run`, to send in a pipeline of one's own.
+    """The EVALSHA behind :func:`finish_run`, to send in a pipeline of one's own.
 
     Returns 1 when it moved the run, 0 when the run had already ended, -1 when
     the run is gone.
@@ -68,7 +82,70 @@ def finish_run_command(
         str(int(runtime.settings.retention)),
         json.dumps(error) if error else "",
     ]
-    return ["EVAL", _FINISH, str(len(run_keys)), *run_keys, *args]
+    return _FINISH.command(run_keys, args)
+
+
+# A run starts: its record, its stats, its kept inputs and its input streams (each
+# with its batches and its end marker), all with the run's expiry, in one call.
+# Safe to run twice (a pipeline retried after a lost connection): the hashes are
+# plain sets, and a stream that exists already holds this script's own entries
+# (the run id is new), so its entries are not added again.
+# KEYS[1] run hash, KEYS[2] stats, KEYS[3] rerun hash, KEYS[4..] input streams.
+# ARGV[1] ttl, ARGV[2] now, ARGV[3] n: run fields and values in ARGV[4 .. 3+n];
+# then the rerun hash's field and value; then per input stream: its entry count k,
+# k triples (id, field, payload), then its stats field ``written:<io>`` and the
+# number of values written.
+_START = Script("""
+local ttl = ARGV[1]
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('HSET', KEYS[2], 'created', ARGV[2])
+local at = 4 + n
+redis.call('HSET', KEYS[3], ARGV[at], ARGV[at + 1])
+redis.call('EXPIRE', KEYS[3], ttl)
+at = at + 2
+for i = 4, #KEYS do
+  local k = tonumber(ARGV[at])
+  local fresh = redis.call('EXISTS', KEYS[i]) == 0
+  for j = 0, k - 1 do
+    local e = at + 1 + 3 * j
+    if fresh then redis.call('XADD', KEYS[i], ARGV[e], ARGV[e + 1], ARGV[e + 2]) end
+  end
+  at = at + 1 + 3 * k
+  redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
+  redis.call('EXPIRE', KEYS[i], ttl)
+  at = at + 2
+end
+redis.call('EXPIRE', KEYS[2], ttl)
+return 1
+""")
+
+
+def start_run_command(
+    run_id: str,
+    *,
+    ttl: str,
+    now: str,
+    record: list[str],
+    kept: list[Any],
+    streams: Mapping[str, tuple[list[tuple[str, str, bytes]], int]],
+) -> list[Any]:
+    """The EVALSHA that records a starting run and writes its inputs (see ``_START``).
+
+    ``record`` holds the run hash's fields and values, ``kept`` the rerun
+    hash's field and value, ``streams`` maps each input IO to its entries
+    ``(id, field, payload)`` and the number of values they carry.
+    """
+    script_keys = [keys.run(run_id), keys.stats(run_id), keys.rerun(run_id)]
+    args: list[Any] = [ttl, now, str(len(record)), *record, *kept]
+    for io, (entries, written) in streams.items():
+        script_keys.append(keys.stream(run_id, io))
+        args.append(str(len(entries)))
+        for entry in entries:
+            args += entry
+        args += [f"written:{io}", str(written)]
+    return _START.command(script_keys, args)
 
 
 def lost_run_error(run_id: str) -> RunLostError:
@@ -82,7 +159,7 @@ def lost_run_error(run_id: str) -> RunLostError:
 # may run this twice) and, when every processor of the run is done, finish the
 # run.  KEYS[1] stats, KEYS[2] run hash, KEYS[3..] the run's other keys.
 # ARGV[1] processor, ARGV[2] now, ARGV[3] retention, ARGV[4..] all processors.
-_PROCESSOR_DONE = """
+_PROCESSOR_DONE = Script("""
 redis.call('HSET', KEYS[1], 'state:' .. ARGV[1], 'done', 'ended:' .. ARGV[1], ARGV[2])
 local state = redis.call('HGET', KEYS[2], 'state')
 if not state then return -1 end
@@ -97,17 +174,17 @@ redis.call('HSET', KEYS[2], 'state', 'succeeded', 'ended', ARGV[2])
 redis.call('HSETNX', KEYS[3], 'ended', ARGV[2])
 for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 return 1
-"""
+""")
 
 
 def processor_done_command(runtime: Runtime, plan: Plan, processor: str) -> list[str]:
-    """The EVAL that marks ``processor`` done (and the run succeeded when it is the last)."""
+    """The EVALSHA that marks ``processor`` done (and the run succeeded when it is the last)."""
     run_id = plan.run_id
     own = (keys.stats(run_id), keys.run(run_id))
     script_keys = [*own, *(k for k in keys.run_keys(run_id, plan.ios) if k not in own)]
     names = [p["name"] for p in plan.processors]
     args = [processor, repr(time.time()), str(int(runtime.settings.retention)), *names]
-    return ["EVAL", _PROCESSOR_DONE, str(len(script_keys)), *script_keys, *args]
+    return _PROCESSOR_DONE.command(script_keys, args)
 
 
 #: Seconds of 1-second history kept per run; older samples survive at 1 minute.
@@ -131,7 +208,7 @@ HISTORY_READ = "r:"
 # KEYS[5] names.  ARGV[1] "1" to sample even within the current second (a
 # processor's last flush), ARGV[2] ms of fine history kept, ARGV[3] ms between
 # coarse samples.
-_SAMPLE = """
+_SAMPLE = Script("""
 local ttl = redis.call('TTL', KEYS[1])
 if ttl < 0 then return 0 end
 local clock = redis.call('TIME')
@@ -176,11 +253,11 @@ end
 redis.call('HSET', KEYS[1], 'sampled', tostring(now))
 for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
 return 1
-"""
+""")
 
 
 def sample_history_command(run_id: str, *, force: bool = False) -> list[str]:
-    """The EVAL that records one history sample of the run (see ``datagraph.history``).
+    """The EVALSHA that records one history sample of the run (see ``datagraph.history``).
 
     Cheap to send often: it returns at once when the run was sampled within the
     current second, unless ``force`` (a processor's last flush, so the run's end
@@ -194,4 +271,4 @@ def sample_history_command(run_id: str, *, force: bool = False) -> list[str]:
         keys.history_names(run_id),
     ]
     args = ["1" if force else "0", str(HISTORY_FINE_SECONDS * 1000), str(HISTORY_COARSE_SECONDS * 1000)]
-    return ["EVAL", _SAMPLE, str(len(script_keys)), *script_keys, *args]
+    return _SAMPLE.command(script_keys, args)
