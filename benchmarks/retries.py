@@ -8,8 +8,9 @@ round by round in one process on one embedded Valkey, on the LocalExecutor:
 * **stream**: one run of the 2-stage pipeline (``source -> map(x*2)``) with
   200,000 values, read by the caller's ``stream()``: values per second;
 * **small runs**: 300 runs of the same flow with ``n=1``, 20 at a time: runs
-  per second (a retried run records its policy and starts a watcher: one more
-  round trip, and a poll of its state every second while it runs).
+  per second (a retried run records its policy in the run record's own
+  ``HSET``; the event loop's one watcher polls its state in a shared
+  pipeline once per heartbeat while it runs).
 
 Figures are the best round of each (load from elsewhere only slows a round
 down); the ratio is the median of per-round ratios.  Celery runs under faults

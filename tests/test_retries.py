@@ -19,6 +19,7 @@ from datagraph import IO, Flow, IOVal, Processor, Supervisor
 from datagraph.cli import _print_status
 from datagraph.exceptions import ConfigError, ProcessorFailed, RetryMismatchError, RunCancelled
 from datagraph.retries import RetryPolicy, pending_retry
+from datagraph.retries.attempts import _WATCHERS
 from datagraph.snapshots import StatusSnapshot
 from datagraph.store import keys
 from datagraph.telemetry import Telemetry
@@ -148,6 +149,28 @@ async def test_retries_from_the_flow_and_a_watcher_when_nobody_reads(
         "Flaky", "Flaky", None,
     ]
     assert await out["r_watched_out"].collect() == list(range(N))
+
+
+async def test_one_watcher_per_event_loop_retries_many_unread_runs(
+    supervisor: Supervisor, anyio_backend: str
+) -> None:
+    tags = [new_tag(f"many{i}", anyio_backend, wait=False) for i in range(5)]
+    proc = flaky_processor("r_many", fail_times=1)
+    flow = Flow.from_processors(proc, retries=1, retry_on=["Flaky"]).resolve()
+    outs = [await supervisor.start_flow(flow, [IOVal("r_many_job", {"n": N, "tag": t})]) for t in tags]
+    runtime = await supervisor.runtime()
+    watcher = _WATCHERS[runtime]
+    assert len(watcher.runs) >= 5  # the five runs share the loop's one watcher
+    for out, tag in zip(outs, tags, strict=True):
+        assert await supervisor.wait(out["r_many_out"].run_id, timeout=30) == "succeeded"
+        assert started[tag] == 2
+        assert await out["r_many_out"].collect() == list(range(N))
+    for _ in range(int(supervisor.settings.heartbeat_interval * 30) + 50):
+        if _WATCHERS.get(runtime) is not watcher:
+            break  # nothing left to follow: it ended
+        await anyio.sleep(0.1)
+    else:
+        pytest.fail("the retries watcher still runs with no run left to follow")
 
 
 async def test_a_processor_exception_not_listed_fails_at_once_naming_the_processor(

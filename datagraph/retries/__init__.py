@@ -34,7 +34,7 @@ until a retry happens.  Within one attempt every processor reads its inputs
 exactly once, as in any run.
 
 The retries are driven by the process that started the run (the one holding
-its IO handles): a reader that meets a retried failure, or a watcher task on
+its IO handles): a reader that meets a retried failure, or the watcher of
 that process's event loop when nobody reads, starts the next attempt.
 """
 

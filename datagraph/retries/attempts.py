@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,21 +41,23 @@ from .reader import RetryingReader
 __all__ = ["RunAttempts", "StoppedForRetry", "start_retried"]
 
 
-class StoppedForRetry(RunError):
-    """An attempt cancelled by its run's own retries (its readers go on with the next one)."""
-
 if TYPE_CHECKING:
     from ..coordinator import Coordinator
     from ..flow import Flow
     from ..io import IOVal
     from ..runtime import Runtime
 
+
+class StoppedForRetry(RunError):
+    """An attempt cancelled by its run's own retries (its readers go on with the next one)."""
+
+
 class RunAttempts:
     """The attempts of one retried run, as its starting process drives them.
 
     Shared by the run's IO handles: each reader that meets a failure asks
-    :meth:`after_failure` which attempt to read next, and one watcher task
-    (:meth:`watch`) does the same for failures nobody reads.
+    :meth:`after_failure` which attempt to read next, and the event loop's
+    watcher (:class:`_Watcher`) does the same for failures nobody reads.
     """
 
     def __init__(
@@ -77,7 +80,8 @@ class RunAttempts:
         self._current = run_id
         self._lock = anyio.Lock()
         self._final: BaseException | None = None
-        self._changed = anyio.Event()
+        #: The watcher is retrying a failure of the current attempt.
+        self._retrying = False
 
     @property
     def current(self) -> str:
@@ -94,8 +98,12 @@ class RunAttempts:
         return RetryingReader(self, ios, reader=reader, producers=producers)
 
     async def record_start(self, runtime: Runtime) -> None:
-        """Start the watcher (the policy is already in the first attempt's record)."""
-        runtime.host.start_soon(self.watch, name=f"datagraph-retries-{self.origin}")
+        """Have the event loop's watcher follow this run (its policy is already in its record)."""
+        watcher = _WATCHERS.get(runtime)
+        if watcher is None:
+            watcher = _WATCHERS[runtime] = _Watcher(runtime)
+            runtime.host.start_soon(watcher.run, name="datagraph-retries")
+        watcher.add(self)
 
     def policy_fields(self, attempt: Attempt) -> list[str]:
         """The fields that record ``attempt`` and the policy in the attempt's run record."""
@@ -152,7 +160,6 @@ class RunAttempts:
                 if not retryable or len(self.attempts) > self.policy.retries:
                     final = _exhausted(cause, self.attempts) if retryable else cause
                     self._final = final
-                    self._changed.set()
                     try:
                         await self._publish(runtime, final=True)
                     except StoreError as exc:
@@ -176,8 +183,6 @@ class RunAttempts:
                     await self._abandon(attempt)
                     continue
                 previous, self._current = self._current, attempt.run_id
-                self._changed.set()
-                self._changed = anyio.Event()
                 try:
                     await self._publish(runtime, attempt, previous=previous)
                 except StoreError as exc:  # the attempt runs: its readers meet the store's trouble
@@ -221,55 +226,89 @@ class RunAttempts:
         except DatagraphError as exc:
             log.warning("run %s: could not stop attempt %s: %s", self.origin, attempt.run_id, exc)
 
-    async def watch(self) -> None:
-        """Follow the attempts' states; retry a failure that no reader met first.
-
-        Runs on the event loop's host task group, which it must never end: an
-        unexpected error is logged (the run's readers still drive its retries).
-        """
+    async def retry_watched(self, run_id: str, cause: BaseException) -> None:
+        """Retry a failure of attempt ``run_id`` that the watcher found (and no reader met yet)."""
         try:
-            await self._watch()
+            await self.after_failure(run_id, cause)
         except Exception as exc:
-            log.error("run %s: its retries are no longer watched: %r", self.origin, exc, exc_info=exc)
+            if exc is not self._final:  # the final failure is what the run's readers raise
+                log.error("run %s: could not retry attempt %s: %r", self.origin, run_id, exc, exc_info=exc)
+        finally:
+            self._retrying = False
 
-    async def _watch(self) -> None:
-        runtime = await self.supervisor.runtime()
-        # Failures are noticed within a lease anyway: one poll per heartbeat is plenty,
-        # and a run shorter than that costs no poll at all.
-        interval = runtime.settings.heartbeat_interval
-        deadline = time.monotonic() + runtime.settings.max_run_duration
-        while time.monotonic() < deadline and self._final is None:
-            with anyio.move_on_after(interval):
-                await self._changed.wait()  # a reader moved on, or the run failed for good
-            if self._final is not None:
-                return
-            run_id = self.current
+
+#: The watcher of each event loop's runtime.
+_WATCHERS: weakref.WeakKeyDictionary[Runtime, _Watcher] = weakref.WeakKeyDictionary()
+
+
+class _Watcher:
+    """Follows the retried runs started on one event loop; retries a failure no reader met first.
+
+    One task for every such run, polling their current attempts' states in one
+    pipeline per heartbeat (failures are noticed within a lease anyway): a run
+    shorter than a heartbeat costs one command in a shared round trip and no
+    task of its own.  The task ends when it has no run left to follow.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        #: Each followed run, with the time past which it is given up (max_run_duration).
+        self.runs: dict[RunAttempts, float] = {}
+
+    def add(self, attempts: RunAttempts) -> None:
+        self.runs[attempts] = time.monotonic() + self.runtime.settings.max_run_duration
+
+    async def run(self) -> None:
+        """The task, on the runtime's host task group, which it must never end."""
+        try:
+            await self._follow()
+        except Exception as exc:  # the runs' readers still drive their retries
+            log.error("retried runs of this event loop are no longer watched: %r", exc, exc_info=exc)
+        finally:
+            if _WATCHERS.get(self.runtime) is self:
+                del _WATCHERS[self.runtime]
+
+    async def _follow(self) -> None:
+        settings = self.runtime.settings
+        while self.runs:
+            await anyio.sleep(settings.heartbeat_interval)
+            now = time.monotonic()
+            for attempts, deadline in list(self.runs.items()):
+                if attempts._final is not None or now >= deadline:
+                    del self.runs[attempts]
+            # A run whose reader (or this watcher) is moving it on is looked at next time.
+            polled = [a for a in self.runs if not a._retrying and not a._lock.locked()]
+            if not polled:
+                continue
+            run_ids = [a.current for a in polled]
             try:
-                ((state, error),), _ = await pipeline(
-                    runtime.client, [["HMGET", keys.run(run_id), "state", "error"]],
-                    retry_for=runtime.settings.reconnect_timeout,
-                    doing=f"watching attempt {run_id} of run {self.origin}",
+                replies, _ = await pipeline(
+                    self.runtime.client, [["HMGET", keys.run(r), "state", "error"] for r in run_ids],
+                    retry_for=settings.reconnect_timeout,
+                    doing=f"watching the attempts of {len(polled)} retried run(s)",
                 )
             except StoreError as exc:
-                log.debug("run %s: could not read the state of attempt %s: %s", self.origin, run_id, exc)
+                log.debug("could not read the states of retried runs: %s", exc)
                 continue
-            if isinstance(state, Exception):
-                continue
-            text = _text(state) if state is not None else None
-            if text in ("succeeded", "cancelled"):
-                return
-            if text == "failed" or text is None:
-                cause: BaseException
-                if text is None:
-                    cause = RunLostError(f"Valkey no longer has attempt {run_id} of run {self.origin}")
-                else:
-                    cause = failure_error(run_error(error), run_id)
-                try:
-                    await self.after_failure(run_id, cause)
-                except BaseException as exc:
-                    if exc is not self._final:
-                        raise
-                    return  # the run failed for good: its readers raise it
+            for attempts, run_id, reply in zip(polled, run_ids, replies, strict=True):
+                if isinstance(reply, Exception) or attempts.current != run_id:
+                    continue
+                state, error = reply
+                text = _text(state) if state is not None else None
+                if text in ("succeeded", "cancelled"):
+                    self.runs.pop(attempts, None)
+                elif text == "failed" or text is None:
+                    cause: BaseException
+                    if text is None:
+                        cause = RunLostError(
+                            f"Valkey no longer has attempt {run_id} of run {attempts.origin}"
+                        )
+                    else:
+                        cause = failure_error(run_error(error), run_id)
+                    attempts._retrying = True
+                    self.runtime.host.start_soon(
+                        attempts.retry_watched, run_id, cause, name=f"datagraph-retry-{attempts.origin}"
+                    )
 
 
 async def start_retried(
