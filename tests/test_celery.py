@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,12 +69,14 @@ class Worker:
 
 
 def start_worker(
-    service: str, pool: str, concurrency: int, urls: tuple[str, str], logs: Path
+    service: str, pool: str, concurrency: int, urls: tuple[str, str], logs: Path,
+    *, options: Sequence[str] = (), env: Mapping[str, str] | None = None,
 ) -> Worker:
     store_url, broker_url = urls
     log = logs / f"{service}-{uuid.uuid4().hex[:6]}.log"
     env = {
         **os.environ,
+        **(env or {}),
         "DG_TEST_STORE_URL": store_url,
         "DG_TEST_BROKER_URL": broker_url,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -82,7 +84,7 @@ def start_worker(
     command = [
         str(CELERY), "-A", f"tests.services.{service}", "worker", f"--pool={pool}",
         f"--concurrency={concurrency}", "-n", f"{service}-{uuid.uuid4().hex[:6]}@%h",
-        *WORKER_OPTIONS,
+        *WORKER_OPTIONS, *options,
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(

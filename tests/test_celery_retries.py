@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -51,8 +51,11 @@ class Gamma:
         self.urls, self.store, self.logs = urls, store, logs
         self.workers: list[Worker] = []
 
-    def start(self, pool: str = "threads", concurrency: int = 4, *, wait: bool = True) -> Worker:
-        worker = start_worker("gamma", pool, concurrency, self.urls, self.logs)
+    def start(
+        self, pool: str = "threads", concurrency: int = 4, *, wait: bool = True,
+        options: Sequence[str] = (), env: Mapping[str, str] | None = None,
+    ) -> Worker:
+        worker = start_worker("gamma", pool, concurrency, self.urls, self.logs, options=options, env=env)
         self.workers.append(worker)
         if wait:
             slots = concurrency if pool == "prefork" else 1
@@ -141,24 +144,44 @@ async def test_a_warm_shutdown_hands_a_streaming_processor_over_to_another_worke
     gamma_workers: Gamma, urls: tuple[str, str], anyio_backend: str, pool: str
 ) -> None:
     """SIGTERM to the worker running an endless-looking stream: after shutdown_grace (1 s)
-    it hands the processor over and exits; the run goes on elsewhere, exact at the caller."""
-    gamma_workers.start(pool, 2)
+    it hands the processor over and exits; the run goes on elsewhere, exact at the caller.
+
+    The prefork worker gets its grace from ``--shutdown-grace 1``, which must win over
+    the setting (30 s here, which would outlast the test's deadline)."""
+    if pool == "prefork":
+        grace_by_option = {"options": ["--shutdown-grace", "1"], "env": {"DATAGRAPH_SHUTDOWN_GRACE": "30"}}
+        gamma_workers.start(pool, 2, **grace_by_option)  # type: ignore[arg-type]
+    else:
+        gamma_workers.start(pool, 2)
+    n = 200  # 10 s of values: a busy machine may take most of that to start the next worker
     async with attach_caller(urls) as caller:
-        out = await caller.start_flow(FLOW, [IOVal("g_job", {"n": 100, "period": 0.05})], retries=1)
+        out = await caller.start_flow(FLOW, [IOVal("g_job", {"n": n, "period": 0.05})], retries=1)
         io: IO[int] = out["g_counted"]
         stopping = gamma_workers.owning(await _running_pid(caller, io.run_id))
-        gamma_workers.start("threads", 2)  # where the run goes next
+        # Where the run goes next; the stream goes on while it starts.
+        successor = gamma_workers.start("threads", 2, wait=False)
+        ready = anyio.Event()
+
+        async def successor_ready() -> None:
+            await anyio.to_thread.run_sync(
+                lambda: wait_for_queues(gamma_workers.store, [successor], list(specs.GAMMA), slots=1)
+            )
+            ready.set()
+
         got: list[int] = []
         signalled = exited = 0.0
-        with anyio.fail_after(60):
-            async for value in io.stream():
-                got.append(value)
-                if len(got) == 10:
-                    os.kill(stopping.process.pid, signal.SIGTERM)  # the main process only, as a deploy does
-                    signalled = time.monotonic()
-                if signalled and not exited and stopping.process.poll() is not None:
-                    exited = time.monotonic()
-        assert got == list(range(100))
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(successor_ready)
+                async for value in io.stream():
+                    got.append(value)
+                    if not signalled and len(got) >= 10 and ready.is_set():
+                        os.kill(stopping.process.pid, signal.SIGTERM)  # the main process, as a deploy does
+                        signalled = time.monotonic()
+                    if signalled and not exited and stopping.process.poll() is not None:
+                        exited = time.monotonic()
+        assert signalled, "the stream ended before the next worker was up: nothing was handed over"
+        assert got == list(range(n))
         await anyio.to_thread.run_sync(lambda: stopping.process.wait(20))
         exited = exited or time.monotonic()
         print(f"SIGTERM -> {pool} worker exited within {exited - signalled:.1f}s (grace 1 s)")

@@ -30,6 +30,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -37,7 +38,8 @@ import anyio.from_thread
 import anyio.to_thread
 
 try:
-    from celery import signals
+    import click
+    from celery import bootsteps, signals
     from kombu.entity import Exchange, Queue
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
@@ -119,6 +121,9 @@ class CeleryExecutor(Executor):
         signals.worker_shutting_down.connect(self._on_shutting_down)
         self._worker: Any = None
         self._handing_over = False
+        #: ``celery worker --shutdown-grace``, when given: it wins over the setting.
+        self.shutdown_grace: float | None = None
+        _add_shutdown_grace_option(self)
 
     def __repr__(self) -> str:
         return f"CeleryExecutor({self.app.main!r}, backend={self.backend!r})"
@@ -263,7 +268,9 @@ class CeleryExecutor(Executor):
             return
         self._handing_over = True
         # Not from the signal handler itself: a thread waits for the hand-over.
-        threading.Thread(target=loop.hand_over, name="datagraph-hand-over", daemon=True).start()
+        threading.Thread(
+            target=loop.hand_over, args=(self.shutdown_grace,), name="datagraph-hand-over", daemon=True
+        ).start()
 
     def _on_process_shutdown(self, **_: Any) -> None:
         self._stop_loop()
@@ -308,10 +315,10 @@ class _WorkerLoop:
         # Connect (which starts the heartbeat) without holding up the pool process's start.
         self._bring_up = self.portal.start_task_soon(_bring_up, context.attached())
 
-    def hand_over(self) -> None:
-        """Wait ``shutdown_grace`` for this loop's processors; stop those still running."""
+    def hand_over(self, grace: float | None = None) -> None:
+        """Wait ``grace`` (default: the setting) for this loop's processors; stop those still running."""
         try:
-            self.portal.call(hand_over, context.attached())
+            self.portal.call(hand_over, context.attached(), grace)
         except Exception as exc:  # the loop is closing: nothing left to hand over
             log.warning("could not hand this worker's processors over: %r", exc)
 
@@ -342,15 +349,19 @@ async def _bring_up(supervisor: Context) -> None:
         delay = min(delay * 2, 10.0)
 
 
-async def hand_over(supervisor: Context) -> int:
-    """A warm shutdown: stop the processors still running here after ``shutdown_grace``.
+async def hand_over(supervisor: Context, grace: float | None = None) -> int:
+    """A warm shutdown: stop the processors still running here after ``grace`` seconds.
+
+    ``grace`` defaults to the ``shutdown_grace`` setting (``celery worker
+    --shutdown-grace`` gives it for one worker).
 
     Each is failed with :class:`~datagraph.exceptions.WorkerStopping` (written
     like any failure, after the flush in flight), which retry policies retry.
     Returns how many runs were handed over.
     """
     runtime = await supervisor.runtime()
-    grace = runtime.settings.shutdown_grace
+    if grace is None:
+        grace = runtime.settings.shutdown_grace
     log.warning(
         "this worker is stopping: it takes no more processors; those still running in %gs "
         "are handed over (their runs fail as WorkerStopping and are retried under their policy)",
@@ -397,3 +408,29 @@ def _run_processor_task(run_id: str, processor: str) -> None:
 
 #: The worker side of a Celery task (kept under its old name for callers of it).
 _execute = run_dispatched
+
+
+def _add_shutdown_grace_option(executor: CeleryExecutor) -> None:
+    """``celery -A <service> worker --shutdown-grace SECONDS``: this worker's ``shutdown_grace``."""
+    app = executor.app
+    options = app.user_options["worker"]
+    if not any(getattr(o, "name", None) == "shutdown_grace" for o in options):
+        options.add(click.Option(
+            ["--shutdown-grace"], type=click.FloatRange(min=0), default=None,
+            help="Seconds a warm shutdown lets datagraph processors run before handing them "
+                 "over to other workers (default: the shutdown_grace setting, "
+                 "DATAGRAPH_SHUTDOWN_GRACE).",
+        ))
+    owner = weakref.ref(executor)
+
+    class _ShutdownGrace(bootsteps.Step):  # type: ignore[misc]
+        """Takes the worker's ``--shutdown-grace`` for this executor."""
+
+        def __init__(self, parent: Any, shutdown_grace: float | None = None, **options: Any) -> None:
+            super().__init__(parent, **options)
+            target = owner()
+            if target is not None and shutdown_grace is not None:
+                target.shutdown_grace = float(shutdown_grace)
+
+    app.steps["worker"].add(_ShutdownGrace)
+
