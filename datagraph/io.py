@@ -8,7 +8,7 @@ is written.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 import anyio.from_thread
@@ -78,7 +78,7 @@ class IO(Generic[T]):
     Every call reads the stream from its beginning.
     """
 
-    __slots__ = ("_attempts", "_producers", "_reader", "_supervisor", "_writer", "name", "run_id")
+    __slots__ = ("_attempts", "_given", "_producers", "_reader", "_supervisor", "_writer", "name", "run_id")
 
     def __init__(
         self,
@@ -90,8 +90,11 @@ class IO(Generic[T]):
         producers: dict[str, str] | None = None,
         writer: StreamWriter | None = None,
         attempts: Attempts | None = None,
+        given: Mapping[str, Sequence[tuple[str, str, bytes]]] | None = None,
     ) -> None:
         self._supervisor = supervisor
+        #: Entries of streams in hand (a run's inputs, ``Plan.given``): read without the store.
+        self._given = given
         self._attempts = attempts
         self._writer = writer
         self.run_id = run_id
@@ -108,7 +111,13 @@ class IO(Generic[T]):
             return self._attempts.reader(ios, reader=self._reader, producers=self._producers)
         runtime = await self._supervisor.runtime()
         return StreamReader(
-            runtime, self.run_id, ios, reader=self._reader, producers=self._producers, writer=self._writer
+            runtime,
+            self.run_id,
+            ios,
+            reader=self._reader,
+            producers=self._producers,
+            writer=self._writer,
+            given=self._given,
         )
 
     def _names_with(self, others: tuple[IO[Any], ...]) -> list[str]:

@@ -7,7 +7,7 @@ run its processor knowing only the run id.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .flow import Flow
@@ -26,6 +26,11 @@ class Plan:
     partitions: dict[str, int]
     max_backlog: dict[str, int]
     trim: bool
+    #: The run's inputs in hand in the process that started it: per input, its stream
+    #: entries ``(id, field, payload)`` exactly as written. Processors dispatched in that
+    #: process take them from here instead of reading them back; never stored, so a
+    #: processor anywhere else reads the store.
+    given: dict[str, list[tuple[str, str, bytes]]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, run_id: str, flow: Flow, *, outputs: list[str], default_backlog: int, trim: bool) -> Plan:
@@ -84,7 +89,9 @@ class Plan:
     def to_json(self) -> str:
         # A shallow dict: json.dumps walks the nested dicts and lists itself
         # (dataclasses.asdict would deep-copy them first, on every run started).
-        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}, separators=(",", ":"))
+        return json.dumps(
+            {f.name: getattr(self, f.name) for f in fields(self) if f.name != "given"}, separators=(",", ":")
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Plan:

@@ -63,7 +63,9 @@ async def run_processor(supervisor: Context, runtime: Runtime, plan: Plan, impl:
                     with scope:
                         if spec.get("wait"):
                             waiting = time.monotonic()
-                            await _wait_for_inputs(runtime, run_id, spec["inputs"], name)
+                            # Inputs in hand have ended already: no need to poll them.
+                            pending = [io for io in spec["inputs"] if io not in plan.given]
+                            await _wait_for_inputs(runtime, run_id, pending, name)
                             writer.clock.idle += time.monotonic() - waiting
                         await _call(supervisor, impl, plan, writer)
                 finally:
@@ -126,9 +128,11 @@ def _forget(runtime: Runtime, run_id: str, scope: anyio.CancelScope) -> None:
 async def _call(supervisor: Context, impl: Implementation, plan: Plan, writer: StreamWriter) -> None:
     name = impl.processor.name
     inputs: dict[str, Any] = {}
+    # Inputs of the run in hand here (this process started it): read without a round trip.
+    given = plan.given or None
     for io in impl.processor.inputs:
         handle: IO[Any] = IO(
-            supervisor, plan.run_id, io, reader=name, producers=plan.producers, writer=writer
+            supervisor, plan.run_id, io, reader=name, producers=plan.producers, writer=writer, given=given
         )
         inputs[io] = SyncIO(handle) if impl.kind in (Kind.SYNC, Kind.SYNC_GEN) else handle
     async with AsyncExitStack() as stack:

@@ -67,6 +67,9 @@ class Settings:
     #: Largest encoded inputs kept with a run so that it can be run again, in bytes
     #: (0: keep none). A run whose inputs are larger says so instead.
     rerun_inputs_max_bytes: int = 1024 * 1024
+    #: Largest encoded inputs of a run handed straight to the processors that read them
+    #: in the process that started it, in bytes (0: they read them back from the store).
+    hand_over_inputs_max_bytes: int = 1024 * 1024
     #: Prefix of every key (and of the Celery queues): deployments sharing one store
     #: stay apart by using different namespaces (``DATAGRAPH_NAMESPACE``).
     namespace: str = DEFAULT_NAMESPACE
@@ -123,10 +126,9 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting {name!r} must be positive, got {getattr(self, name)!r}")
-        if self.rerun_inputs_max_bytes < 0:
-            raise ConfigError(
-                f"setting 'rerun_inputs_max_bytes' must not be negative, got {self.rerun_inputs_max_bytes!r}"
-            )
+        for name in ("rerun_inputs_max_bytes", "hand_over_inputs_max_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"setting {name!r} must not be negative, got {getattr(self, name)!r}")
         for name in ("retries", "retry_backoff", "shutdown_grace"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"setting {name!r} must not be negative, got {getattr(self, name)!r}")

@@ -161,6 +161,7 @@ class StreamReader:
         reader: str | None = None,
         producers: Mapping[str, str] | None = None,
         writer: StreamWriter | None = None,
+        given: Mapping[str, Sequence[tuple[str, str, bytes]]] | None = None,
     ) -> None:
         self._rt = runtime
         self._run_id = run_id
@@ -195,6 +196,35 @@ class StreamReader:
             str(max(1, int(settings.read_block * 1000))),
             "STREAMS",
         ]
+        if given:
+            self._take_given(given)
+
+    def _take_given(self, given: Mapping[str, Sequence[tuple[str, str, bytes]]]) -> None:
+        """Take the streams whose entries are in hand (a run's inputs, ``Plan.given``) as read.
+
+        They are the entries the store holds, decoded the same way, so the reader
+        delivers, counts and publishes them exactly as if one XREAD had returned
+        them all; only the round trip is saved.
+        """
+        codec = self._rt.codec
+        for io in list(self._open):
+            entries = given.get(io)
+            if entries is None:
+                continue
+            where = f"{io!r} of run {self._run_id}"
+            for entry, field, payload in entries:
+                self._last_id[io] = entry
+                if field == BATCH:
+                    self._pending.append((io, codec.decode_batch(payload, where)))
+                    continue
+                self._open.remove(io)
+                error = marker_error(codec.decode_marker(payload, where), self._run_id)
+                if error is not None:
+                    self._error = error
+                    self._open = []
+                    return
+                self._pending.append((io, END))
+                break
 
     def __aiter__(self) -> StreamReader:
         return self

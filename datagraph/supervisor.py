@@ -365,6 +365,10 @@ class Supervisor:
         )
         if attempts == 1:
             refused(replies, doing, own_entries=True)  # the run id is new: its streams are ours
+        # Processors dispatched here take the inputs from the plan: no read back (see Plan.given).
+        limit = self.settings.hand_over_inputs_max_bytes
+        if limit and sum(len(e[2]) for entries, _ in streams.values() for e in entries) <= limit:
+            plan.given.update((io, entries) for io, (entries, _) in streams.items())
 
     async def rerun(self, run_id: str, *, inputs: Mapping[str, list[Any]] | None = None) -> str:
         """Start an ended run's flow again; returns the new run's id.
