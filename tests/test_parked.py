@@ -9,6 +9,7 @@ import pytest
 
 from datagraph import IO, Flow, IOVal, LocalExecutor, Processor, Supervisor, parked
 from datagraph.store import keys
+from datagraph.streams import END, StreamReader
 from datagraph.telemetry import OUTPUT, Telemetry
 
 pytestmark = pytest.mark.anyio
@@ -131,3 +132,41 @@ async def test_many_runs_at_once_end_with_exact_output_counts(supervisor: Superv
                     break
                 await anyio.sleep(0.01)
             assert run.edge("pk_out", OUTPUT).written == n
+
+
+async def test_a_reader_that_may_hold_a_writer_back_publishes_at_once(
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only positions no writer waits for are parked: a processor's, mid-stream, are not."""
+    monkeypatch.setattr(parked, "PUBLISH_DELAY", 60.0)
+    release = anyio.Event()
+    hold = Processor("pk_hold", ["pk_hn"], ["pk_held"])
+
+    @hold
+    async def _hold(pk_hn: IO[int]) -> AsyncIterator[IOVal[int]]:
+        yield IOVal("pk_held", await pk_hn.first())
+        await release.wait()  # the stream stays open until the test lets it end
+        yield IOVal("pk_held", 2)
+
+    out = (await supervisor.start_flow(Flow.from_processors(hold).resolve(), [IOVal("pk_hn", 1)]))["pk_held"]
+    runtime = await supervisor.runtime()
+    field = keys.pos_field("pk_reader", "pk_held")
+
+    async def position() -> str | None:
+        raw = await runtime.client.custom_command(["HGET", keys.pos(out.run_id), field])
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    with anyio.fail_after(DEADLINE):
+        # A processor's reader, stopped before the end: its writer may be waiting for it.
+        reader = StreamReader(runtime, out.run_id, ["pk_held"], reader="pk_reader")
+        assert await reader.__anext__() == ("pk_held", [1])
+        await reader.aclose()
+        assert await position() == "1"
+
+        # The same reader name read to the end holds nobody back: parked.
+        release.set()
+        reader = StreamReader(runtime, out.run_id, ["pk_held"], reader="pk_reader")
+        assert [v async for _, v in reader if v is not END] == [[1], [2]]
+        assert await position() == "1"  # not yet
+        await runtime.parked.publish()
+        assert await position() == "2"
