@@ -52,6 +52,7 @@ class ParkedPositions:
         self._client = client
         self._host = host
         self._retry_for = settings.reconnect_timeout
+        self._close_timeout = settings.request_timeout
         self._ttl = str(int(settings.max_run_duration))
         self._fields: Parked = {}
         #: Set when something is parked; None until the publisher task is started.
@@ -136,6 +137,20 @@ class ParkedPositions:
                 self.pipelines += 1
 
     async def aclose(self) -> None:
-        """Publish what is still parked (the runtime is closing); raises if the store refuses."""
+        """Publish what is still parked (the runtime is closing); raises if the store refuses.
+
+        Waits at most ``request_timeout`` (a store that is gone does not hold a
+        shutdown up for the whole ``reconnect_timeout``).
+        """
+        if not self._fields:
+            return
         with anyio.CancelScope(shield=True):
-            await self.publish()
+            try:
+                with anyio.fail_after(self._close_timeout):
+                    await self.publish()
+            except TimeoutError:
+                raise StoreError(
+                    f"could not publish the callers' read positions of {len(self._fields)} run(s) "
+                    f"within {self._close_timeout:g}s (request_timeout) while closing; "
+                    "the store is unreachable, so telemetry misses what they had read"
+                ) from None
