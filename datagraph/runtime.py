@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import anyio
 
 from ._backend import LoopHost
+from .parked import ParkedPositions
 from .settings import Settings
 from .store.client import BlockingPool, Store, StoreAddress, close_now
 from .store.codec import Codec
@@ -30,6 +31,8 @@ class Runtime:
         #: a run stops them at once, not only at their next value.
         self.running: dict[str, dict[anyio.CancelScope, str]] = {}
         self.stop_reasons: dict[str, Exception] = {}
+        #: Callers' read positions waiting to ride with a later round trip (datagraph.parked).
+        self.parked = ParkedPositions(self.client, self.host, self.settings)
         # The loop is ending (or the host was cancelled): release the connections.
         self.host.on_exit.append(self.close_now)
 
@@ -51,6 +54,9 @@ class Runtime:
         close_now(self.client)
 
     async def aclose(self) -> None:
-        self.host.cancel()
-        await self.pool.aclose()
-        self.close_now()
+        try:
+            await self.parked.aclose()  # nothing parked is lost
+        finally:
+            self.host.cancel()
+            await self.pool.aclose()
+            self.close_now()

@@ -28,6 +28,7 @@ from .exceptions import (
     StoreError,
     StreamIdleTimeout,
 )
+from .parked import Parked
 from .runtime import Runtime
 from .store import gaps, keys
 from .store.client import exec_batch, is_transient, new_batch, pipeline
@@ -146,7 +147,11 @@ class StreamReader:
     ``writer`` is the reading processor's own writer, if any: the reader
     charges its waits to the writer's clock and hands its closing read
     positions to the writer's next flush instead of a round trip of its own
-    (``first()`` on an input then costs one round trip, not two).
+    (``first()`` on an input then costs one round trip, not two).  The
+    caller's reader (``reader`` is ``keys.OUTPUT_READER``) and a reader of
+    streams it read to their end hold no writer back: they park their
+    closing positions in the runtime (:mod:`datagraph.parked`), and every
+    read carries what is parked there.
 
     It is a plain class rather than an async generator so that a reader
     abandoned half way returns its store client to the pool when collected.
@@ -309,10 +314,20 @@ class StreamReader:
         positions, so a reader survives a Valkey restart without losing or
         repeating a value; if the run's data did not survive, it says so.
         """
+        riders: list[list[str]] = []
+        # Callers' read positions parked in this runtime ride along (datagraph.parked).
+        parked = self._rt.parked.take() if self._rt.parked else {}
+        try:
+            return await self._read_with(command, riders, parked)
+        except BaseException:
+            self._rt.parked.restore(parked)  # sent again by the next read, or the publisher
+            raise
+
+    async def _read_with(self, command: list[str], riders: list[list[str]], parked: Parked) -> Any:
         run_id = self._run_id
         deadline = None
         delay = 0.05
-        riders: list[list[str]] = []
+        parked_commands = self._rt.parked.commands(parked)
         while True:
             if self._client is None:
                 if self._rt.pool.full():
@@ -336,6 +351,10 @@ class StreamReader:
                 riders += self._writer.take_riders()
             for rider in riders:
                 batch.custom_command(rider)
+            parked_at = len(batch)
+            for rider in parked_commands:
+                batch.custom_command(rider)
+            parked_end = len(batch)
             # A processor that only reads (a sink) reports its time split here.
             status = self._writer.status_commands() if self._writer is not None else []
             for extra in status:
@@ -349,6 +368,13 @@ class StreamReader:
                         continue
                     if index == sample_at and self._writer is not None:
                         self._writer.history_failed(reply)  # the run goes on without it
+                        continue
+                    if parked_at <= index < parked_end:
+                        # Another run's telemetry: not this reader's failure. The
+                        # publisher task sends it again (and says so if it fails).
+                        if parked_commands:
+                            self._rt.parked.restore(parked)
+                            parked_commands = []
                         continue
                     raise reply  # handled below, as if the batch had raised it
             except BaseException as exc:
@@ -396,7 +422,14 @@ class StreamReader:
             release()
         if self._dirty and self._reader is not None:
             fields = self._position_fields()
+            # No writer waits for these positions: the caller's (writers are held back
+            # by in-flow readers only), or streams read to their end (nothing more is
+            # written to them). They wait for a later round trip (datagraph.parked).
+            parkable = self._reader == keys.OUTPUT_READER or self._dirty.isdisjoint(self._open)
             self._dirty = set()
+            if parkable and self._writer is None:
+                self._rt.parked.park(keys.pos(self._run_id), fields)
+                return  # no round trip here: first() returns at once
             commands = [
                 ["HSET", keys.pos(self._run_id), *fields],
                 ["EXPIRE", keys.pos(self._run_id), self._ttl, "NX"],

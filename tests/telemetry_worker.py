@@ -76,6 +76,9 @@ async def _main(count: int | None, processors: tuple[Processor, ...]) -> None:
         run_id = next(iter(outputs.values())).run_id
         await outputs["tw_total"].collect()
         await supervisor.wait(run_id, timeout=30)
+        # The caller's read position (parked, due within 50 ms) is in the store before we say so.
+        with anyio.fail_after(30):
+            await (await supervisor.runtime()).parked.publish()
     print(json.dumps({"worker": supervisor.worker_id, "run": run_id}), flush=True)
     await anyio.sleep_forever()
 
