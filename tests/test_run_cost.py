@@ -14,6 +14,8 @@ from datagraph import IO, Flow, IOVal, Processor, Supervisor
 from datagraph.plan import Plan
 from datagraph.store import keys, scripts
 from datagraph.store.batch import pipeline
+from datagraph.store.scripts import _SAMPLE
+from datagraph.telemetry import Telemetry
 
 pytestmark = pytest.mark.anyio
 
@@ -207,6 +209,24 @@ async def test_runs_go_on_when_the_store_forgets_its_scripts(supervisor: Supervi
 
     await runtime.client.custom_command(["SCRIPT", "FLUSH"])
     assert await supervisor.cancel(run_id) is False  # finish_run, sent alone, falls back too
+
+
+@pytest.mark.stores
+async def test_a_refused_script_goes_again_before_the_scripts_after_it(supervisor: Supervisor) -> None:
+    """Only the history sample is cached (a failover half-way): the script that marks a
+    processor done is refused, and the sample after it in the same flush must not record
+    the processor as still running: both go again, in their order."""
+    runtime = await supervisor.runtime()
+    await runtime.client.custom_command(["SCRIPT", "FLUSH"])
+    await runtime.client.custom_command(["SCRIPT", "LOAD", _SAMPLE.text])
+    # One processor: its closing flush is the first to mark a processor done.
+    out = await supervisor.start_flow(Flow.from_processors(_sha_source).resolve(), [IOVal("sha_n", 3)])
+    assert await out["sha_nums"].collect() == [1, 2, 3]
+    run_id = out["sha_nums"].run_id
+    assert await supervisor.wait(run_id, timeout=DEADLINE) == "succeeded"
+    history = await (await Telemetry.from_supervisor(supervisor)).history(run_id)
+    assert history is not None
+    assert history.processor("sha_source").state[-1] == "done"
 
 
 async def test_the_run_index_is_trimmed_once_a_second(supervisor: Supervisor) -> None:

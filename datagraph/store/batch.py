@@ -35,7 +35,7 @@ from glide import (
 )
 
 from ..exceptions import StoreError
-from .evalsha import is_unknown_script, with_script_text
+from .evalsha import is_own_script, is_unknown_script, with_script_text
 
 __all__ = [
     "SETTLE_TIMEOUT",
@@ -200,8 +200,12 @@ async def _send(client: Store, commands: list[list[Any]], *, atomic: bool = Fals
     # it: those alone go again with the script's text, which also caches it there.
     unknown = [i for i, reply in enumerate(replies) if is_unknown_script(reply, commands[i])]
     if unknown:
-        again = [with_script_text(commands[i]) for i in unknown]
-        for i, reply in zip(unknown, await _send(client, again), strict=True):
+        # The scripts after the first refused one go again too, in their order (a Script
+        # may run twice): one that reads what a refused one writes (a processor's last
+        # history sample, after the script that marks it done) then sees it.
+        again_at = [i for i in range(unknown[0], len(commands)) if is_own_script(commands[i])]
+        again = [with_script_text(commands[i]) for i in again_at]
+        for i, reply in zip(again_at, await _send(client, again), strict=True):
             replies[i] = reply
     return replies
 

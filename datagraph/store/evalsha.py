@@ -12,7 +12,7 @@ from typing import Any
 
 from glide import GlideError as GlideBaseError
 
-__all__ = ["Script", "is_script", "is_unknown_script", "with_script_text"]
+__all__ = ["Script", "is_own_script", "is_script", "is_unknown_script", "with_script_text"]
 
 
 class Script:
@@ -21,7 +21,9 @@ class Script:
     The store caches a script's text once it has run it; a server that does
     not have it (restarted, failed over, ``SCRIPT FLUSH``) refuses ``EVALSHA``
     with ``NOSCRIPT`` without running it, and :func:`datagraph.store.batch`
-    sends such commands again with the text (:func:`with_script_text`).
+    sends such commands again with the text (:func:`with_script_text`), and
+    every script after the first refused one in the same batch too, in order.
+    So a script must be safe to run twice.
     """
 
     __slots__ = ("sha", "text")
@@ -38,6 +40,11 @@ class Script:
 
 #: The text of every :class:`Script`, by SHA1.
 _TEXTS: dict[str, str] = {}
+
+
+def is_own_script(command: list[Any]) -> bool:
+    """Whether ``command`` is the ``EVALSHA`` of a :class:`Script`."""
+    return command[0] == "EVALSHA" and command[1] in _TEXTS
 
 
 def is_unknown_script(reply: Any, command: list[Any]) -> bool:
