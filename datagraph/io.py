@@ -8,7 +8,7 @@ is written.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 import anyio.from_thread
@@ -319,18 +319,14 @@ class SyncIO(Generic[T]):
 
     def stream(self) -> Iterator[T]:
         """Values as they arrive, fetched batch by batch from the event loop."""
-        batches = self._io.batches()
+        batches = self.batches()
         try:
-            while True:
-                try:
-                    values = anyio.from_thread.run(batches.__anext__)
-                except StopAsyncIteration:
-                    return
+            for values in batches:
                 yield from values
         finally:
-            anyio.from_thread.run(batches.aclose)
+            batches.close()
 
-    def batches(self) -> Iterator[list[T]]:
+    def batches(self) -> Generator[list[T], None, None]:
         """The stream's values as written, one list per entry (see :meth:`IO.batches`)."""
         batches = self._io.batches()
         try:
