@@ -56,6 +56,7 @@ from .plan import Plan
 from .processor import registry
 from .store import keys, scripts
 from .store.client import exec_batch, new_batch
+from .store.client import reply_text as _text
 
 if TYPE_CHECKING:
     from .context import Context
@@ -141,8 +142,6 @@ def _local_state(worker_id: str) -> _Local:
     return state
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # -- heartbeats ----------------------------------------------------------------

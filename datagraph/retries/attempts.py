@@ -16,6 +16,7 @@ from ..exceptions import DatagraphError, RunCancelled, RunError, RunLostError, S
 from ..io import IO
 from ..store import keys
 from ..store.client import pipeline, refused
+from ..store.client import reply_text as _text
 from ..store.scripts import TERMINAL
 from ..streams import failure_error, run_error
 from .policy import (
@@ -31,7 +32,6 @@ from .policy import (
     RetryPolicy,
     _ended,
     _exhausted,
-    _text,
     cause_name,
     log,
     record_fields,

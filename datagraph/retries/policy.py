@@ -21,6 +21,7 @@ from ..exceptions import (
 )
 from ..store import keys
 from ..store.client import pipeline, refused
+from ..store.client import reply_text as _text
 from ..streams import run_error
 
 if TYPE_CHECKING:
@@ -261,5 +262,3 @@ def _ended(attempt: Attempt, cause: BaseException) -> None:
     attempt.message = str(cause)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

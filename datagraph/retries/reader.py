@@ -12,8 +12,8 @@ from blake3 import blake3
 from ..exceptions import ProcessorFailed, RetryMismatchError, RunCancelled, StoreError
 from ..store import keys
 from ..store.client import pipeline, refused
+from ..store.client import reply_text as _text
 from ..streams import BATCH, END, MARKER, StreamReader
-from .policy import _text
 
 if TYPE_CHECKING:
     from ..context import Context

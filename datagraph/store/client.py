@@ -68,6 +68,7 @@ __all__ = [
     "new_batch",
     "parse_redis_config",
     "pipeline",
+    "reply_text",
     "refused",
     "store_is_cluster",
 ]
@@ -214,7 +215,7 @@ async def connect(address: StoreAddress, *, request_timeout: float, connect_time
                 raise ConfigError(_CLUSTER_DB.format(db=known.db)) from exc
             cluster = await _connect_cluster(known, request_timeout, connect_timeout)
             try:
-                nodes = _text(await cluster.custom_command(["CLUSTER", "NODES"]))
+                nodes = reply_text(await cluster.custom_command(["CLUSTER", "NODES"]))
             except GlideBaseError as error:
                 await _close_quietly(cluster)
                 raise StoreError(
@@ -223,14 +224,14 @@ async def connect(address: StoreAddress, *, request_timeout: float, connect_time
             _resolved[address] = replace(known, seeds=_node_addresses(nodes, known))
             return cluster
         try:
-            info = _text(await client.custom_command(["INFO", "cluster"]))
+            info = reply_text(await client.custom_command(["INFO", "cluster"]))
             if "cluster_enabled:1" not in info:
                 known = _resolved[address] = replace(known, cluster=False)
                 if not known.db:
                     return client
                 await _close_quietly(client)
                 return await _connect_standalone(known, request_timeout, connect_timeout)
-            nodes = _text(await client.custom_command(["CLUSTER", "NODES"]))
+            nodes = reply_text(await client.custom_command(["CLUSTER", "NODES"]))
         except GlideBaseError as exc:
             await _close_quietly(client)
             raise StoreError(f"cannot tell whether Valkey at {address.url} is a cluster node: {exc}") from exc
@@ -251,7 +252,8 @@ async def store_is_cluster(address: StoreAddress, *, connect_timeout: float) -> 
         await _close_quietly(client)
 
 
-def _text(reply: Any) -> str:
+def reply_text(reply: Any) -> str:
+    """A reply (bytes or not) as text."""
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
