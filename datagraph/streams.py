@@ -866,7 +866,7 @@ class StreamWriter:
         if not self._sample_due:
             return []
         self._sample_due = False
-        return [sample_history_command(self._run_id, force=closing)]
+        return [sample_history_command(self._run_id, at_end=closing)]
 
     def history_failed(self, reply: BaseException) -> None:
         """A history sample was refused: say so once; the run goes on without it."""

@@ -100,7 +100,10 @@ local ttl = ARGV[1]
 local n = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))
 redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('HSET', KEYS[2], 'created', ARGV[2])
+-- The start counts as the run's first history sample time (see _SAMPLE).
+local clock = redis.call('TIME')
+local ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('HSET', KEYS[2], 'created', ARGV[2], 'sampled', tostring(ms))
 local at = 4 + n
 redis.call('HSET', KEYS[3], ARGV[at], ARGV[at + 1])
 redis.call('EXPIRE', KEYS[3], ttl)
@@ -204,64 +207,85 @@ HISTORY_READ = "r:"
 # "" where a name has no value yet.  So a sample of a 30-edge flow costs a few
 # hundred bytes, and every entry has the same single field, which streams store
 # once per node.
+# The run's start counts as sampled (``_START`` sets ``sampled``): a run's first
+# sample is due in the second after it starts, so a run shorter than that has one
+# sample, at its end.  The end is sampled whatever the time: a processor's closing
+# flush sends mode "end", which samples even within the current second once the
+# run is over (the scripts before it in the flush ended it), so whichever
+# processor ends the run puts the end in its history, and the others' closing
+# flushes cost no more than any status.
 # KEYS[1] stats, KEYS[2] pos, KEYS[3] fine history, KEYS[4] coarse history,
-# KEYS[5] names.  ARGV[1] "1" to sample even within the current second (a
-# processor's last flush), ARGV[2] ms of fine history kept, ARGV[3] ms between
-# coarse samples.
+# KEYS[5] names, KEYS[6] run hash.  ARGV[1] "0" at most once a second, "1" now
+# whatever the time, "end" now if the run is over (else as "0"); ARGV[2] ms of
+# fine history kept, ARGV[3] ms between coarse samples.
+# Each redis.call costs about a microsecond and a half and this runs on the path of
+# every closing flush: new names go in one RPUSH, the sample's marks in one HSET.
 _SAMPLE = Script("""
 local ttl = redis.call('TTL', KEYS[1])
 if ttl < 0 then return 0 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local last = tonumber(redis.call('HGET', KEYS[1], 'sampled') or '0')
-if ARGV[1] ~= '1' and now - (now % 1000) <= last then return 0 end
-local known = redis.call('LRANGE', KEYS[5], 0, -1)
-local index = {}
-for i = 1, #known do index[known[i]] = i end
-local values = {}
-local function take(name, value)
-  local i = index[name]
-  if not i then
-    redis.call('RPUSH', KEYS[5], name)
-    known[#known + 1] = name
-    i = #known
-    index[name] = i
-  end
-  values[i] = value
+local mode = ARGV[1]
+if mode ~= '1' and now - (now % 1000) <= tonumber(redis.call('HGET', KEYS[1], 'sampled') or '0') then
+  if mode ~= 'end' or redis.call('HGET', KEYS[6], 'state') == 'running' then return 0 end
 end
+local known = redis.call('LRANGE', KEYS[5], 0, -1)
+local n = #known
+local index = {}
+for i = 1, n do index[known[i]] = i end
+local values = {}
+local new = {}
 local copied = {written = true, busy = true, idle = true, bp = true, state = true}
 local stats = redis.call('HGETALL', KEYS[1])
 for i = 1, #stats, 2 do
-  local kind = string.match(stats[i], '^(%a+):')
-  if kind and copied[kind] then take(stats[i], stats[i + 1]) end
+  local f = stats[i]
+  local at = index[f]
+  if at then
+    values[at] = stats[i + 1]
+  elseif copied[string.match(f, '^(%a+):') or ''] then
+    n = n + 1
+    new[#new + 1] = f
+    values[n] = stats[i + 1]
+  end
 end
 local pos = redis.call('HGETALL', KEYS[2])
 for i = 1, #pos, 2 do
   local f = pos[i]
-  if string.find(f, '/', 1, true) and not string.find(f, '#', 1, true) then take('r:' .. f, pos[i + 1]) end
+  if string.find(f, '/', 1, true) and not string.find(f, '#', 1, true) then
+    local name = 'r:' .. f
+    local at = index[name]
+    if not at then
+      n = n + 1
+      new[#new + 1] = name
+      at = n
+    end
+    values[at] = pos[i + 1]
+  end
 end
-if #known == 0 then return 0 end
-for i = 1, #known do values[i] = values[i] or '' end
+if n == 0 then return 0 end
+if #new > 0 then redis.call('RPUSH', KEYS[5], unpack(new)) end
+for i = 1, n do values[i] = values[i] or '' end
 local packed = table.concat(values, ',')
 redis.call('XADD', KEYS[3], 'MINID', tostring(now - tonumber(ARGV[2])), '*', 'v', packed)
 local step = tonumber(ARGV[3])
-local coarse = tonumber(redis.call('HGET', KEYS[1], 'sampled:coarse') or '-1')
-if now - (now % step) > coarse then
+if now - (now % step) > tonumber(redis.call('HGET', KEYS[1], 'sampled:coarse') or '-1') then
   redis.call('XADD', KEYS[4], '*', 'v', packed)
-  redis.call('HSET', KEYS[1], 'sampled:coarse', tostring(now))
+  redis.call('HSET', KEYS[1], 'sampled', tostring(now), 'sampled:coarse', tostring(now))
+else
+  redis.call('HSET', KEYS[1], 'sampled', tostring(now))
 end
-redis.call('HSET', KEYS[1], 'sampled', tostring(now))
 for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ttl) end
 return 1
 """)
 
 
-def sample_history_command(run_id: str, *, force: bool = False) -> list[str]:
+def sample_history_command(run_id: str, *, force: bool = False, at_end: bool = False) -> list[str]:
     """The EVALSHA that records one history sample of the run (see ``datagraph.history``).
 
     Cheap to send often: it returns at once when the run was sampled within the
-    current second, unless ``force`` (a processor's last flush, so the run's end
-    is in its history).  History keys take the expiry of the run's ``stats``.
+    current second, unless ``force``, or ``at_end`` (a processor's last flush)
+    and the run is over by then, so the run's end is in its history.  History
+    keys take the expiry of the run's ``stats``.
     """
     script_keys = [
         keys.stats(run_id),
@@ -269,6 +293,8 @@ def sample_history_command(run_id: str, *, force: bool = False) -> list[str]:
         keys.history(run_id),
         keys.history_coarse(run_id),
         keys.history_names(run_id),
+        keys.run(run_id),
     ]
-    args = ["1" if force else "0", str(HISTORY_FINE_SECONDS * 1000), str(HISTORY_COARSE_SECONDS * 1000)]
+    mode = "1" if force else "end" if at_end else "0"
+    args = [mode, str(HISTORY_FINE_SECONDS * 1000), str(HISTORY_COARSE_SECONDS * 1000)]
     return _SAMPLE.command(script_keys, args)
