@@ -168,11 +168,13 @@ local state = redis.call('HGET', KEYS[2], 'state')
 if not state then return -1 end
 local done = 0
 for i = 4, #ARGV do
-  if redis.call('HGET', KEYS[1], 'state:' .. ARGV[i]) == 'done' then done = done + 1 end
+  if ARGV[i] == ARGV[1] or redis.call('HGET', KEYS[1], 'state:' .. ARGV[i]) == 'done' then done = done + 1 end
 end
-redis.call('HSET', KEYS[2], 'done', done)
-if done < #ARGV - 3 or state ~= 'running' then return 0 end
-redis.call('HSET', KEYS[2], 'state', 'succeeded', 'ended', ARGV[2])
+if done < #ARGV - 3 or state ~= 'running' then
+  redis.call('HSET', KEYS[2], 'done', done)
+  return 0
+end
+redis.call('HSET', KEYS[2], 'done', done, 'state', 'succeeded', 'ended', ARGV[2])
 -- The positions hash must exist now, so that readers arriving later keep its expiry.
 redis.call('HSETNX', KEYS[3], 'ended', ARGV[2])
 for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
