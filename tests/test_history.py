@@ -14,6 +14,7 @@ from datagraph import IO, Flow, IOVal, LocalExecutor, Processor, Supervisor
 from datagraph.history import RunHistory, Samples, build_history
 from datagraph.snapshots import INPUT, OUTPUT
 from datagraph.store import keys
+from datagraph.store.scripts import sample_history_command
 from datagraph.telemetry import Telemetry
 from tests.history_support import COUNT, LIMIT, SLOW_FLOW, inputs, run_slow_flow
 
@@ -374,3 +375,60 @@ async def test_status_history_prints_a_text_heatmap(supervisor: Supervisor, valk
         [sys.executable, "-m", "datagraph", "status", "--redis-url", valkey_url, "--history"], check=False
     )
     assert missing.returncode == 2 and b"--history needs --run ID" in missing.stderr
+
+
+@pytest.mark.anyio
+async def test_a_sample_holds_the_counters_in_the_order_of_the_names_list(supervisor: Supervisor) -> None:
+    """The stored format: one comma-separated entry per sample, its values in the order of
+    the run's names list, which grows at its end; only a forced or due sample, or one at the end."""
+    client = (await supervisor.runtime()).client
+    run_id = "sample-format"
+    stats, pos = keys.stats(run_id), keys.pos(run_id)
+    all_keys = [stats, pos, keys.run(run_id), keys.history(run_id), keys.history_coarse(run_id)]
+    all_keys.append(keys.history_names(run_id))
+    await client.custom_command(["DEL", *all_keys])
+    try:
+        await client.custom_command([
+            "HSET", stats, "created", "1.0", "written:a", "5", "worker:p", "w1", "state:p", "running",
+            "busy:p", "0.250", "rate:a", "3.0",
+        ])  # fmt: skip
+        await client.custom_command(["EXPIRE", stats, "60"])
+        await client.custom_command(["HSET", pos, "p/a", "4", "p/a#id", "0-3", "p/a#done", "1", "ended", "2"])
+        await client.custom_command(["HSET", keys.run(run_id), "state", "running"])
+
+        async def sample(**mode: bool) -> Any:
+            return await client.custom_command(sample_history_command(run_id, **mode))
+
+        async def stored() -> tuple[list[str], str]:
+            names = await client.custom_command(["LRANGE", keys.history_names(run_id), "0", "-1"])
+            newest = ["XREVRANGE", keys.history(run_id), "+", "-", "COUNT", "1"]
+            last: Any = await client.custom_command(newest)
+            fields = dict(next(iter(last.values())))  # {entry id: [[field, value]]}
+            return [n.decode() for n in names], fields[b"v"].decode()
+
+        assert await sample(force=True) == 1
+        assert await stored() == (["written:a", "state:p", "busy:p", "r:p/a"], "5,running,0.250,4")
+        # A new counter goes at the end of the names; the others keep their place.
+        await client.custom_command(["HSET", stats, "idle:p", "0.5", "written:a", "6"])
+        assert await sample(force=True) == 1
+        names, values = await stored()
+        assert names == ["written:a", "state:p", "busy:p", "r:p/a", "idle:p"]
+        assert values == "6,running,0.250,4,0.5"
+        assert await client.custom_command(["XLEN", keys.history(run_id)]) == 2
+        assert await client.custom_command(["XLEN", keys.history_coarse(run_id)]) == 1  # once a minute
+        for key in all_keys[3:]:
+            assert 0 < await client.custom_command(["TTL", key]) <= 60
+
+        # Sampled "later" than now: neither a due sample nor a closing one while the run goes on...
+        clock: Any = await client.custom_command(["TIME"])
+        later = int(clock[0]) * 1000 + 3_600_000
+        await client.custom_command(["HSET", stats, "sampled", str(later)])
+        assert await sample() == 0
+        assert await sample(at_end=True) == 0
+        # ...but a closing one once the run is over.
+        await client.custom_command(["HSET", keys.run(run_id), "state", "succeeded"])
+        assert await sample() == 0
+        assert await sample(at_end=True) == 1
+        assert await client.custom_command(["XLEN", keys.history(run_id)]) == 3
+    finally:
+        await client.custom_command(["DEL", *all_keys])

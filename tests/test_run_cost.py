@@ -287,3 +287,57 @@ async def test_the_start_script_may_run_twice(supervisor: Supervisor) -> None:
     raw: Any = await runtime.client.custom_command(["XRANGE", keys.stream(run_id, "twice_in"), "-", "+"])
     assert len(raw) == 2
     await runtime.client.custom_command(["DEL", *keys.run_keys(run_id, ["twice_in"])])
+
+
+#: Gates of the flow below, made fresh by its test.
+_GATES: dict[str, anyio.Event] = {}
+_end_source = Processor("end_source", ["end_n"], ["end_nums"])
+_end_double = Processor("end_double", ["end_nums"], ["end_out"])
+
+
+@_end_source
+async def _end_source_body(end_n: IO[int]) -> AsyncIterator[IOVal[int]]:
+    value = await end_n.first()
+    await _GATES["source"].wait()
+    yield IOVal("end_nums", value)
+
+
+@_end_double
+async def _end_double_body(end_nums: IO[int]) -> AsyncIterator[IOVal[int]]:
+    async for value in end_nums:
+        await _GATES["double"].wait()
+        yield IOVal("end_out", value * 2)
+
+
+async def test_only_the_processor_that_ends_a_run_forces_its_history_sample(supervisor: Supervisor) -> None:
+    """A short run takes one history sample, at its end: the start counts as sampled, a
+    processor's closing flush samples only when due, and the one that ends the run always."""
+    _GATES.update(source=anyio.Event(), double=anyio.Event())
+    client = (await supervisor.runtime()).client
+    flow = Flow.from_processors(_end_source, _end_double).resolve()
+    out = await supervisor.start_flow(flow, [IOVal("end_n", 3)])
+    run_id = out["end_out"].run_id
+    history = keys.history(run_id)
+
+    # The start is marked sampled, by the store's clock (ms).
+    clock: Any = await client.custom_command(["TIME"])
+    now = int(clock[0]) * 1000 + int(clock[1]) // 1000
+    assert 0 <= now - int((await _stats(supervisor, run_id))["sampled"]) < DEADLINE * 1000
+    # As if sampled an hour from now: no sample is due while the run goes on.
+    await client.custom_command(["HSET", keys.stats(run_id), "sampled", str(now + 3_600_000)])
+
+    _GATES["source"].set()
+    await _wait_for_state(supervisor, run_id, "end_source", "done")
+    assert await client.custom_command(["XLEN", history]) == 0  # the source's end did not force one
+
+    _GATES["double"].set()
+    assert await out["end_out"].collect() == [6]
+    assert await supervisor.wait(run_id, timeout=DEADLINE) == "succeeded"
+    assert await client.custom_command(["XLEN", history]) == 1
+    recorded = await (await Telemetry.from_supervisor(supervisor)).history(run_id)
+    assert recorded is not None and recorded.state == "succeeded"
+    assert recorded.processor("end_source").state == ("done",)
+    assert recorded.processor("end_double").state == ("done",)
+    edge = recorded.edge("end_nums", "end_double")
+    assert (edge.written, edge.read) == ((1,), (1,))
+    assert recorded.edge("end_out", "(output)").written == (1,)
