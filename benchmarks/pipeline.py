@@ -12,6 +12,7 @@ so both see the same machine load, and rounds alternate asyncio and Trio.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from datagraph import Flow, IOVal
@@ -30,6 +31,7 @@ def ints(start: int, stop: int) -> list[int]:
 
 async def flow_rate(session: Session, flow: Flow, n: int) -> float:
     """values/s of one run of ``flow`` given ``n`` (start_flow to last value read)."""
+    gc.collect()  # both sides start with the collector in the same state (see relay_rate)
     elapsed, read = await session.timed_run(flow, [IOVal("n", n)])
     if read != n:
         raise RuntimeError(f"{flow.name} delivered {read} values, expected {n}")
@@ -37,6 +39,10 @@ async def flow_rate(session: Session, flow: Flow, n: int) -> float:
 
 
 async def relay_rate(session: Session, n: int, make: Any = ints) -> float:
+    # A full collection walks the whole heap (40-90 ms on the 2-core VM): one landing
+    # in a short run of either side, or not, moved a quick run's ratio by 10-20%.
+    # Collecting before each run starts both with nothing due.
+    gc.collect()
     return n / await relay_throughput(session.bench.store.port, n, make)
 
 

@@ -212,13 +212,16 @@ class _Batches(_Reading, Generic[T]):
 
 
 def _exhausted() -> Any:
-    raise StopIteration
+    raise IndexError
 
 
 class _Values(_Reading, Generic[T]):
     def __init__(self, io: IO[T]) -> None:
         super().__init__(io, [io.name])
         #: The next value of the batch in hand (the per-value hot path: one C call).
+        #: The batch is a deque taken from the front, so a value handed out is held
+        #: by the consumer only: it goes as soon as the consumer is done with it,
+        #: rather than with the whole batch.
         self._take: Callable[[], T] = _exhausted
 
     def __aiter__(self) -> _Values[T]:
@@ -227,17 +230,17 @@ class _Values(_Reading, Generic[T]):
     async def __anext__(self) -> T:
         try:
             return self._take()
-        except StopIteration:
+        except IndexError:
             pass
         while True:
             _, values = await self._next_batch()
             if values is END:
                 continue
             batch: list[T] = values
-            self._take = take = iter(batch).__next__
+            self._take = take = deque(batch).popleft
             try:
                 return take()
-            except StopIteration:
+            except IndexError:
                 continue  # an empty batch
 
 

@@ -183,6 +183,8 @@ class StreamReader:
         self._open = ios
         now = time.monotonic()
         self._last_seen = dict.fromkeys(ios, now)
+        #: ``(io, payload)`` of entries fetched but not yet handed out (decoded as they
+        #: are handed out: see :meth:`__anext__`), and ``(io, END)`` for a stream's end.
         self._pending: deque[tuple[str, Any]] = deque()
         self._handed: tuple[str, int] | None = None
         self._client: Any = None
@@ -220,7 +222,7 @@ class StreamReader:
             for entry, field, payload in entries:
                 self._last_id[io] = entry
                 if field == BATCH:
-                    self._pending.append((io, codec.decode_batch(payload, where)))
+                    self._pending.append((io, payload))
                     continue
                 self._open.remove(io)
                 error = marker_error(codec.decode_marker(payload, where), self._run_id)
@@ -248,10 +250,22 @@ class StreamReader:
                 await self.aclose()
                 raise StopAsyncIteration
             await self._fetch()
-        item = self._pending.popleft()
-        if item[1] is not END:
-            self._handed = (item[0], len(item[1]))
-        return item
+        io, payload = self._pending.popleft()
+        if payload is END:
+            return io, END
+        # Decoded only now, one entry at a time: a fetch can bring hundreds of entries,
+        # and decoding them all at once would keep every value of them alive together
+        # (the garbage collector walks them all, again and again, while they wait).
+        try:
+            values = self._rt.codec.decode_batch(payload, f"{io!r} of run {self._run_id}")
+        except Exception as exc:
+            # A refused entry ends the reading: nothing after it is handed out.
+            self._error = exc
+            self._pending.clear()
+            self._open = []
+            raise
+        self._handed = (io, len(values))
+        return io, values
 
     async def _fetch(self) -> None:
         open_ios = self._open
@@ -292,7 +306,7 @@ class StreamReader:
                 if field == _BATCH_B:
                     if gap:
                         await gaps.check(self._rt.client, self._key_of[io], entry, where)
-                    self._pending.append((io, codec.decode_batch(payload, where)))
+                    self._pending.append((io, payload))
                 elif field == _MARKER_B:
                     marker = codec.decode_marker(payload, where)
                     open_ios.remove(io)
@@ -804,6 +818,11 @@ class StreamWriter:
             commands.append(["HMGET", keys.pos(run_id), *pos_fields])
         if self._telemetry:
             stats_fields += self._telemetry_fields(pending, closing=closing)
+        for values in pending.values():
+            # Encoded: let the values go now rather than after the round trip (the
+            # producer is filling the buffer again meanwhile; fewer live objects for
+            # the garbage collector to walk).
+            values.clear()
         if stats_fields:
             commands.append(["HSET", stats_key, *stats_fields])
         state_at = len(commands)

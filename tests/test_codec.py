@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import gc
 import hmac
 import pickle
+from typing import Any
 
 import pytest
 from blake3 import blake3
@@ -66,3 +68,48 @@ def test_an_hmac_signed_entry_of_the_earlier_format_is_refused_and_named() -> No
     old = hmac.digest(b"k", body, "sha256")[:16] + body
     with pytest.raises(TamperedPayloadError, match="another version of Datagraph"):
         Codec(b"k").decode_batch(old, "'x' of run r")
+
+
+_gc_seen: list[bool] = []
+
+
+def _note_gc_state() -> int:
+    _gc_seen.append(gc.isenabled())
+    return 0
+
+
+def _refuse_to_load() -> int:
+    raise RuntimeError("this value cannot be rebuilt here")
+
+
+class _Probe:
+    """Records whether the garbage collector is on at the moment it is unpickled."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_note_gc_state, ())
+
+
+class _Broken:
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_refuse_to_load, ())
+
+
+def test_a_batch_is_unpickled_without_collector_passes_and_the_collector_is_left_as_found() -> None:
+    codec = Codec(b"k")
+    _gc_seen.clear()
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        assert codec.decode_batch(codec.encode_batch([_Probe(), 1]), "x") == [0, 1]
+        assert _gc_seen == [False] and gc.isenabled()
+        with pytest.raises(RuntimeError, match="cannot be rebuilt"):
+            codec.decode_batch(codec.encode_batch([_Broken()]), "x")
+        assert gc.isenabled(), "a failed decode left the collector off"
+        gc.disable()  # the application's choice stands
+        codec.decode_batch(codec.encode_batch([_Probe()]), "x")
+        assert _gc_seen == [False, False] and not gc.isenabled()
+    finally:
+        if was:
+            gc.enable()
+        else:
+            gc.disable()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -138,3 +139,28 @@ async def test_a_batch_for_an_undeclared_output_fails_naming_the_outputs(supervi
         await out["out"].collect()
     assert "'elsewhere'" in info.value.error_message
     assert "['out']" in info.value.error_message
+
+
+class Token:
+    """A value whose life a weak reference can follow."""
+
+
+async def test_a_value_read_with_stream_is_held_by_its_reader_only(supervisor: Supervisor) -> None:
+    """stream() lets go of each value as it hands it out, not with the rest of its batch."""
+    tokens = Processor("iob_tokens", ["n"], ["out"])
+
+    @tokens
+    async def _tokens(n: IO[int]) -> AsyncIterator[IOBatch[Token]]:
+        yield IOBatch("out", [Token() for _ in range(await n.first())])  # one entry
+
+    out = await supervisor.start_flow(Flow.from_processors(tokens).resolve(), [IOVal("n", 3)])
+    values = out["out"].stream()
+    with anyio.fail_after(10):
+        first = await values.__anext__()
+        gone = weakref.ref(first)
+        del first
+        second = await values.__anext__()
+    assert isinstance(second, Token)
+    assert gone() is None, "the stream kept a value it had handed out"
+    await values.aclose()
+    assert await supervisor.wait(out["out"].run_id, timeout=30) == "succeeded"

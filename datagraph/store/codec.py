@@ -14,6 +14,7 @@ and 6.5x as fast as CPython's keyed BLAKE2b (``python -m benchmarks --only codec
 
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import pickle
@@ -60,7 +61,21 @@ class Codec:
         return self._sign(pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL))
 
     def decode_batch(self, payload: bytes, where: str) -> list[Any]:
-        values = pickle.loads(self._verify(payload, where))
+        body = self._verify(payload, where)
+        if gc.isenabled():
+            # Unpickling a batch creates every value at once, and they all stay alive:
+            # the collector's passes while it runs would find nothing to free, yet
+            # walk the new values again and again (and push them into the oldest
+            # generation, whose full passes walk the whole heap). One pass after the
+            # batch is decoded sees each value once; about half the GC time of a
+            # 1 KiB-dict flow (docs/performance.md). Left as found if it was off.
+            gc.disable()
+            try:
+                values = pickle.loads(body)
+            finally:
+                gc.enable()
+        else:
+            values = pickle.loads(body)
         if not isinstance(values, list):
             raise TamperedPayloadError(f"entry on {where} does not hold a batch")
         return values
