@@ -28,6 +28,7 @@ from .exceptions import (
     StoreError,
     StreamIdleTimeout,
 )
+from .flushers import FlusherStarter
 from .parked import Parked
 from .runtime import Runtime
 from .store import gaps, keys
@@ -477,6 +478,7 @@ class StreamWriter:
         unbounded: Collection[str] = (),
         upstream: Collection[str] = (),
         clock: Clock | None = None,
+        starter: FlusherStarter | None = None,
     ) -> None:
         self._rt = runtime
         self.clock = clock or Clock()
@@ -519,8 +521,14 @@ class StreamWriter:
         #: The run ended elsewhere (cancelled, or failed in another processor): stop.
         self.cancelled = False
         self._stop_reason: Exception | None = None
-        self._wake = anyio.Event()
-        self._flushed = anyio.Event()
+        #: Starts the flusher task when one is needed (None: the owner runs ``run_flusher``).
+        self._starter = starter
+        #: Wakes the flusher task; None while a starter has not started one.
+        self._wake: anyio.Event | None = None if starter is not None else anyio.Event()
+        #: The starter has been asked to start the flusher and has not looked yet.
+        self._asked = False
+        #: Set when the flush in flight ends; made only when someone waits for it.
+        self._flushed: anyio.Event | None = None
         self._flushing = False
         self._closed = False
         self._error: BaseException | None = None
@@ -594,7 +602,7 @@ class StreamWriter:
         """The first value went into an empty buffer: start the linger clock, wake the flusher."""
         if self.first_at == math.inf:
             self.first_at = time.monotonic()
-        self._wake.set()
+        self._kick()
 
     def lingering(self) -> bool:
         return time.monotonic() - self.first_at > self._linger
@@ -604,7 +612,7 @@ class StreamWriter:
         self._raise_if_failed()
         if len(self.buffers[io]) < self.limits[io]:
             # Called because values lingered: give the flusher its turn.
-            self._wake.set()
+            self._kick(now=True)
             await anyio.lowlevel.checkpoint()
             self._raise_if_failed()
             return
@@ -614,12 +622,12 @@ class StreamWriter:
             if self.cancelled:
                 raise self._stopped()
             if self._flushing:
-                await self._flushed.wait()
+                await self._flushed_event().wait()
                 continue
             if self._room(io) > 0:
                 # Room downstream: the buffer is just full. Let the flusher take it
                 # (the producer goes on filling a new buffer while it is sent).
-                self._wake.set()
+                self._kick(now=True)
                 await anyio.lowlevel.checkpoint()
                 if len(self.buffers[io]) >= self.limits[io] and not self._flushing:
                     await self.flush()
@@ -681,7 +689,7 @@ class StreamWriter:
         if self._closed or self._error is not None:
             return False
         self._riders += commands
-        self._wake.set()
+        self._kick()
         return True
 
     def take_riders(self) -> list[list[str]]:
@@ -691,8 +699,46 @@ class StreamWriter:
 
     # -- flusher side --------------------------------------------------
 
+    def _kick(self, *, now: bool = False) -> None:
+        """Have the flusher send what is waiting when the producer next waits.
+
+        With a starter and no flusher task yet: ``now`` starts the task (it
+        runs at the loop's next turn); otherwise the starter is asked, and it
+        starts the task only if there is still something to send by then.
+        """
+        wake = self._wake
+        if wake is not None:
+            wake.set()
+        elif now:
+            self._start_flusher()
+        elif not self._asked:
+            self._asked = True
+            assert self._starter is not None
+            self._starter.ask(self)
+
+    def _start_flusher(self) -> None:
+        assert self._starter is not None
+        wake = self._wake = anyio.Event()
+        wake.set()  # its first turn sends what is waiting
+        self._starter.start(self, f"datagraph-flush-{self._processor}")
+
+    def start_flusher_if_due(self) -> None:
+        """The starter's look: start the flusher if there is still something to send."""
+        self._asked = False
+        if self._wake is not None or self._closed or self._error is not None:
+            return  # running already, or too late: the closing flush sends it all
+        if self._riders or any(self.buffers.values()):
+            self._start_flusher()
+
+    @property
+    def flusher_started(self) -> bool:
+        """Whether a flusher task was started (or the owner runs one)."""
+        return self._wake is not None
+
     async def run_flusher(self) -> None:
         """Flush whenever values are waiting; runs until ``close()``."""
+        if self._wake is None:
+            self._wake = anyio.Event()
         while not self._closed:
             await self._wake.wait()
             self._wake = anyio.Event()
@@ -714,7 +760,19 @@ class StreamWriter:
     def stop_flusher(self) -> None:
         """Make ``run_flusher`` return once the flush in flight (if any) is done."""
         self._closed = True
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    async def wait_flushed(self) -> None:
+        """Wait until no flush is in flight (its failure, if any, is then in :attr:`error`)."""
+        while self._flushing:
+            await self._flushed_event().wait()
+
+    def _flushed_event(self) -> anyio.Event:
+        flushed = self._flushed
+        if flushed is None:
+            flushed = self._flushed = anyio.Event()
+        return flushed
 
     @property
     def error(self) -> BaseException | None:
@@ -723,8 +781,9 @@ class StreamWriter:
 
     def _release(self) -> None:
         self._flushing = False
-        flushed, self._flushed = self._flushed, anyio.Event()
-        flushed.set()
+        flushed, self._flushed = self._flushed, None
+        if flushed is not None:
+            flushed.set()
 
     async def flush(
         self,
@@ -740,7 +799,7 @@ class StreamWriter:
         not needed (an error among them fails the flush), merged with the riders.
         """
         while self._flushing:
-            await self._flushed.wait()
+            await self._flushed_event().wait()
         self._flushing = True
         try:
             return await self._flush(markers or {}, extra, closing, also)
@@ -1042,8 +1101,7 @@ class StreamWriter:
         also: Sequence[list[str]] = (),
     ) -> list[Any]:
         """Flush what is left with the end markers; stop the flusher (see :meth:`flush`)."""
-        self._closed = True
-        self._wake.set()
+        self.stop_flusher()
         return await self.flush(markers=markers, extra=extra, closing=True, also=also)
 
 
