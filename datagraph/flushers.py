@@ -18,15 +18,24 @@ group; a flusher ends when its writer closes (``StreamWriter.stop_flusher``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
 if TYPE_CHECKING:
     from ._backend import LoopHost
-    from .streams import StreamWriter
 
-__all__ = ["FlusherStarter"]
+__all__ = ["Flushable", "FlusherStarter"]
+
+
+class Flushable(Protocol):
+    """A writer whose flusher the starter may start (``datagraph.streams.StreamWriter``)."""
+
+    def start_flusher_if_due(self) -> None:
+        """Start the flusher (with :meth:`FlusherStarter.start`) if something still waits to be sent."""
+
+    async def run_flusher(self) -> None:
+        """The flusher task's body."""
 
 
 class FlusherStarter:
@@ -34,13 +43,13 @@ class FlusherStarter:
 
     def __init__(self, host: LoopHost) -> None:
         self._host = host
-        self._asked: list[StreamWriter] = []
+        self._asked: list[Flushable] = []
         #: Set when a writer asks; None until the starter's task is started.
         self._wake: anyio.Event | None = None
         #: Flusher tasks started (for tests and benchmarks).
         self.started = 0
 
-    def ask(self, writer: StreamWriter) -> None:
+    def ask(self, writer: Flushable) -> None:
         """Start ``writer``'s flusher at the loop's next turn if it still needs one then."""
         self._asked.append(writer)
         if self._wake is None:
@@ -49,7 +58,7 @@ class FlusherStarter:
             self._host.start_soon(self._run, name="datagraph-flusher-starter")
         self._wake.set()
 
-    def start(self, writer: StreamWriter, name: str) -> None:
+    def start(self, writer: Flushable, name: str) -> None:
         """Start ``writer``'s flusher task now (the writer has checked that it has none)."""
         self.started += 1
         self._host.start_soon(writer.run_flusher, name=name)

@@ -5,7 +5,9 @@ flusher task sends as one entry whenever it gets to run (that is, whenever
 the producer waits for something), or when the size or linger bound is hit.
 Reads fetch many entries per ``XREAD``.  Each flush also reads the positions
 of the stream's in-flow readers, so backpressure costs no extra round trip
-until a writer actually has to wait.
+until a writer actually has to wait.  A processor's flusher task is started
+only once it has something to send before the processor ends
+(:mod:`datagraph.flushers`).
 """
 
 from __future__ import annotations
