@@ -732,11 +732,6 @@ class StreamWriter:
         if self._riders or any(self.buffers.values()):
             self._start_flusher()
 
-    @property
-    def flusher_started(self) -> bool:
-        """Whether a flusher task was started (or the owner runs one)."""
-        return self._wake is not None
-
     async def run_flusher(self) -> None:
         """Flush whenever values are waiting; runs until ``close()``."""
         if self._wake is None:
