@@ -191,6 +191,8 @@ class Implementation:
     hints: dict[str, Any]
     _model: Any
     _provider: Provider
+    #: Every parameter is an input and nothing is injected: ``resolve`` has nothing to solve.
+    _plain: bool = False
 
     @classmethod
     def build(
@@ -252,11 +254,19 @@ class Implementation:
             raise DependencyError(
                 f"processor {processor.name!r}: cannot build the dependencies of {func.__qualname__}(): {exc}"
             ) from exc
-        return cls(processor, func, kind, io_params, hints, model, provider)
+        plain = (
+            not model.dependencies
+            and not model.extra_dependencies
+            and not model.custom_fields
+            and all(param.name in io_params for param in resolved)
+        )
+        return cls(processor, func, kind, io_params, hints, model, provider, plain)
 
     async def resolve(self, stack: AsyncExitStack, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Resolve dependencies; generator dependencies are cleaned up by ``stack``."""
         kwargs = {name: inputs[name] for name in self.io_params}
+        if self._plain:
+            return kwargs  # what solving would return, without building it per call
         result: dict[str, Any] = await self._model.asolve(
             stack=stack, cache_dependencies={}, nested=False, **kwargs
         )

@@ -54,30 +54,33 @@ async def run_processor(supervisor: Context, runtime: Runtime, plan: Plan, impl:
         # Recorded with the processor's first round trip (its first read, or else a
         # flush at the flusher's first turn), not before it: no round trip of its own.
         writer.send_with_next_flush([running])
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(writer.run_flusher, name=f"datagraph-flush-{name}")
+        # No flusher task yet: the writer has the runtime's starter start one if it
+        # has something to send while the processor waits (datagraph.flushers).
+        try:
+            scope = anyio.CancelScope()
+            runtime.running.setdefault(run_id, {})[scope] = name
             try:
-                scope = anyio.CancelScope()
-                runtime.running.setdefault(run_id, {})[scope] = name
-                try:
-                    with scope:
-                        if spec.get("wait"):
-                            waiting = time.monotonic()
-                            # Inputs in hand have ended already: no need to poll them.
-                            pending = [io for io in spec["inputs"] if io not in plan.given]
-                            await _wait_for_inputs(runtime, run_id, pending, name)
-                            writer.clock.idle += time.monotonic() - waiting
-                        await _call(supervisor, impl, plan, writer)
-                finally:
-                    reason = runtime.stop_reasons.get(run_id)
-                    _forget(runtime, run_id, scope)
-                if scope.cancelled_caught:
-                    # Stopped by cancel() or by another processor's failure in this process.
-                    raise reason or writer.stop_reason()
-            except Exception as exc:
-                error = exc
-            # Let a flush in flight finish: cancelling it would drop its batch.
+                with scope:
+                    if spec.get("wait"):
+                        waiting = time.monotonic()
+                        # Inputs in hand have ended already: no need to poll them.
+                        pending = [io for io in spec["inputs"] if io not in plan.given]
+                        await _wait_for_inputs(runtime, run_id, pending, name)
+                        writer.clock.idle += time.monotonic() - waiting
+                    await _call(supervisor, impl, plan, writer)
+            finally:
+                reason = runtime.stop_reasons.get(run_id)
+                _forget(runtime, run_id, scope)
+            if scope.cancelled_caught:
+                # Stopped by cancel() or by another processor's failure in this process.
+                raise reason or writer.stop_reason()
+        except Exception as exc:
+            error = exc
+        finally:
             writer.stop_flusher()
+        # Let a flush in flight finish (cancelling it would drop its batch); its
+        # failure, if any, is then the writer's error.
+        await writer.wait_flushed()
         if error is None:
             error = writer.error
         if error is None:
@@ -113,6 +116,7 @@ def _writer_for(runtime: Runtime, plan: Plan, name: str) -> StreamWriter:
         trim=trim,
         unbounded=[p["name"] for p in plan.processors if p.get("wait")],
         upstream=plan.upstream(name),
+        starter=runtime.flushers,
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import anyio
 
 from ._backend import LoopHost
+from .flushers import FlusherStarter
 from .parked import ParkedPositions
 from .settings import Settings
 from .store.client import BlockingPool, Store, StoreAddress, close_now
@@ -33,6 +34,8 @@ class Runtime:
         self.stop_reasons: dict[str, Exception] = {}
         #: Callers' read positions waiting to ride with a later round trip (datagraph.parked).
         self.parked = ParkedPositions(self.client, self.host, self.settings)
+        #: Starts processors' flusher tasks when they turn out to need one (datagraph.flushers).
+        self.flushers = FlusherStarter(self.host)
         # The loop is ending (or the host was cancelled): release the connections.
         self.host.on_exit.append(self.close_now)
 

@@ -5,7 +5,9 @@ flusher task sends as one entry whenever it gets to run (that is, whenever
 the producer waits for something), or when the size or linger bound is hit.
 Reads fetch many entries per ``XREAD``.  Each flush also reads the positions
 of the stream's in-flow readers, so backpressure costs no extra round trip
-until a writer actually has to wait.
+until a writer actually has to wait.  A processor's flusher task is started
+only once it has something to send before the processor ends
+(:mod:`datagraph.flushers`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .exceptions import (
     StoreError,
     StreamIdleTimeout,
 )
+from .flushers import FlusherStarter
 from .parked import Parked
 from .runtime import Runtime
 from .store import gaps, keys
@@ -491,6 +494,7 @@ class StreamWriter:
         unbounded: Collection[str] = (),
         upstream: Collection[str] = (),
         clock: Clock | None = None,
+        starter: FlusherStarter | None = None,
     ) -> None:
         self._rt = runtime
         self.clock = clock or Clock()
@@ -533,8 +537,14 @@ class StreamWriter:
         #: The run ended elsewhere (cancelled, or failed in another processor): stop.
         self.cancelled = False
         self._stop_reason: Exception | None = None
-        self._wake = anyio.Event()
-        self._flushed = anyio.Event()
+        #: Starts the flusher task when one is needed (None: the owner runs ``run_flusher``).
+        self._starter = starter
+        #: Wakes the flusher task; None while a starter has not started one.
+        self._wake: anyio.Event | None = None if starter is not None else anyio.Event()
+        #: The starter has been asked to start the flusher and has not looked yet.
+        self._asked = False
+        #: Set when the flush in flight ends; made only when someone waits for it.
+        self._flushed: anyio.Event | None = None
         self._flushing = False
         self._closed = False
         self._error: BaseException | None = None
@@ -608,7 +618,7 @@ class StreamWriter:
         """The first value went into an empty buffer: start the linger clock, wake the flusher."""
         if self.first_at == math.inf:
             self.first_at = time.monotonic()
-        self._wake.set()
+        self._kick()
 
     def lingering(self) -> bool:
         return time.monotonic() - self.first_at > self._linger
@@ -618,7 +628,7 @@ class StreamWriter:
         self._raise_if_failed()
         if len(self.buffers[io]) < self.limits[io]:
             # Called because values lingered: give the flusher its turn.
-            self._wake.set()
+            self._kick(now=True)
             await anyio.lowlevel.checkpoint()
             self._raise_if_failed()
             return
@@ -628,12 +638,12 @@ class StreamWriter:
             if self.cancelled:
                 raise self._stopped()
             if self._flushing:
-                await self._flushed.wait()
+                await self._flushed_event().wait()
                 continue
             if self._room(io) > 0:
                 # Room downstream: the buffer is just full. Let the flusher take it
                 # (the producer goes on filling a new buffer while it is sent).
-                self._wake.set()
+                self._kick(now=True)
                 await anyio.lowlevel.checkpoint()
                 if len(self.buffers[io]) >= self.limits[io] and not self._flushing:
                     await self.flush()
@@ -695,7 +705,7 @@ class StreamWriter:
         if self._closed or self._error is not None:
             return False
         self._riders += commands
-        self._wake.set()
+        self._kick()
         return True
 
     def take_riders(self) -> list[list[str]]:
@@ -705,8 +715,41 @@ class StreamWriter:
 
     # -- flusher side --------------------------------------------------
 
+    def _kick(self, *, now: bool = False) -> None:
+        """Have the flusher send what is waiting when the producer next waits.
+
+        With a starter and no flusher task yet: ``now`` starts the task (it
+        runs at the loop's next turn); otherwise the starter is asked, and it
+        starts the task only if there is still something to send by then.
+        """
+        wake = self._wake
+        if wake is not None:
+            wake.set()
+        elif now:
+            self._start_flusher()
+        elif not self._asked:
+            self._asked = True
+            assert self._starter is not None
+            self._starter.ask(self)
+
+    def _start_flusher(self) -> None:
+        assert self._starter is not None
+        wake = self._wake = anyio.Event()
+        wake.set()  # its first turn sends what is waiting
+        self._starter.start(self, f"datagraph-flush-{self._processor}")
+
+    def start_flusher_if_due(self) -> None:
+        """The starter's look: start the flusher if there is still something to send."""
+        self._asked = False
+        if self._wake is not None or self._closed or self._error is not None:
+            return  # running already, or too late: the closing flush sends it all
+        if self._riders or any(self.buffers.values()):
+            self._start_flusher()
+
     async def run_flusher(self) -> None:
         """Flush whenever values are waiting; runs until ``close()``."""
+        if self._wake is None:
+            self._wake = anyio.Event()
         while not self._closed:
             await self._wake.wait()
             self._wake = anyio.Event()
@@ -728,7 +771,19 @@ class StreamWriter:
     def stop_flusher(self) -> None:
         """Make ``run_flusher`` return once the flush in flight (if any) is done."""
         self._closed = True
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    async def wait_flushed(self) -> None:
+        """Wait until no flush is in flight (its failure, if any, is then in :attr:`error`)."""
+        while self._flushing:
+            await self._flushed_event().wait()
+
+    def _flushed_event(self) -> anyio.Event:
+        flushed = self._flushed
+        if flushed is None:
+            flushed = self._flushed = anyio.Event()
+        return flushed
 
     @property
     def error(self) -> BaseException | None:
@@ -737,8 +792,9 @@ class StreamWriter:
 
     def _release(self) -> None:
         self._flushing = False
-        flushed, self._flushed = self._flushed, anyio.Event()
-        flushed.set()
+        flushed, self._flushed = self._flushed, None
+        if flushed is not None:
+            flushed.set()
 
     async def flush(
         self,
@@ -754,7 +810,7 @@ class StreamWriter:
         not needed (an error among them fails the flush), merged with the riders.
         """
         while self._flushing:
-            await self._flushed.wait()
+            await self._flushed_event().wait()
         self._flushing = True
         try:
             return await self._flush(markers or {}, extra, closing, also)
@@ -1061,8 +1117,7 @@ class StreamWriter:
         also: Sequence[list[str]] = (),
     ) -> list[Any]:
         """Flush what is left with the end markers; stop the flusher (see :meth:`flush`)."""
-        self._closed = True
-        self._wake.set()
+        self.stop_flusher()
         return await self.flush(markers=markers, extra=extra, closing=True, also=also)
 
 

@@ -73,3 +73,32 @@ def test_dependencies_in_both_spellings_are_accepted() -> None:
         yield IOVal("b", x + y)
 
     assert p.implementation is not None
+
+
+@pytest.mark.anyio
+async def test_a_processor_that_only_reads_inputs_resolves_to_them_without_solving() -> None:
+    """Nothing to inject: resolve() hands over the inputs, as solving them would."""
+    from contextlib import AsyncExitStack
+
+    def two() -> int:
+        return 2
+
+    plain = Processor(name="plain_inputs", inputs=["a", "b"], outputs=["c"])
+    injected = Processor(name="injected_inputs", inputs=["a", "b"], outputs=["c"])
+
+    @plain
+    async def _plain(a: IO[int], b: IO[int]) -> AsyncIterator[IOVal[int]]:
+        yield IOVal("c", 1)
+
+    @injected
+    async def _injected(a: IO[int], b: IO[int], x: int = Depends(two)) -> AsyncIterator[IOVal[int]]:
+        yield IOVal("c", x)
+
+    assert plain.implementation is not None and injected.implementation is not None
+    assert plain.implementation._plain and not injected.implementation._plain
+    inputs = {"a": "io-a", "b": "io-b"}
+    async with AsyncExitStack() as stack:
+        assert await plain.implementation.resolve(stack, inputs) == inputs
+        assert await injected.implementation.resolve(stack, inputs) == {**inputs, "x": 2}
+        solved = await plain.implementation._model.asolve(stack=stack, cache_dependencies={}, **inputs)
+        assert solved == inputs

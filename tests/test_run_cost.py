@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import AsyncIterator
@@ -135,6 +136,39 @@ def test_plan_json_round_trips() -> None:
     flow = Flow.from_processors(spec).resolve()
     plan = Plan.build("r1", flow, outputs=["cost_plan_out"], default_backlog=10, trim=True)
     assert Plan.from_json(plan.to_json()) == plan
+
+
+def _fresh_json(plan: Plan) -> str:
+    """``plan.to_json()`` as a plan built field by field (no shared serialisation) gives it."""
+    stored = {name: getattr(plan, name) for name in json.loads(plan.to_json())}
+    return Plan(**stored).to_json()
+
+
+def test_plans_of_a_flow_started_again_serialise_like_fresh_ones() -> None:
+    """The part of a plan's JSON after the run id is made once per flow and options, and follows changes."""
+    first = Processor("cost_tpl_a", ["cost_tpl_in"], ["cost_tpl_mid"])
+    second = Processor("cost_tpl_b", ["cost_tpl_mid"], ["cost_tpl_out"], max_backlog=7)
+    flow = Flow.from_processors(first, second).resolve()
+    plans = [
+        Plan.build("r1", flow, outputs=["cost_tpl_out"], default_backlog=10, trim=True),
+        Plan.build("r2", flow, outputs=["cost_tpl_out"], default_backlog=10, trim=True),
+        Plan.build("r3", flow, outputs=["cost_tpl_mid", "cost_tpl_out"], default_backlog=10, trim=False),
+        Plan.build("r4", flow, outputs=["cost_tpl_out"], default_backlog=20, trim=True),
+    ]
+    flow.name = "renamed"
+    plans.append(Plan.build("r5", flow, outputs=["cost_tpl_out"], default_backlog=10, trim=True))
+    flow.processors = (first,)
+    flow.resolve()
+    plans.append(Plan.build("r6", flow, outputs=["cost_tpl_mid"], default_backlog=10, trim=True))
+    for plan in plans:
+        assert plan.to_json() == _fresh_json(plan)
+        assert Plan.from_json(plan.to_json()) == plan
+    stored = [json.loads(plan.to_json()) for plan in plans]
+    assert [s["run_id"] for s in stored] == ["r1", "r2", "r3", "r4", "r5", "r6"]
+    assert stored[2]["outputs"] == ["cost_tpl_mid", "cost_tpl_out"] and stored[2]["trim"] is False
+    assert stored[3]["max_backlog"] == {"cost_tpl_a": 20, "cost_tpl_b": 7}
+    assert stored[4]["flow"]["name"] == "renamed"
+    assert [p["name"] for p in stored[5]["flow"]["processors"]] == ["cost_tpl_a"]
 
 
 _sha_source = Processor("sha_source", ["sha_n"], ["sha_nums"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from glide import GlideClient, GlideClusterClient
@@ -182,3 +183,21 @@ async def test_batches_mix_slots_and_keep_reply_order(valkey_url: str, anyio_bac
             await exec_batch(client, other, raise_on_error=True)
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+@pytest.mark.parametrize("atomic", [False, True])
+def test_glide_batches_are_built_as_custom_command_builds_them(cluster: bool, atomic: bool) -> None:
+    """The store layer fills glide's batch in one go: the same commands, kinds and atomicity."""
+    from glide import Batch, ClusterBatch
+
+    from datagraph.store.batch import glide_batch
+
+    commands: list[list[Any]] = [["SET", "k", "1"], ["XADD", "s", "0-1", "b", b"\x00"], ["PING"]]
+    expected = ClusterBatch(is_atomic=atomic) if cluster else Batch(is_atomic=atomic)
+    for each in commands:
+        expected.custom_command(each)
+    built = glide_batch(commands, cluster=cluster, atomic=atomic)
+    assert type(built) is type(expected)
+    assert built.is_atomic == atomic
+    assert built.commands == expected.commands
