@@ -9,8 +9,10 @@ import anyio
 
 from ._backend import LoopHost
 from .flushers import FlusherStarter
+from .local_streams import LocalStreams
 from .parked import ParkedPositions
 from .settings import Settings
+from .store import keys
 from .store.client import BlockingPool, Store, StoreAddress, close_now
 from .store.codec import Codec
 
@@ -36,6 +38,8 @@ class Runtime:
         self.parked = ParkedPositions(self.client, self.host, self.settings)
         #: Starts processors' flusher tasks when they turn out to need one (datagraph.flushers).
         self.flushers = FlusherStarter(self.host)
+        #: Streams written here, and readers here waiting for them (datagraph.local_streams).
+        self.local = LocalStreams()
         # The loop is ending (or the host was cancelled): release the connections.
         self.host.on_exit.append(self.close_now)
 
@@ -45,6 +49,8 @@ class Runtime:
         Processors named in ``spare`` go on: downstream of a failure, they first
         pass on what was written before it, then meet the failure in their input.
         """
+        # Readers waiting here for a local writer read the store now: its end is there.
+        self.local.wake_run(keys.stream(run_id, ""))
         scopes = self.running.get(run_id, {})
         stopping = [scope for scope, name in scopes.items() if name not in spare]
         if stopping:

@@ -70,6 +70,9 @@ class Settings:
     #: Largest encoded inputs of a run handed straight to the processors that read them
     #: in the process that started it, in bytes (0: they read them back from the store).
     hand_over_inputs_max_bytes: int = 1024 * 1024
+    #: Hand the entries a processor writes to readers in the same runtime waiting for
+    #: them, instead of having them read back from the store (see datagraph.local_streams).
+    hand_over_local: bool = True
     #: Prefix of every key (and of the Celery queues): deployments sharing one store
     #: stay apart by using different namespaces (``DATAGRAPH_NAMESPACE``).
     namespace: str = DEFAULT_NAMESPACE

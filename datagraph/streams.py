@@ -31,6 +31,7 @@ from .exceptions import (
     StreamIdleTimeout,
 )
 from .flushers import FlusherStarter
+from .local_streams import LOCAL_WAIT
 from .parked import Parked
 from .runtime import Runtime
 from .store import gaps, keys
@@ -180,6 +181,11 @@ class StreamReader:
         self._producers = producers or {}
         self._key_of = {io: keys.stream(run_id, io) for io in ios}
         self._io_of = {k.encode(): io for io, k in self._key_of.items()}
+        self._io_of_key = {k: io for io, k in self._key_of.items()}
+        #: Set while waiting for a writer of this runtime (datagraph.local_streams).
+        self._local_wake: anyio.Event | None = None
+        self._took_local = False
+        self._local_ok = runtime.settings.hand_over_local
         self._last_id = {io: "0-0" for io in ios}
         self._consumed = dict.fromkeys(ios, 0)
         self._dirty: set[str] = set()
@@ -272,6 +278,12 @@ class StreamReader:
 
     async def _fetch(self) -> None:
         open_ios = self._open
+        if self._local_ok and not (self._dirty and self._reader is not None):
+            # No positions to publish: if every stream waited for is written in this
+            # runtime, wait for its writer to hand the entries over (no round trip).
+            open_keys = [self._key_of[io] for io in open_ios]
+            if self._rt.local.all_local(open_keys) and await self._wait_local(open_keys):
+                return
         command = [
             *self._head,
             *(self._key_of[io] for io in open_ios),
@@ -323,6 +335,65 @@ class StreamReader:
                         return
                     self._pending.append((io, END))
                     break
+
+    async def _wait_local(self, open_keys: list[str]) -> bool:
+        """Wait for a local writer's entries (datagraph.local_streams); False: read the store."""
+        local = self._rt.local
+        writer = self._writer
+        self._took_local = False
+        self._local_wake = anyio.Event()
+        local.wait(self, open_keys)
+        if writer is not None:
+            writer.holding = True
+        started = time.monotonic()
+        try:
+            with anyio.move_on_after(LOCAL_WAIT):
+                await self._local_wake.wait()
+        finally:
+            local.unwait(self, open_keys)
+            self._local_wake = None
+            if writer is not None:
+                writer.holding = False
+                writer.clock.idle += time.monotonic() - started
+        if writer is not None and self._took_local:
+            # Otherwise the read that follows takes the writer's queued commands.
+            writer.wake_for_riders()
+        return self._took_local
+
+    def take_local(self, key: str, entries: Sequence[tuple[int, bytes, bytes]]) -> None:
+        """Entries a writer of this runtime has just written to stream ``key``, as if read."""
+        wake = self._local_wake
+        io = self._io_of_key.get(key)
+        if wake is None or io is None or io not in self._open:
+            return
+        if self._last_id[io] != entry_id(entries[0][0] - 1):
+            wake.set()  # not the entries right after this reader's: read the store
+            return
+        self._last_seen[io] = time.monotonic()
+        self._took_local = True
+        wake.set()
+        where = f"{io!r} of run {self._run_id}"
+        for seq, field, payload in entries:
+            self._last_id[io] = entry_id(seq)
+            if field == _BATCH_B:
+                self._pending.append((io, payload))
+                continue
+            self._open.remove(io)
+            try:
+                error = marker_error(self._rt.codec.decode_marker(payload, where), self._run_id)
+            except Exception as exc:  # refused: raised to the reader, not to the writer
+                error = exc
+            if error is not None:
+                # Values before the failure are still delivered, then it raises.
+                self._error = error
+                self._open = []
+                return
+            self._pending.append((io, END))
+            return
+
+    def wake(self) -> None:
+        if self._local_wake is not None:
+            self._local_wake.set()
 
     async def _read(self, command: list[str]) -> Any:
         """One XREAD (with the run's existence check and pending positions) in one round trip.
@@ -550,6 +621,9 @@ class StreamWriter:
         self._error: BaseException | None = None
         #: Commands of this processor's readers that ride along with the next flush.
         self._riders: list[list[str]] = []
+        #: A reader of this processor waits for a local writer: queued commands alone
+        #: do not start the flusher meanwhile (see :meth:`start_flusher_if_due`).
+        self.holding = False
 
     def _limit_for_empty(self) -> int:
         if any(self._limiting.values()):
@@ -708,6 +782,11 @@ class StreamWriter:
         self._kick()
         return True
 
+    def wake_for_riders(self) -> None:
+        """Have the flusher send the queued commands when the producer next waits, if any."""
+        if self._riders and not self._closed and self._error is None:
+            self._kick()
+
     def take_riders(self) -> list[list[str]]:
         """Hand the commands queued for the next flush to a pipeline about to be sent."""
         riders, self._riders = self._riders, []
@@ -743,7 +822,9 @@ class StreamWriter:
         self._asked = False
         if self._wake is not None or self._closed or self._error is not None:
             return  # running already, or too late: the closing flush sends it all
-        if self._riders or any(self.buffers.values()):
+        # Commands alone wait while a reader of this processor waits for a local writer:
+        # its wait is short, and whatever the processor sends next carries them.
+        if (self._riders and not self.holding) or any(self.buffers.values()):
             self._start_flusher()
 
     async def run_flusher(self) -> None:
@@ -839,6 +920,8 @@ class StreamWriter:
         ttl = str(int(rt.settings.max_run_duration))
         seq = self._seq
         xadds: list[int] = []
+        #: ``(io, seq, field, payload, command index)`` of each entry, for local readers.
+        written: list[tuple[str, int, bytes, bytes, int]] = []
         #: Fields of the run's stats hash this flush sets, in one HSET.
         stats_fields: list[str] = []
         bad_value: BadValueError | None = None
@@ -852,6 +935,7 @@ class StreamWriter:
             for payload, _ in entries:
                 seq[io] += 1
                 xadds.append(len(commands))
+                written.append((io, seq[io], _BATCH_B, payload, len(commands)))
                 commands.append(["XADD", self._keys[io], entry_id(seq[io]), BATCH, payload])
             stats_fields += [f"written:{io}", str(self.written[io] + sent[io])]
         if bad_value is not None:
@@ -860,6 +944,7 @@ class StreamWriter:
         for io, payload in markers.items():
             seq[io] += 1
             xadds.append(len(commands))
+            written.append((io, seq[io], _MARKER_B, payload, len(commands)))
             commands.append(["XADD", self._keys[io], entry_id(seq[io]), MARKER, payload])
         for io in {*pending, *markers}:
             # Every write bounds the key's life (NX keeps a retention already set).
@@ -916,6 +1001,8 @@ class StreamWriter:
             raise StoreError(
                 f"Valkey refused a write of processor {self._processor!r} (run {run_id}): {reply}"
             )
+        if written and rt.local.any_waiting():
+            self._hand_over(written, result)
         for io in pending:
             self.written[io] += sent[io]
             self._inflight[io] = 0
@@ -926,6 +1013,23 @@ class StreamWriter:
             # What came before the bad value is written; the processor fails here.
             raise bad_value
         return list(result[extra_at:extra_end])
+
+    def _hand_over(self, written: list[tuple[str, int, bytes, bytes, int]], result: list[Any]) -> None:
+        """Hand the entries just written to readers of this runtime waiting for them."""
+        local = self._rt.local
+        by_io: dict[str, list[tuple[int, bytes, bytes]]] = {}
+        refused: set[str] = set()
+        for io, seq, field, payload, index in written:
+            if io in refused:
+                continue
+            if isinstance(result[index], GlideBaseError):
+                refused.add(io)  # not in the store as written: readers read the store
+                continue
+            by_io.setdefault(io, []).append((seq, field, payload))
+        for io, entries in by_io.items():
+            key = self._keys[io]
+            if local.waiting(key):
+                local.hand_over(key, entries)
 
     def status_commands(self) -> list[list[Any]]:
         """Time split (and a history sample) for a pipeline of this processor's readers.

@@ -20,7 +20,7 @@ LOWER = (
     "datagraph.rerun", "datagraph.runtime", "datagraph.executors.base", "datagraph.executors.local",
     "datagraph.executors.worker", "datagraph.executors.process", "datagraph.executors.process_pool",
     "datagraph.executors.celery", "datagraph.coordinator", "datagraph.retries", "datagraph.retries.attempts",
-    "datagraph.retries.policy", "datagraph.retries.reader", "datagraph.flushers",
+    "datagraph.retries.policy", "datagraph.retries.reader", "datagraph.flushers", "datagraph.local_streams",
 )
 
 

@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from datagraph import IO, Flow, IOVal, Processor, Supervisor
+from datagraph.executors import LocalExecutor
 from datagraph.plan import Plan
 from datagraph.store import keys, scripts
 from datagraph.store.batch import pipeline
@@ -54,8 +55,16 @@ async def _wait_for_state(supervisor: Supervisor, run_id: str, name: str, state:
             await anyio.sleep(0.01)
 
 
-async def test_one_value_run_reads_each_stream_once(supervisor: Supervisor) -> None:
+async def test_one_value_run_reads_each_stream_once(supervisor: Supervisor, valkey_url: str) -> None:
     """The last value and the end of a stream arrive together: no second read for the end."""
+    # Read from the store, not handed over in this process (tests/test_local_streams.py).
+    await Supervisor.adetach()
+    supervisor = Supervisor.attach(
+        redis_config={"url": valkey_url},
+        executor=LocalExecutor(),
+        secret=b"test-secret",
+        hand_over_local=False,
+    )
     source = Processor("cost_source", ["cost_n"], ["cost_nums"])
     double = Processor("cost_double", ["cost_nums"], ["cost_out"])
 

@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 from ..exceptions import UnknownProcessorError
 from ..processor import Implementation, Processor, registry
 from ..runner import run_processor
+from ..store import keys
 from .base import Executor
 
 if TYPE_CHECKING:
     from ..context import Context
     from ..plan import Plan
+    from ..runtime import Runtime
 
 __all__ = ["LocalExecutor"]
 
@@ -39,6 +41,18 @@ class LocalExecutor(Executor):
     async def dispatch(self, supervisor: Context, plan: Plan, processor: Processor) -> None:
         impl = self._implementation(processor)
         runtime = await supervisor.runtime()
-        runtime.host.start_soon(
-            run_processor, supervisor, runtime, plan, impl, name=f"datagraph-{processor.name}"
-        )
+        # Its outputs are written here: readers here may take them as they are written
+        # rather than read them back (datagraph.local_streams).
+        streams = [keys.stream(plan.run_id, io) for io in plan.processor(processor.name)["outputs"]]
+        runtime.local.expect(streams)
+        name = f"datagraph-{processor.name}"
+        runtime.host.start_soon(_run, supervisor, runtime, plan, impl, streams, name=name)
+
+
+async def _run(
+    supervisor: Context, runtime: Runtime, plan: Plan, impl: Implementation, streams: list[str]
+) -> None:
+    try:
+        await run_processor(supervisor, runtime, plan, impl)
+    finally:
+        runtime.local.done(streams)
