@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import repeat
 from operator import sub, truediv
 from typing import Any, TypeVar
@@ -80,6 +80,9 @@ class EdgeHistory(_Snapshot):
     #: backlog / backpressure_limit, capped at 1 (empty without a limit).
     fill: tuple[float, ...]
 
+    def to_dict(self) -> dict[str, Any]:
+        return _shallow(self)
+
 
 @dataclass(frozen=True)
 class ProcessorHistory(_Snapshot):
@@ -95,6 +98,9 @@ class ProcessorHistory(_Snapshot):
     busy: tuple[float, ...]
     backpressured: tuple[float, ...]
     idle: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _shallow(self)
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,13 @@ class RunHistory(_Snapshot):
     processors: tuple[ProcessorHistory, ...]
     #: The most recent bottleneck, or None when the flow kept up throughout.
     bottleneck: Bottleneck | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = _shallow(self)
+        data["edges"] = tuple(edge.to_dict() for edge in self.edges)
+        data["processors"] = tuple(processor.to_dict() for processor in self.processors)
+        data["bottleneck"] = self.bottleneck.to_dict() if self.bottleneck is not None else None
+        return data
 
     def edge(self, io: str, target: str) -> EdgeHistory:
         for edge in self.edges:
@@ -136,6 +149,13 @@ class RunHistory(_Snapshot):
         if not by_io:
             return ()
         return max(by_io.values(), key=sum)
+
+
+def _shallow(snapshot: _Snapshot) -> dict[str, Any]:
+    """A snapshot's fields as a dict, without copying them: its series are tuples of
+    numbers and text, so this equals ``dataclasses.asdict`` without its deep copy of
+    each value (seconds for a long history)."""
+    return {f.name: getattr(snapshot, f.name) for f in fields(snapshot)}  # type: ignore[arg-type]
 
 
 # -- building it from samples ------------------------------------------------------
