@@ -207,6 +207,19 @@ def parse_entries(reply: Any, names: Sequence[str]) -> Samples:
     rows: list[list[str]] = []
     items = (reply.items() if isinstance(reply, Mapping) else reply) if reply else ()
     for raw_id, raw_fields in items:
+        # What the engine writes, as glide gives it: one [b"v", b"..."] pair per entry.
+        if (
+            isinstance(raw_id, bytes)
+            and isinstance(raw_fields, list)
+            and len(raw_fields) == 1
+            and isinstance(pair := raw_fields[0], list)
+            and len(pair) == 2
+            and pair[0] == b"v"
+            and isinstance(packed := pair[1], bytes)
+        ):
+            t.append(int(raw_id.partition(b"-")[0]) / 1000)
+            rows.append(packed.decode().split(","))
+            continue
         if isinstance(raw_fields, Mapping):
             packed = raw_fields.get(b"v", raw_fields.get("v"))
         elif raw_fields and isinstance(raw_fields[0], list | tuple):
@@ -426,6 +439,7 @@ class Buckets:
         #: Per bucket, the samples in it as a slice ``[lo, hi)`` of the series.
         self._ranges: list[tuple[int, int]] = []
         self._slices: list[slice] = []
+        self._sizes: list[int] = []
         #: Every bucket holds at least one sample.
         self._full = False
         if not t or count <= 0:
@@ -445,6 +459,7 @@ class Buckets:
             self._ranges.append((lo, hi))
             lo = hi
         self._slices = [slice(lo, hi) for lo, hi in self._ranges]
+        self._sizes = [hi - lo for lo, hi in self._ranges]
         self._full = all(hi > lo for lo, hi in self._ranges)
 
     def __len__(self) -> int:
@@ -461,7 +476,7 @@ class Buckets:
             chunks = map(values.__getitem__, self._slices)
             if not mean:
                 return list(map(max, chunks))
-            return [sum(chunk) / len(chunk) for chunk in chunks]
+            return list(map(truediv, map(sum, chunks), self._sizes))
         out: list[float | None] = []
         last: float | None = None
         for lo, hi in self._ranges:

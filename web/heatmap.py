@@ -52,7 +52,7 @@ class Heatmap:
     column_seconds: float
 
 
-#: A cell: its class and the figures shown on hover (None: before the first sample).
+#: A cell: its class and the figures shown on hover, escaped (None: before the first sample).
 #: Plain tuples, so that neighbouring cells compare (and merge) at C speed.
 _Cell = tuple[str, str]
 
@@ -111,8 +111,13 @@ def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
 
 
+def _escaped(text: str) -> str:
+    return str(escape(text))
+
+
 class _Clocks:
-    """The columns' start and end times as text, formatted once per column."""
+    """The columns' start and end times as text (digits and colons: nothing to escape),
+    formatted once per column."""
 
     def __init__(self, spans: Sequence[tuple[float, float]]) -> None:
         self.spans = spans
@@ -147,7 +152,7 @@ def _fill_cells(edge: EdgeHistory, grid: Buckets, rate: Sequence[float | None]) 
             queue = f"{overlay.format_count(queued)} queued"
             if full is not None:
                 queue += f" ({full:.0%}{limit})"
-            cell = known[figures] = (css, f"{queue}, {overlay.format_rate(moving or 0.0)}")
+            cell = known[figures] = (css, _escaped(f"{queue}, {overlay.format_rate(moving or 0.0)}"))
         cells.append(cell)
     return cells
 
@@ -164,7 +169,9 @@ def _throughput_cells(rate: Sequence[float | None]) -> list[_Cell | None]:
         cell = known.get(r)
         if cell is None:
             level = 0 if r <= 0 or peak <= 0 else 1 + min(3, int(r / peak * 4 - 1e-9))
-            cell = known[r] = (THROUGHPUT_CLASSES[level], f"{overlay.format_rate(r)} (peak {shown_peak})")
+            cell = known[r] = (
+                THROUGHPUT_CLASSES[level], _escaped(f"{overlay.format_rate(r)} (peak {shown_peak})")
+            )
         cells.append(cell)
     return cells
 
@@ -179,15 +186,25 @@ def _band_cells(processor: ProcessorHistory, grid: Buckets) -> list[_Cell | None
         if b is None or h is None or i is None:
             cells.append(None)
         elif state != "running":
-            cells.append((f"band-{state}", state))
+            cells.append((f"band-{state}", _escaped(state)))
         elif b + h + i <= 0:
             cells.append(("band-pending", "running, no time reported yet (waiting to start reading)"))
         else:
             # The dominant activity; on a tie the first of busy, backpressured, idle.
             top = "busy" if b >= h and b >= i else "backpressured" if h >= i else "idle"
-            split = f"busy {b:.0%}, backpressured {h:.0%}, idle {i:.0%}"
-            cells.append((ACTIVITY_CLASSES[top], split))
+            split = f"busy {_percent(b)}, backpressured {_percent(h)}, idle {_percent(i)}"
+            cells.append((ACTIVITY_CLASSES[top], _escaped(split)))
     return cells
+
+
+#: "0%" to "100%", as ``f"{share:.0%}"`` writes them.
+_PERCENTS = [f"{n}%" for n in range(101)]
+
+
+def _percent(share: float) -> str:
+    """``f"{share:.0%}"``, looked up: the share times 100, rounded half to even as formatting does."""
+    n = round(share * 100)
+    return _PERCENTS[n] if 0 <= n <= 100 else f"{share:.0%}"
 
 
 # -- drawing -------------------------------------------------------------------------------
@@ -268,7 +285,7 @@ def _row(
             parts.append(
                 f'<rect class="{css_class}" x="{LABEL_WIDTH + start * cell:.1f}" y="{y}" '
                 f'width="{(index - start) * cell:.1f}" height="{ROW_HEIGHT}">'
-                f"<title>{escape(clocks.when(start, index - 1) + ': ' + title)}</title></rect>"
+                f"<title>{clocks.when(start, index - 1)}: {title}</title></rect>"
             )
         start = index
     parts.append("</g>")
