@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from operator import sub, truediv
+from operator import add, sub, truediv
 
 from .snapshots import INPUT, OUTPUT, EdgeSpec, _Snapshot
 
@@ -113,7 +113,7 @@ def share_series(
     if len(busy) != len(idle) or len(busy) != len(held):
         raise ValueError("busy, idle and backpressured seconds must have a value at every sample")
     # Where no time was reported, every share is 0 (0 / inf).
-    totals = [b + i + h for b, i, h in zip(busy, idle, held, strict=True)]
+    totals = list(map(add, map(add, busy, idle), held))
     if totals and min(totals) <= 0:
         totals = [total if total > 0 else math.inf for total in totals]
     return (

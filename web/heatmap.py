@@ -123,6 +123,10 @@ class _Clocks:
         self.spans = spans
         self.starts = [_clock(start) for start, _ in spans]
         self.ends = [_clock(end) for _, end in spans]
+        cell = PLOT_WIDTH / len(spans) if spans else 0.0
+        #: Each column's x, and the width of a rectangle over n columns (index n), as drawn.
+        self.xs = [f"{LABEL_WIDTH + column * cell:.1f}" for column in range(len(spans))]
+        self.widths = [f"{n * cell:.1f}" for n in range(len(spans) + 1)]
 
     def when(self, first: int, last: int) -> str:
         """From column ``first``'s start to column ``last``'s end (two clock times, en dash)."""
@@ -216,9 +220,8 @@ def _bands(
     """The processor bands, drawn once for both heatmaps (they are the same in each)."""
     pitch = ROW_HEIGHT + ROW_GAP
     band_top = edge_rows * pitch + (ROW_GAP * 3 if bands else 0)
-    cell = PLOT_WIDTH / len(clocks.spans)
     return [
-        _row(label, cells, clocks, band_top + index * pitch, cell, "band-row")
+        _row(label, cells, clocks, band_top + index * pitch, "band-row")
         for index, (label, cells) in enumerate(bands)
     ]
 
@@ -231,7 +234,6 @@ def _svg(
 ) -> Markup:
     spans = clocks.spans
     columns = len(spans)
-    cell = PLOT_WIDTH / columns
     pitch = ROW_HEIGHT + ROW_GAP
     band_top = len(rows) * pitch + (ROW_GAP * 3 if bands else 0)
     height = band_top + len(bands) * pitch + AXIS_HEIGHT
@@ -241,7 +243,7 @@ def _svg(
         f'role="img" aria-label="{escape(caption)}"><title>{escape(caption)}</title>'
     ]
     for index, (label, cells) in enumerate(rows):
-        parts.append(_row(label, cells, clocks, index * pitch, cell, "edge-row"))
+        parts.append(_row(label, cells, clocks, index * pitch, "edge-row"))
     parts.extend(bands)
     axis = height - AXIS_HEIGHT + 14
     middle = clocks.starts[columns // 2] if columns > 2 else None
@@ -262,7 +264,6 @@ def _row(
     cells: Sequence[_Cell | None],
     clocks: _Clocks,
     top: float,
-    cell: float,
     css: str,
 ) -> str:
     """One row: its label, then a rectangle per run of neighbouring cells that look the same."""
@@ -283,8 +284,8 @@ def _row(
         if current is not None:
             css_class, title = current
             parts.append(
-                f'<rect class="{css_class}" x="{LABEL_WIDTH + start * cell:.1f}" y="{y}" '
-                f'width="{(index - start) * cell:.1f}" height="{ROW_HEIGHT}">'
+                f'<rect class="{css_class}" x="{clocks.xs[start]}" y="{y}" '
+                f'width="{clocks.widths[index - start]}" height="{ROW_HEIGHT}">'
                 f"<title>{clocks.when(start, index - 1)}: {title}</title></rect>"
             )
         start = index
