@@ -150,7 +150,7 @@ class RunHistories:
 
     def __init__(
         self,
-        capacity: int = 8,
+        capacity: int = 4,
         *,
         idle_seconds: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
