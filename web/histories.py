@@ -168,8 +168,14 @@ class RunHistories:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get(self, telemetry: Telemetry, run_id: str, *, fresh: bool = False) -> DrawnHistory | None:
-        """The run's history, read again if due (or if ``fresh``); None when the run is unknown."""
+    async def get(
+        self, telemetry: Telemetry, run_id: str, *, fresh: bool = False, max_age: float | None = None
+    ) -> DrawnHistory | None:
+        """The run's history, read again if due (or if ``fresh``); None when the run is unknown.
+
+        Due once its newest heatmap column has moved on (:data:`REDRAW_SECONDS` at least),
+        or after ``max_age`` seconds when that is given (callers without a heatmap).
+        """
         now = self._clock()
         self._drop_idle(now)
         entry = self._entries.get(run_id)
@@ -180,8 +186,11 @@ class RunHistories:
         self._entries.move_to_end(run_id)
         entry.used_at = now
         async with entry.lock:  # one read and build per run at a time; the others take its result
-            if entry.drawn is not None and not fresh and now - entry.read_at < _wait(entry.drawn):
-                return entry.drawn
+            drawn = entry.drawn
+            if drawn is not None and not fresh:
+                wait = _wait(drawn) if max_age is None else max_age
+                if now - entry.read_at < wait:
+                    return drawn
             entry.tracker.telemetry = telemetry
             self.reads += 1
             changed = await entry.tracker.refresh()

@@ -30,6 +30,7 @@ from datagraph.snapshots import RUN_STATES
 from .. import metrics
 from ..dashboard import Dashboard, get_dashboard
 from ..forms import parse_json_inputs
+from ..histories import REDRAW_SECONDS
 from ..launching import MAX_RETRIES, LaunchError, launch, launch_target
 
 __all__ = ["router"]
@@ -80,12 +81,12 @@ async def api_run(dashboard: DashboardDep, run_id: str) -> dict[str, Any]:
 async def api_run_history(dashboard: DashboardDep, run_id: str, since: float | None = None) -> Response:
     """Per-edge and per-processor series (1 s apart, 1 min before the last 15 min) and the bottleneck.
 
-    The whole history is the one the run's page shows (:mod:`web.histories`: read again at
-    most every 2 s, its JSON made once per reading); ``since`` reads that part from the store.
+    The whole history is the one the run's page shows (:mod:`web.histories`), read again
+    when 2 s old, its JSON made once per reading; ``since`` reads that part from the store.
     """
     unknown = HTTPException(404, f"run {run_id} is unknown, or has expired")
     if since is None:
-        drawn = await dashboard.histories.get(dashboard.telemetry, run_id)
+        drawn = await dashboard.histories.get(dashboard.telemetry, run_id, max_age=REDRAW_SECONDS)
         if drawn is None:
             raise unknown
         body = drawn.json()
