@@ -126,6 +126,18 @@ TARGETS: list[tuple[str, str, Callable[[Any], bool], Callable[[Any], str]]] = [
         lambda v: v <= 200,
         lambda v: f"{v:.0f} ms",
     ),
+    (
+        "history: run page, 30 edges, 15 min, p50 < 150 ms",
+        "history.page_p50_ms",
+        lambda v: v < 150,
+        lambda v: f"{v:.0f} ms",
+    ),
+    (
+        "history: the same page, first view, p50 < 150 ms",
+        "history.page_first_view_p50_ms",
+        lambda v: v < 150,
+        lambda v: f"{v:.0f} ms",
+    ),
     ("memory, RSS growth < 50 MB", "memory.rss_growth_mb", lambda v: v < 50, lambda v: f"{v:.1f} MB"),
     (
         "memory, Valkey used_memory flat",

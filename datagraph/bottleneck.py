@@ -9,9 +9,11 @@ history module (:mod:`datagraph.history`) builds the series this reads.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import add, sub, truediv
 
 from .snapshots import INPUT, OUTPUT, EdgeSpec, _Snapshot
 
@@ -99,18 +101,27 @@ def share_series(
     deltas = []
     consecutive = isinstance(before, range) and before.start == -1 and before.step == 1
     for series in cumulative:
-        if consecutive:  # since the sample before: no index lookups
-            prior: Sequence[float] = [0.0, *series[:-1]] if series else []
+        if consecutive:  # since the sample before: differences of neighbours, no index lookups
+            step = list(series[:1])
+            step += map(sub, series[1:], series[:-1])
         else:
-            prior = [series[j] if j >= 0 else 0.0 for j in before]
-        deltas.append([x - y if x > y else 0.0 for x, y in zip(series, prior, strict=True)])
+            step = list(map(sub, series, [series[j] if j >= 0 else 0.0 for j in before]))
+        if step and min(step) < 0:
+            step = [d if d > 0 else 0.0 for d in step]
+        deltas.append(step)
     busy, idle, held = deltas
-    totals = [b + i + h for b, i, h in zip(busy, idle, held, strict=True)]
+    if len(busy) != len(idle) or len(busy) != len(held):
+        raise ValueError("busy, idle and backpressured seconds must have a value at every sample")
+    # Where no time was reported, every share is 0 (0 / inf).
+    totals = list(map(add, map(add, busy, idle), held))
+    if totals and min(totals) <= 0:
+        totals = [total if total > 0 else math.inf for total in totals]
     return (
-        [b / t if t > 0 else 0.0 for b, t in zip(busy, totals, strict=True)],
-        [i / t if t > 0 else 0.0 for i, t in zip(idle, totals, strict=True)],
-        [h / t if t > 0 else 0.0 for h, t in zip(held, totals, strict=True)],
+        list(map(truediv, busy, totals)),
+        list(map(truediv, idle, totals)),
+        list(map(truediv, held, totals)),
     )
+
 
 
 def find_bottleneck(
@@ -137,7 +148,8 @@ def find_bottleneck(
     starts = _window_starts(t)
     inputs: dict[str, list[tuple[EdgeSpec, Sequence[float]]]] = {}
     for spec, fills in edges:
-        if fills is not None:
+        # An input never FULL_FROM full names no one: only the others are judged sample by sample.
+        if fills and max(fills) >= FULL_FROM:
             inputs.setdefault(spec.target, []).append((spec, fills))
     named: list[tuple[str, str, float, float] | None] = [None] * len(t)  # processor, input, fill, busy
     for name, bounded in inputs.items():

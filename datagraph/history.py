@@ -17,9 +17,12 @@ with the bottleneck named by :mod:`datagraph.bottleneck`.  It never touches the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from itertools import repeat
+from operator import sub, truediv
+from typing import Any, TypeVar
 
 from .bottleneck import Bottleneck, find_bottleneck, share_series
 from .snapshots import OUTPUT, EdgeSpec, _Snapshot, edge_specs, text
@@ -38,6 +41,9 @@ __all__ = [
     "merge_samples",
     "parse_entries",
 ]
+
+_T = TypeVar("_T")
+_N = TypeVar("_N", int, float)
 
 #: Seconds between the samples of the recent history.
 INTERVAL = 1.0
@@ -74,6 +80,9 @@ class EdgeHistory(_Snapshot):
     #: backlog / backpressure_limit, capped at 1 (empty without a limit).
     fill: tuple[float, ...]
 
+    def to_dict(self) -> dict[str, Any]:
+        return _shallow(self)
+
 
 @dataclass(frozen=True)
 class ProcessorHistory(_Snapshot):
@@ -89,6 +98,9 @@ class ProcessorHistory(_Snapshot):
     busy: tuple[float, ...]
     backpressured: tuple[float, ...]
     idle: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _shallow(self)
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,13 @@ class RunHistory(_Snapshot):
     processors: tuple[ProcessorHistory, ...]
     #: The most recent bottleneck, or None when the flow kept up throughout.
     bottleneck: Bottleneck | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = _shallow(self)
+        data["edges"] = tuple(edge.to_dict() for edge in self.edges)
+        data["processors"] = tuple(processor.to_dict() for processor in self.processors)
+        data["bottleneck"] = self.bottleneck.to_dict() if self.bottleneck is not None else None
+        return data
 
     def edge(self, io: str, target: str) -> EdgeHistory:
         for edge in self.edges:
@@ -130,6 +149,13 @@ class RunHistory(_Snapshot):
         if not by_io:
             return ()
         return max(by_io.values(), key=sum)
+
+
+def _shallow(snapshot: _Snapshot) -> dict[str, Any]:
+    """A snapshot's fields as a dict, without copying them: its series are tuples of
+    numbers and text, so this equals ``dataclasses.asdict`` without its deep copy of
+    each value (seconds for a long history)."""
+    return {f.name: getattr(snapshot, f.name) for f in fields(snapshot)}  # type: ignore[arg-type]
 
 
 # -- building it from samples ------------------------------------------------------
@@ -181,6 +207,19 @@ def parse_entries(reply: Any, names: Sequence[str]) -> Samples:
     rows: list[list[str]] = []
     items = (reply.items() if isinstance(reply, Mapping) else reply) if reply else ()
     for raw_id, raw_fields in items:
+        # What the engine writes, as glide gives it: one [b"v", b"..."] pair per entry.
+        if (
+            isinstance(raw_id, bytes)
+            and isinstance(raw_fields, list)
+            and len(raw_fields) == 1
+            and isinstance(pair := raw_fields[0], list)
+            and len(pair) == 2
+            and pair[0] == b"v"
+            and isinstance(packed := pair[1], bytes)
+        ):
+            t.append(int(raw_id.partition(b"-")[0]) / 1000)
+            rows.append(packed.decode().split(","))
+            continue
         if isinstance(raw_fields, Mapping):
             packed = raw_fields.get(b"v", raw_fields.get("v"))
         elif raw_fields and isinstance(raw_fields[0], list | tuple):
@@ -235,6 +274,10 @@ def build_history(
 
     Rates and shares at a sample are taken since the previous one, so pass a
     sample from before ``since`` too: only samples at or after ``since`` are returned.
+
+    Every series is built with whole-list operations (``map`` over columns,
+    one list of time steps shared by every rate), as a page builds 60 of them
+    from about a thousand samples each.
     """
     specs = edge_specs(plan)
     specs_of = [p for p in (plan.get("flow") or {}).get("processors", []) if isinstance(p, Mapping)]
@@ -245,28 +288,34 @@ def build_history(
     if since is not None:
         first = next((i for i, at in enumerate(t) if at >= since), len(t))
     column = _Columns(samples)
+    steps = _steps(t)
+    shown_t = _tail(t, first)
 
     edges = []
     fills: list[tuple[EdgeSpec, list[float] | None]] = []
     for spec in specs:
         written = column.counts(f"written:{spec.io}")
         read = column.counts(HISTORY_READ + keys.pos_field(spec.target, spec.io))
-        backlog = [w - r if w > r else 0 for w, r in zip(written, read, strict=True)]
+        backlog = _clamped(list(map(sub, written, read)), 0)
         limit = spec.limit
-        fill = [b / limit if b < limit else 1.0 for b in backlog] if limit else None
+        fill = None
+        if limit:
+            fill = list(map(truediv, backlog, repeat(limit)))
+            if backlog and max(backlog) >= limit:
+                fill = [f if f < 1.0 else 1.0 for f in fill]
         fills.append((spec, fill))
         edges.append(EdgeHistory(
             io=spec.io,
             source=spec.source,
             target=spec.target,
             backpressure_limit=limit,
-            t=tuple(t[first:]),
-            written=tuple(written[first:]),
-            read=tuple(read[first:]),
-            backlog=tuple(backlog[first:]),
-            throughput=tuple(_rates(t, written)[first:]),
-            read_rate=tuple(_rates(t, read)[first:]),
-            fill=tuple(fill[first:]) if fill is not None else (),
+            t=shown_t,
+            written=_tail(written, first),
+            read=_tail(read, first),
+            backlog=_tail(backlog, first),
+            throughput=_tail(_rates(steps, written), first),
+            read_rate=_tail(_rates(steps, read), first),
+            fill=_tail(fill, first) if fill is not None else (),
         ))
 
     processors = []
@@ -282,22 +331,27 @@ def build_history(
         processors.append(ProcessorHistory(
             name=name,
             wait=name in waits,
-            t=tuple(t[first:]),
-            state=tuple(states[name][first:]),
-            busy=tuple(busy[first:]),
-            backpressured=tuple(held[first:]),
-            idle=tuple(idle[first:]),
+            t=shown_t,
+            state=_tail(states[name], first),
+            busy=_tail(busy, first),
+            backpressured=_tail(held, first),
+            idle=_tail(idle, first),
         ))
 
     return RunHistory(
         run_id=run_id,
         state=state,
         interval=INTERVAL,
-        t=tuple(t[first:]),
+        t=shown_t,
         edges=tuple(edges),
         processors=tuple(processors),
         bottleneck=find_bottleneck(t, seconds, states, fills, running=state == "running"),
     )
+
+
+def _tail(values: Sequence[_T], first: int) -> tuple[_T, ...]:
+    """``values`` from index ``first`` on, as a tuple (one copy)."""
+    return tuple(values) if not first else tuple(values[first:])
 
 
 class _Columns:
@@ -307,21 +361,32 @@ class _Columns:
         self._samples = samples
 
     def counts(self, name: str) -> list[int]:
-        column = self._samples.column(name)
-        try:
-            return [int(v) if v else 0 for v in column]
-        except ValueError:  # not what the engine writes; read what can be read
-            return [int(_number(v)) for v in column]
+        return _convert(self._samples.column(name), int, lambda v: int(_number(v)))
 
     def seconds(self, name: str) -> list[float]:
-        column = self._samples.column(name)
-        try:
-            return [float(v) if v else 0.0 for v in column]
-        except ValueError:
-            return [_number(v) for v in column]
+        return _convert(self._samples.column(name), float, _number)
 
     def states(self, name: str) -> list[str]:
-        return [v or "pending" for v in self._samples.column(name)]
+        column = self._samples.column(name)
+        if "" not in column:
+            return list(column)
+        return [v or "pending" for v in column]
+
+
+def _convert(column: Sequence[str], kind: Callable[[str], _N], lenient: Callable[[str], _N]) -> list[_N]:
+    """``column`` as numbers: all at once when every value reads, else with the blanks
+    before a name's first sample as 0, and ``lenient`` for anything the engine does not write."""
+    try:
+        return list(map(kind, column))
+    except ValueError:
+        pass
+    blanks = 0
+    while blanks < len(column) and not column[blanks]:
+        blanks += 1
+    try:
+        return [kind("0")] * blanks + list(map(kind, column[blanks:]))
+    except ValueError:
+        return [lenient(v) for v in column]
 
 
 def _number(value: str | None) -> float:
@@ -333,14 +398,30 @@ def _number(value: str | None) -> float:
         return 0.0
 
 
-def _rates(t: Sequence[float], counts: Sequence[int]) -> list[float]:
-    """Per second between each sample and the one before (0 for the first)."""
-    if not t:
+def _clamped(values: list[_N], floor: _N) -> list[_N]:
+    """``values`` with anything below ``floor`` raised to it (checked at C speed first)."""
+    if values and min(values) < floor:
+        return [v if v > floor else floor for v in values]
+    return values
+
+
+def _steps(t: Sequence[float]) -> list[float]:
+    """Seconds between each sample and the one before, shared by every rate of one
+    history; infinite where time did not move on, so that a rate over it is 0."""
+    steps = list(map(sub, t[1:], t[:-1]))
+    if steps and min(steps) <= 0:
+        steps = [dt if dt > 0 else math.inf for dt in steps]
+    return steps
+
+
+def _rates(steps: Sequence[float], counts: Sequence[int]) -> list[float]:
+    """Per second between each sample and the one before (0 for the first, and where
+    the count went down); ``steps`` from :func:`_steps` of the samples' times."""
+    if not counts:
         return []
-    return [0.0] + [
-        (c1 - c0) / (t1 - t0) if t1 > t0 and c1 > c0 else 0.0
-        for t0, t1, c0, c1 in zip(t, t[1:], counts, counts[1:], strict=False)
-    ]
+    rates = [0.0]
+    rates += map(truediv, _clamped(list(map(sub, counts[1:], counts[:-1])), 0), steps)
+    return rates
 
 
 # -- time buckets, for heatmaps ---------------------------------------------------------
@@ -357,6 +438,10 @@ class Buckets:
         self.spans: list[tuple[float, float]] = []
         #: Per bucket, the samples in it as a slice ``[lo, hi)`` of the series.
         self._ranges: list[tuple[int, int]] = []
+        self._slices: list[slice] = []
+        self._sizes: list[int] = []
+        #: Every bucket holds at least one sample.
+        self._full = False
         if not t or count <= 0:
             return
         first, last = t[0], t[-1]
@@ -373,6 +458,9 @@ class Buckets:
                     hi += 1
             self._ranges.append((lo, hi))
             lo = hi
+        self._slices = [slice(lo, hi) for lo, hi in self._ranges]
+        self._sizes = [hi - lo for lo, hi in self._ranges]
+        self._full = all(hi > lo for lo, hi in self._ranges)
 
     def __len__(self) -> int:
         return len(self.spans)
@@ -384,6 +472,11 @@ class Buckets:
         sample.  Largest by default, so that a queue that filled for one
         second shows in a bucket of a minute; the mean suits shares of time.
         """
+        if self._full:  # every bucket has a sample: one slice each, no bookkeeping
+            chunks = map(values.__getitem__, self._slices)
+            if not mean:
+                return list(map(max, chunks))
+            return list(map(truediv, map(sum, chunks), self._sizes))
         out: list[float | None] = []
         last: float | None = None
         for lo, hi in self._ranges:

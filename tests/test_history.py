@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -230,6 +231,70 @@ def test_series_rates_and_shares() -> None:
     assert later.t == (script.samples[1][0],)
     assert later.edge("x", "b").throughput == (300.0,)
     assert json.loads(later.to_json())["edges"][0]["t"] == [script.samples[1][0]]
+
+
+def test_series_match_sample_by_sample_arithmetic() -> None:
+    """The whole-list build gives what plain per-sample arithmetic gives, on samples that
+    take every odd path: names that appear late (blank before), a counter that goes back,
+    two samples at one time, a queue past its limit, a processor that reports no time."""
+    plan = make_plan(
+        [("a", ["n"], ["x"], False), ("b", ["x"], ["y"], False), ("c", ["y"], [], True)], limit=50
+    )
+    raw: list[tuple[float, dict[str, str]]] = [
+        (10.0, {"written:x": "10", "busy:a": "0.5", "idle:a": "0.5", "bp:a": "0", "state:a": "running"}),
+        (11.0, {"written:x": "70", "r:b/x": "5", "busy:a": "1.2", "idle:a": "0.8", "bp:a": "0.0",
+                "busy:b": "0.9", "idle:b": "0.1", "bp:b": "0", "state:a": "running", "state:b": "running"}),
+        (11.0, {"written:x": "75", "r:b/x": "6", "busy:a": "1.2", "idle:a": "0.8", "bp:a": "0.0",
+                "busy:b": "0.9", "idle:b": "0.1", "bp:b": "0", "state:a": "running", "state:b": "running"}),
+        (12.5, {"written:x": "72", "r:b/x": "40", "written:y": "30", "busy:a": "1.0", "idle:a": "0.8",
+                "bp:a": "0.7", "busy:b": "1.9", "idle:b": "0.1", "bp:b": "0.5", "state:a": "done",
+                "state:b": "running", "state:c": "pending"}),
+        (14.0, {"written:x": "72", "r:b/x": "72", "written:y": "90", "busy:a": "1.0", "idle:a": "0.8",
+                "bp:a": "0.7", "busy:b": "2.4", "idle:b": "0.4", "bp:b": "0.5", "state:a": "done",
+                "state:b": "done", "state:c": "running", "busy:c": "0.1", "idle:c": "0", "bp:c": "0"}),
+    ]
+    history = build_history("r", plan, "running", Samples.from_mappings(raw))
+    t = [at for at, _ in raw]
+
+    def number(i: int, name: str) -> float:
+        return float(raw[i][1].get(name) or 0)
+
+    def per_second(i: int, name: str) -> float:
+        if i == 0:
+            return 0.0
+        moved, elapsed = number(i, name) - number(i - 1, name), t[i] - t[i - 1]
+        return moved / elapsed if moved > 0 and elapsed > 0 else 0.0
+
+    assert history.t == tuple(t)
+    for edge in history.edges:
+        written = f"written:{edge.io}"
+        read = f"r:{edge.target}/{edge.io}"
+        backlogs = [max(0, int(number(i, written)) - int(number(i, read))) for i in range(len(t))]
+        assert edge.written == tuple(int(number(i, written)) for i in range(len(t)))
+        assert edge.read == tuple(int(number(i, read)) for i in range(len(t)))
+        assert edge.backlog == tuple(backlogs)
+        assert edge.throughput == tuple(per_second(i, written) for i in range(len(t)))
+        assert edge.read_rate == tuple(per_second(i, read) for i in range(len(t)))
+        limit = edge.backpressure_limit
+        assert edge.fill == (tuple(min(1.0, b / limit) for b in backlogs) if limit else ())
+    assert history.edge("x", "b").fill[3] == 0.64 and history.edge("x", "b").throughput[2] == 0.0
+    for processor in history.processors:
+        shares = []
+        for i in range(len(t)):
+            spent = [
+                max(0.0, number(i, f"{kind}:{processor.name}") - (number(i - 1, f"{kind}:{processor.name}")
+                                                                   if i else 0.0))
+                for kind in ("busy", "idle", "bp")
+            ]
+            total = sum(spent)
+            shares.append(tuple(part / total if total > 0 else 0.0 for part in spent))
+        assert processor.busy == tuple(s[0] for s in shares)
+        assert processor.idle == tuple(s[1] for s in shares)
+        assert processor.backpressured == tuple(s[2] for s in shares)
+        states = [values.get(f"state:{processor.name}") or "pending" for _, values in raw]
+        assert processor.state == tuple(states)
+    # The JSON form is the dataclasses' own, without their deep copy.
+    assert history.to_dict() == dataclasses.asdict(history)
 
 
 # -- recorded by the engine, read back through Telemetry ---------------------------------

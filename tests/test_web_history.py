@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -10,10 +11,12 @@ import anyio
 import pytest
 
 from datagraph import Supervisor
-from datagraph.history import Samples, build_history
+from datagraph.history import RunHistory, Samples, build_history
+from tests import heatmap_reference
 from tests.history_support import SLOW_FLOW, inputs, run_slow_flow
 from tests.web_support import open_dashboard, open_sse, text_of
 from web.heatmap import heatmap
+from web.histories import REDRAW_SECONDS, RunHistories
 
 pytestmark = pytest.mark.anyio
 
@@ -138,3 +141,113 @@ def test_heatmap_of_thirty_edges_over_an_hour_stays_bounded() -> None:
     # Bounded: at most one rectangle per row and column, each with its figures.
     assert drawn.fill.count("<rect") <= 60 * 120
     assert drawn.fill.count("<rect") == drawn.fill.count("<title>") - 1 - 60
+
+
+def _varied_history() -> RunHistory:
+    """A run with a bottleneck, a waiting stage, states that change, a gap in its samples
+    and repeated figures (cells that merge)."""
+    from tests.test_history import Script, make_plan
+
+    procs = [
+        ("src", ["n"], ["a"], False), ("mid", ["a"], ["b"], False), ("end", ["b"], ["c"], False),
+        ("agg", ["c"], [], True),
+    ]
+    plan = make_plan(procs, limit=100)
+    script = Script()
+    for second in range(70):
+        if second == 40:
+            script.at += 25  # no sample for 25 s: some columns have none of their own
+        slow = 20 <= second < 35
+        script.second(
+            {
+                "src": (0.2, 0.0, 0.8) if slow else (0.4, 0.6, 0.0),
+                "mid": (0.95, 0.0, 0.05) if slow else (0.5, 0.5, 0.0),
+                "end": (0.1, 0.9, 0.0),
+            },
+            {("a", "mid"): 97 if slow else (second * 7) % 60, ("b", "end"): 3 if second % 10 else 0},
+            states={
+                "agg": "pending" if second < 60 else "running",
+                "src": "done" if second > 65 else "running",
+            },
+            written={"a": second * 50 if second < 50 else 2500, "b": second * 40},
+        )
+    return build_history("r", plan, "running", Samples.from_mappings(script.samples))
+
+
+@pytest.mark.parametrize("columns", [7, 50, 120])
+def test_heatmap_draws_what_the_cell_by_cell_drawing_drew(columns: int) -> None:
+    """The faster drawing (figures formatted once per value, bands drawn once, one slice
+    per bucket) gives the same two SVGs, character for character, as the drawing it replaced."""
+    history = _varied_history()
+    assert history.bottleneck is not None and history.bottleneck.processor == "mid"
+    drawn = heatmap(history, max_columns=columns)
+    before = heatmap_reference.heatmap(history, max_columns=columns)
+    assert drawn is not None and before is not None
+    assert drawn.columns == before.columns == min(columns, len(history.t))
+    assert drawn.column_seconds == before.column_seconds
+    assert drawn.fill == before.fill
+    assert drawn.throughput == before.throughput
+    assert "band-pending" in drawn.fill and "heat-4" in drawn.fill and "tp-0" in drawn.throughput
+
+
+async def test_a_viewed_history_is_read_again_only_for_what_is_new(supervisor: Supervisor) -> None:
+    """The page, its feed and the API share one history per run: within the redraw interval
+    it is not read at all; then only newer samples are read, and a running run's history
+    grows; once the run has ended and nothing is new, nothing is built or drawn again."""
+    outputs = await supervisor.start_flow(SLOW_FLOW, inputs(count=10**7, slow=10**7))
+    run_id = outputs["hist_out"].run_id
+    now = [0.0]
+    histories = RunHistories(clock=lambda: now[0])
+    try:
+        async with open_dashboard(supervisor) as (app, client):
+            dashboard = app.state.dashboard
+            dashboard.histories = histories
+            telemetry = dashboard.telemetry
+            with anyio.fail_after(20):
+                while True:
+                    first = await histories.get(telemetry, run_id, fresh=True)
+                    if first is not None and len(first.history.t) >= 2:
+                        break
+                    await anyio.sleep(0.3)
+            reads, builds = histories.reads, histories.builds
+            # Within the interval: the page, the API and another get share it, unread.
+            page = (await client.get(f"/runs/{run_id}")).text
+            assert f'data-samples="{len(first.history.t)}"' in page
+            api = (await client.get(f"/api/runs/{run_id}/history")).json()
+            assert api["t"] == list(first.history.t)
+            assert await histories.get(telemetry, run_id) is first
+            assert (histories.reads, histories.builds) == (reads, builds)
+            # Later: the new samples are read and the history grows, the old ones kept.
+            await anyio.sleep(2.5)
+            now[0] += REDRAW_SECONDS
+            later = await histories.get(telemetry, run_id)
+            assert later is not None and later is not first
+            assert histories.reads == reads + 1 and histories.builds == builds + 1
+            assert len(later.history.t) > len(first.history.t)
+            assert later.history.t[: len(first.history.t)] == first.history.t
+            page = (await client.get(f"/runs/{run_id}")).text
+            assert f'data-samples="{len(later.history.t)}"' in page
+            assert later.drawing is not None and later.drawing is later.drawing  # drawn once
+            # Ended: one more reading sees the final state, then nothing is new.
+            await supervisor.cancel(run_id)
+            assert await supervisor.wait(run_id, timeout=10) == "cancelled"
+            await anyio.sleep(1.5)  # any last sample of a stopping processor has landed
+            ended = await histories.get(telemetry, run_id, fresh=True)
+            assert ended is not None and ended.history.state == "cancelled"
+            builds = histories.builds
+            again = await histories.get(telemetry, run_id, fresh=True)
+            assert again is ended and histories.builds == builds
+            assert api["edges"][0]["io"] == again.history.edges[0].io
+    finally:
+        await supervisor.cancel(run_id)
+
+
+async def test_the_history_api_answers_what_telemetry_reads(supervisor: Supervisor) -> None:
+    """The cached JSON is the run's history as ``Telemetry.history`` builds it from the store."""
+    run_id = await run_slow_flow(supervisor, count=600, slow=200)
+    async with open_dashboard(supervisor) as (app, client):
+        data = (await client.get(f"/api/runs/{run_id}/history")).json()
+        expected = await app.state.dashboard.telemetry.history(run_id)
+        assert expected is not None
+        assert data == json.loads(expected.to_json())
+        assert (await client.get(f"/api/runs/{run_id}/history")).json() == data

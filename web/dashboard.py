@@ -14,6 +14,7 @@ from datagraph.exceptions import ConfigError
 from datagraph.telemetry import Telemetry
 
 from . import overlay
+from .histories import RunHistories
 from .hub import Hub
 from .metrics import DashboardCounters
 
@@ -78,6 +79,8 @@ class Dashboard:
         self.hub = Hub()
         #: What this process counts itself, for ``/metrics``.
         self.counters = DashboardCounters()
+        #: Each run's history as last read and drawn: its page, live feed and API share it.
+        self.histories = RunHistories()
         self._telemetry: Telemetry | None = None
         self._metrics: Telemetry | None = None
         self.started = time.time()

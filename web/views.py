@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from datagraph.exceptions import DatagraphError
-from datagraph.history import Bottleneck, RunHistory, Samples, build_history, merge_samples
+from datagraph.history import Bottleneck, RunHistory
 from datagraph.preview import StreamPreview, latest_values
 from datagraph.snapshots import (
     INPUT,
@@ -32,7 +32,8 @@ from . import overlay
 from .dashboard import Dashboard
 from .diagram import Diagram, DiagramEdge, diagram, edge_id
 from .graph import GraphRenderError, render_svg_async
-from .heatmap import Heatmap, heatmap, sparkline
+from .heatmap import Heatmap, sparkline
+from .histories import DrawnHistory
 from .hub import Feed
 
 __all__ = [
@@ -150,41 +151,6 @@ def _run_diagram(run: RunSnapshot) -> Diagram:
     return diagram(processors, edges, live=True)
 
 
-#: Samples shown as a sparkline in the edges table.
-TREND_SAMPLES = 60
-#: Seconds between two readings (and drawings) of a live run's history, at least.
-HISTORY_REDRAW_SECONDS = 2.0
-
-
-class HistoryTracker:
-    """A run's history samples, kept between polls: each poll reads only the new ones.
-
-    The whole history is read again once a minute, so that what the store
-    thinned out to one sample a minute is thinned out here too.
-    """
-
-    REREAD_SECONDS = 60.0
-
-    def __init__(self, telemetry: Telemetry, run_id: str) -> None:
-        self.telemetry = telemetry
-        self.run_id = run_id
-        self._samples = Samples([], [], [])
-        self._read_all_at = -float("inf")
-
-    async def read(self) -> RunHistory | None:
-        now = time.monotonic()
-        whole = not self._samples.t or now - self._read_all_at >= self.REREAD_SECONDS
-        after = None if whole else self._samples.t[-1]
-        (record,) = await self.telemetry.history_records([self.run_id], after=after)
-        if record is None:
-            return None
-        if whole:
-            self._samples, self._read_all_at = record.samples, now
-        else:
-            self._samples = merge_samples(self._samples, record.samples)
-        return build_history(self.run_id, record.plan, record.state, self._samples)
-
-
 class RunLive:
     """What one run's view keeps between polls: its diagram, read rates and history."""
 
@@ -194,9 +160,6 @@ class RunLive:
         self.telemetry = telemetry if telemetry is not None else dashboard.reader()
         self._diagram: Diagram | None = None
         self._rates = overlay.ReadRates()
-        self._history = HistoryTracker(self.telemetry, run_id)
-        #: The last drawing of the history and when it was made (monotonic).
-        self._drawn: tuple[float, RunHistory, Heatmap | None] | None = None
         self.finished = False
 
     async def snapshot(self) -> RunSnapshot | None:
@@ -248,23 +211,9 @@ class RunLive:
         return view
 
     async def _draw_history(self, view: RunView) -> None:
-        """The history on ``view``, read and drawn again once its newest column has moved on.
-
-        A column of an hour-long run covers half a minute: redrawing (and sending
-        every viewer) the whole heatmap each second would change nothing they see.
-        """
-        now = time.monotonic()
-        if self._drawn is not None:
-            drawn_at, history, drawing = self._drawn
-            wait = max(HISTORY_REDRAW_SECONDS, drawing.column_seconds if drawing else 0.0)
-            if now - drawn_at < wait:
-                _add_history(view, history, drawing)
-                return
-        latest = await self._history.read()
-        drawing = heatmap(latest) if latest is not None and latest.t else None
-        if latest is not None:
-            self._drawn = (now, latest, drawing)
-        _add_history(view, latest, drawing)
+        """The history on ``view``, as the dashboard keeps it for every viewer of the run
+        (read and drawn again once its newest column has moved on: :mod:`web.histories`)."""
+        _add_history(view, await self.dashboard.histories.get(self.telemetry, self.run_id))
 
     def fragments(self, view: RunView) -> dict[str, str]:
         render = self.dashboard.render
@@ -281,28 +230,20 @@ class RunLive:
         return self.fragments(await self.view(run))
 
 
-def _add_history(view: RunView, history: RunHistory | None, drawing: Heatmap | None) -> None:
-    """The heatmap and the edges' sparklines of ``history``."""
+def _add_history(view: RunView, drawn: DrawnHistory | None) -> None:
+    """The heatmap and the edges' sparklines of a run's history."""
+    history = drawn.history if drawn is not None else None
     view.history = history
-    if history is None or not history.t:
+    if drawn is None or history is None or not history.t:
         view.history_note = "no history recorded yet" if history is not None else "no history for this run"
         return
-    view.heatmap = drawing
+    view.heatmap = drawn.drawing
     for index, row in enumerate(view.edges):
-        try:
-            edge = history.edge(row.edge.io, row.edge.target)
-        except KeyError:
-            continue
-        name = f"{row.edge.io} to {row.target_label}"
-        view.edges[index] = dataclasses.replace(
-            row,
-            throughput_trend=sparkline(
-                edge.throughput[-TREND_SAMPLES:], css="spark-rate", label=f"throughput of {name}, recent"
-            ),
-            backlog_trend=sparkline(
-                edge.backlog[-TREND_SAMPLES:], css="spark-queue", label=f"queue of {name}, recent"
-            ),
-        )
+        trends = drawn.trends(row.edge.io, row.edge.target)
+        if trends is not None:
+            view.edges[index] = dataclasses.replace(
+                row, throughput_trend=trends[0], backlog_trend=trends[1]
+            )
 
 
 def run_feed(dashboard: Dashboard, run_id: str) -> Feed:
