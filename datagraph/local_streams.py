@@ -17,8 +17,9 @@ another process writes (a cancellation from elsewhere) reaches it that way.
 A writer whose processor ends, and a run stopped in this runtime, wake their
 waiting readers at once, which then read the store.
 
-Entries are handed over only in order: if a reader's last entry is not the
-one just before a flush's first, it reads the store instead.
+Entries are handed over only in order: a reader that is behind what the
+local writer has already written (it started reading late) reads the store,
+and so does one whose last entry is not the one just before a flush's first.
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ class LocalStreams:
         self._writers: dict[str, int] = {}
         #: Stream key -> readers waiting for it.
         self._waiting: dict[str, list[LocalReader]] = {}
-        #: Entries handed over (for tests and benchmarks).
+        #: Stream key -> the seq of the last entry its local writer has put in the store.
+        self._written: dict[str, int] = {}
+        #: Entries handed over, and waits begun (for tests and benchmarks).
         self.handed = 0
+        self.waits = 0
 
     def expect(self, keys: Iterable[str]) -> None:
         """Streams a processor about to start here will write."""
@@ -68,6 +72,7 @@ class LocalStreams:
                 writers[key] = count
             else:
                 writers.pop(key, None)
+                self._written.pop(key, None)
             for reader in self._waiting.get(key, ()):
                 reader.wake()
 
@@ -75,7 +80,17 @@ class LocalStreams:
         writers = self._writers
         return bool(writers) and all(key in writers for key in keys)
 
+    def wrote(self, key: str, seq: int) -> None:
+        """The local writer of ``key`` has put its entries up to ``seq`` in the store."""
+        if key in self._writers:
+            self._written[key] = seq
+
+    def written(self, key: str) -> int:
+        """The seq of the last entry the local writer of ``key`` has put in the store (0: none)."""
+        return self._written.get(key, 0)
+
     def wait(self, reader: LocalReader, keys: Sequence[str]) -> None:
+        self.waits += 1
         for key in keys:
             self._waiting.setdefault(key, []).append(reader)
 
@@ -88,6 +103,9 @@ class LocalStreams:
                 readers.remove(reader)
             if not readers:
                 del self._waiting[key]
+
+    def any_writer(self) -> bool:
+        return bool(self._writers)
 
     def any_waiting(self) -> bool:
         return bool(self._waiting)

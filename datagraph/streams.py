@@ -282,7 +282,8 @@ class StreamReader:
             # No positions to publish: if every stream waited for is written in this
             # runtime, wait for its writer to hand the entries over (no round trip).
             open_keys = [self._key_of[io] for io in open_ios]
-            if self._rt.local.all_local(open_keys) and await self._wait_local(open_keys):
+            local = self._rt.local.all_local(open_keys) and self._caught_up(open_keys)
+            if local and await self._wait_local(open_keys):
                 return
         command = [
             *self._head,
@@ -335,6 +336,16 @@ class StreamReader:
                         return
                     self._pending.append((io, END))
                     break
+
+    def _caught_up(self, open_keys: list[str]) -> bool:
+        """Whether this reader has every entry the local writers have written: only then
+        can what it waits for come from their next flushes."""
+        local = self._rt.local
+        for key in open_keys:
+            last = self._last_id[self._io_of_key[key]]
+            if not last.startswith("0-") or local.written(key) > int(last[2:]):
+                return False  # behind (or past an entry from elsewhere): read the store
+        return True
 
     async def _wait_local(self, open_keys: list[str]) -> bool:
         """Wait for a local writer's entries (datagraph.local_streams); False: read the store."""
@@ -1001,7 +1012,7 @@ class StreamWriter:
             raise StoreError(
                 f"Valkey refused a write of processor {self._processor!r} (run {run_id}): {reply}"
             )
-        if written and rt.local.any_waiting():
+        if written:
             self._hand_over(written, result)
         for io in pending:
             self.written[io] += sent[io]
@@ -1017,6 +1028,8 @@ class StreamWriter:
     def _hand_over(self, written: list[tuple[str, int, bytes, bytes, int]], result: list[Any]) -> None:
         """Hand the entries just written to readers of this runtime waiting for them."""
         local = self._rt.local
+        if not local.any_writer():
+            return  # no processor of this runtime writes here as LocalExecutor runs it
         by_io: dict[str, list[tuple[int, bytes, bytes]]] = {}
         refused: set[str] = set()
         for io, seq, field, payload, index in written:
@@ -1028,6 +1041,7 @@ class StreamWriter:
             by_io.setdefault(io, []).append((seq, field, payload))
         for io, entries in by_io.items():
             key = self._keys[io]
+            local.wrote(key, entries[-1][0])
             if local.waiting(key):
                 local.hand_over(key, entries)
 

@@ -23,6 +23,7 @@ _double = Processor("ls_double", ["ls_nums"], ["ls_out"])
 _failing = Processor("ls_failing", ["ls_fn"], ["ls_fnums"])
 _relay = Processor("ls_relay", ["ls_fnums"], ["ls_fout"])
 _stuck = Processor("ls_stuck", ["ls_sn"], ["ls_sout"])
+_partial = Processor("ls_partial", ["ls_pn"], ["ls_pout"])
 
 
 @_source
@@ -57,9 +58,17 @@ async def _never(ls_sn: IO[int]) -> AsyncIterator[IOVal[int]]:
     yield IOVal("ls_sout", 0)  # pragma: no cover
 
 
+@_partial
+async def _some_then_wait(ls_pn: IO[int]) -> AsyncIterator[IOVal[int]]:
+    for i in range(await ls_pn.first()):
+        yield IOVal("ls_pout", i)
+    await anyio.sleep_forever()
+
+
 TWO_STAGES = Flow.from_processors(_source, _double).resolve()
 FAILING = Flow.from_processors(_failing, _relay).resolve()
 STUCK = Flow.from_processors(_stuck).resolve()
+PARTIAL = Flow.from_processors(_partial).resolve()
 
 
 def _attach(valkey_url: str, **settings: Any) -> Supervisor:
@@ -126,6 +135,34 @@ async def test_a_local_run_reads_nothing_back_and_counts_as_if_read(valkey_url: 
     # Off: the double's input and the caller's output are read from the store.
     assert (on[3], off[3]) == (0, 2)
     assert on[4] >= 4 and off[4] == 0  # value and end of two streams
+
+
+async def test_a_reader_behind_its_local_writer_reads_the_store_at_once(valkey_url: str) -> None:
+    """A caller that starts reading after its writer has flushed does not wait for the next flush."""
+    Supervisor.detach()
+    supervisor = _attach(valkey_url)
+    try:
+        runtime = await supervisor.runtime()
+        out = await supervisor.start_flow(PARTIAL, [IOVal("ls_pn", 3)])
+        key = keys.stream(out["ls_pout"].run_id, "ls_pout")
+        with anyio.fail_after(DEADLINE):
+            # The processor waits after its values: its flusher sends them.
+            while runtime.local.written(key) < 1:  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+        waits, before = runtime.local.waits, await _xreads(supervisor)
+        got = []
+        with anyio.fail_after(DEADLINE):
+            async for x in out["ls_pout"].stream():
+                got.append(x)
+                if len(got) == 3:
+                    break
+        assert got == [0, 1, 2]
+        # Read from the store at once: it was behind what its writer had written.
+        assert (runtime.local.waits - waits, await _xreads(supervisor) - before) == (0, 1)
+        await supervisor.cancel(out["ls_pout"].run_id)
+        assert await supervisor.wait(out["ls_pout"].run_id, timeout=DEADLINE) == "cancelled"
+    finally:
+        await Supervisor.adetach()
 
 
 async def test_a_long_stream_through_local_readers_keeps_its_backlog(valkey_url: str) -> None:
