@@ -190,6 +190,25 @@ def test_heatmap_draws_what_the_cell_by_cell_drawing_drew(columns: int) -> None:
     assert "band-pending" in drawn.fill and "heat-4" in drawn.fill and "tp-0" in drawn.throughput
 
 
+def test_a_processor_state_from_the_store_cannot_break_out_of_the_heatmap_markup() -> None:
+    """A state is text a worker wrote to the store: it is escaped in the band's class and title."""
+    from tests.test_history import Script, make_plan
+
+    plan = make_plan([("src", ["n"], ["a"], False), ("snk", ["a"], [], False)], limit=100)
+    script = Script()
+    for _ in range(5):
+        script.second(
+            {"src": (0.5, 0.0, 0.5), "snk": (0.5, 0.0, 0.5)},
+            {("a", "snk"): 1},
+            states={"src": 'x"><script>alert(1)</script>'},
+            written={"a": 10},
+        )
+    drawn = heatmap(build_history("r", plan, "running", Samples.from_mappings(script.samples)))
+    assert drawn is not None
+    assert "<script>" not in drawn.fill and 'x"' not in drawn.fill
+    assert "band-x&#34;&gt;&lt;script&gt;" in drawn.fill
+
+
 async def test_a_viewed_history_is_read_again_only_for_what_is_new(supervisor: Supervisor) -> None:
     """The page, its feed and the API share one history per run: within the redraw interval
     it is not read at all; then only newer samples are read, and a running run's history

@@ -190,7 +190,8 @@ def _band_cells(processor: ProcessorHistory, grid: Buckets) -> list[_Cell | None
         if b is None or h is None or i is None:
             cells.append(None)
         elif state != "running":
-            cells.append((f"band-{state}", _escaped(state)))
+            # A state is whatever a worker wrote to the store: escaped in the class too.
+            cells.append((f"band-{_escaped(state)}", _escaped(state)))
         elif b + h + i <= 0:
             cells.append(("band-pending", "running, no time reported yet (waiting to start reading)"))
         else:
