@@ -181,7 +181,6 @@ class StreamReader:
         self._producers = producers or {}
         self._key_of = {io: keys.stream(run_id, io) for io in ios}
         self._io_of = {k.encode(): io for io, k in self._key_of.items()}
-        self._io_of_key = {k: io for io, k in self._key_of.items()}
         #: Set while waiting for a writer of this runtime (datagraph.local_streams).
         self._local_wake: anyio.Event | None = None
         self._took_local = False
@@ -235,11 +234,9 @@ class StreamReader:
                     continue
                 self._open.remove(io)
                 error = marker_error(codec.decode_marker(payload, where), self._run_id)
+                self._ended(io, error)
                 if error is not None:
-                    self._error = error
-                    self._open = []
                     return
-                self._pending.append((io, END))
                 break
 
     def __aiter__(self) -> StreamReader:
@@ -329,20 +326,26 @@ class StreamReader:
                     error = marker_error(marker, run_id)
                     if gap and error is None:
                         await gaps.check(self._rt.client, self._key_of[io], entry, where)
+                    self._ended(io, error)
                     if error is not None:
-                        # Values before the failure are still delivered, then it raises.
-                        self._error = error
-                        self._open = []
                         return
-                    self._pending.append((io, END))
                     break
+
+    def _ended(self, io: str, error: BaseException | None) -> None:
+        """Stream ``io`` has ended (and left the open ones), with ``error`` if it failed."""
+        if error is None:
+            self._pending.append((io, END))
+        else:
+            # Values before the failure are still delivered, then it raises.
+            self._error = error
+            self._open = []
 
     def _caught_up(self, open_keys: list[str]) -> bool:
         """Whether this reader has every entry the local writers have written: only then
         can what it waits for come from their next flushes."""
         local = self._rt.local
         for key in open_keys:
-            last = self._last_id[self._io_of_key[key]]
+            last = self._last_id[self._io_of[key.encode()]]
             if not last.startswith("0-") or local.written(key) > int(last[2:]):
                 return False  # behind (or past an entry from elsewhere): read the store
         return True
@@ -374,7 +377,7 @@ class StreamReader:
     def take_local(self, key: str, entries: Sequence[tuple[int, bytes, bytes]]) -> None:
         """Entries a writer of this runtime has just written to stream ``key``, as if read."""
         wake = self._local_wake
-        io = self._io_of_key.get(key)
+        io = self._io_of.get(key.encode())
         if wake is None or io is None or io not in self._open:
             return
         if self._last_id[io] != entry_id(entries[0][0] - 1):
@@ -390,16 +393,12 @@ class StreamReader:
                 self._pending.append((io, payload))
                 continue
             self._open.remove(io)
+            error: BaseException | None
             try:
                 error = marker_error(self._rt.codec.decode_marker(payload, where), self._run_id)
             except Exception as exc:  # refused: raised to the reader, not to the writer
                 error = exc
-            if error is not None:
-                # Values before the failure are still delivered, then it raises.
-                self._error = error
-                self._open = []
-                return
-            self._pending.append((io, END))
+            self._ended(io, error)
             return
 
     def wake(self) -> None:

@@ -13,6 +13,7 @@ from datagraph.exceptions import ProcessorFailed, RunCancelled
 from datagraph.executors import LocalExecutor
 from datagraph.local_streams import LocalStreams
 from datagraph.store import keys
+from tests.test_hand_over import _calls, _hash
 
 pytestmark = pytest.mark.anyio
 
@@ -82,19 +83,7 @@ def _attach(valkey_url: str, **settings: Any) -> Supervisor:
 
 
 async def _xreads(supervisor: Supervisor) -> int:
-    runtime = await supervisor.runtime()
-    info = await runtime.client.custom_command(["INFO", "commandstats"])
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    for line in text.splitlines():
-        if line.startswith("cmdstat_xread:"):
-            return int(line.split("calls=", 1)[1].split(",", 1)[0])
-    return 0
-
-
-async def _hash(supervisor: Supervisor, key: str) -> dict[str, str]:
-    runtime = await supervisor.runtime()
-    raw: Any = await runtime.client.custom_command(["HGETALL", key])
-    return {k.decode(): v.decode() for k, v in raw.items()}
+    return await _calls(supervisor, "xread")
 
 
 async def _run(
