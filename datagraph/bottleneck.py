@@ -123,7 +123,6 @@ def share_series(
     )
 
 
-
 def find_bottleneck(
     t: Sequence[float],
     seconds: Mapping[str, Cumulative],

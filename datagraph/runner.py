@@ -250,6 +250,7 @@ async def _wait_for_inputs(runtime: Runtime, run_id: str, inputs: list[str], nam
     """Block until every input stream ends (partition barrier)."""
     pending = list(inputs)
     delay = 0.002
+    await runtime.recorded(run_id)  # a run starting here: after its record
     while pending:
         replies, _ = await pipeline(
             runtime.client,

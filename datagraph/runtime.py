@@ -11,6 +11,7 @@ from ._backend import LoopHost
 from .flushers import FlusherStarter
 from .local_streams import LocalStreams
 from .parked import ParkedPositions
+from .recording import RunRecord
 from .settings import Settings
 from .store import keys
 from .store.client import BlockingPool, Store, StoreAddress, close_now
@@ -40,8 +41,30 @@ class Runtime:
         self.flushers = FlusherStarter(self.host)
         #: Streams written here, and readers here waiting for them (datagraph.local_streams).
         self.local = LocalStreams()
+        #: Runs starting here whose record rides with their first pipeline (datagraph.recording).
+        self.recording: dict[str, RunRecord] = {}
         # The loop is ending (or the host was cancelled): release the connections.
         self.host.on_exit.append(self.close_now)
+
+    async def recorded(self, run_id: str) -> None:
+        """Wait until ``run_id``, if it is starting here, is recorded in the store."""
+        record = self.recording.get(run_id)
+        if record is not None:
+            await record.wait_to_write(run_id)
+
+    def hold_record(self, run_id: str) -> None:
+        """A processor of ``run_id`` is dispatched here while its record is on its way."""
+        record = self.recording.get(run_id)
+        if record is not None:
+            record.holders += 1
+
+    def release_record(self, run_id: str) -> None:
+        """A processor counted by :meth:`hold_record` has ended."""
+        record = self.recording.get(run_id)
+        if record is not None:
+            record.holders -= 1
+            if record.holders <= 0 and record.error is not None:
+                del self.recording[run_id]  # every processor has met the failure
 
     def stop_run(self, run_id: str, reason: Exception, *, spare: Collection[str] = ()) -> None:
         """Cancel the processors of ``run_id`` running in this runtime, for ``reason``.

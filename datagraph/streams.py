@@ -35,7 +35,7 @@ from .local_streams import LOCAL_WAIT
 from .parked import Parked
 from .runtime import Runtime
 from .store import gaps, keys
-from .store.client import exec_batch, is_transient, new_batch, pipeline
+from .store.client import exec_batch, is_cluster, is_transient, new_batch, pipeline
 from .store.scripts import is_script, lost_run_error, sample_history_command
 
 __all__ = [
@@ -58,6 +58,11 @@ IdleHook = Callable[[Runtime, str, list[str], Mapping[str, str]], Awaitable[None
 idle_hooks: list[IdleHook] = []
 
 log = logging.getLogger("datagraph.streams")
+
+#: A run's record goes with a processor's first pipeline when its entries weigh at
+#: most this: a large write waits for the record instead (one that Valkey refuses,
+#: for want of memory, must not take the record down with it).
+CARRY_MAX_BYTES = 64 * 1024
 
 _BATCH_B = BATCH.encode()
 _MARKER_B = MARKER.encode()
@@ -413,6 +418,8 @@ class StreamReader:
         repeating a value; if the run's data did not survive, it says so.
         """
         riders: list[list[str]] = []
+        if self._rt.recording:
+            await self._rt.recorded(self._run_id)  # a run starting here: after its record
         # Callers' read positions parked in this runtime ride along (datagraph.parked).
         parked = self._rt.parked.take() if self._rt.parked else {}
         try:
@@ -986,16 +993,49 @@ class StreamWriter:
         extra_end = len(commands)
         # Last, so that a processor's final sample sees its end (``extra`` records it).
         commands += self._sample_commands(closing=closing)
-        result, attempts = await pipeline(
-            rt.client,
-            commands,
-            retry_for=rt.settings.reconnect_timeout,
-            doing=f"writing the outputs of processor {self._processor!r} (run {run_id})",
-            # The last values and the end of a stream arrive together: a reader blocked
-            # on it wakes once and takes both, rather than coming back for the end.
-            atomic=bool(markers) and any(io in markers for io in pending),
-        )
-        state, run_failure = _state_reply(result[state_at], run_id)
+        # The last values and the end of a stream arrive together: a reader blocked
+        # on it wakes once and takes both, rather than coming back for the end.
+        atomic = bool(markers) and any(io in markers for io in pending)
+        # The run's record, if it is still on its way from this process, heads this
+        # pipeline (a small one) or is waited for (datagraph.recording).
+        record = rt.recording.get(run_id) if rt.recording else None
+        head: list[list[Any]] = []
+        if record is not None:
+            small = sum(len(entry[3]) for entry in written) <= CARRY_MAX_BYTES
+            # A transaction on a cluster holds one slot only, not the global run index.
+            taken = record.take() if small and not (atomic and is_cluster(rt.client)) else None
+            if taken is None:
+                await record.wait_to_write(run_id)
+                record = None
+            else:
+                head = taken
+        try:
+            result, attempts = await pipeline(
+                rt.client,
+                head + commands if head else commands,
+                retry_for=rt.settings.reconnect_timeout,
+                doing=f"writing the outputs of processor {self._processor!r} (run {run_id})",
+                atomic=atomic,
+            )
+        except BaseException:
+            if record is not None:
+                record.give_back()
+            raise
+        if head:
+            head_replies, result = result[: len(head)], result[len(head) :]
+        state_reply = result[state_at]
+        if record is not None:
+            if not record.carried(head_replies, attempts):
+                refusal = next((r for r in head_replies if isinstance(r, GlideBaseError)), None)
+                raise StoreError(
+                    f"Valkey refused the record of run {run_id}, sent with a write of processor "
+                    f"{self._processor!r}: {refusal}"
+                )
+            if isinstance(state_reply, list) and state_reply[0] is None:
+                # The store did not have the record's script yet: it went again after this
+                # pipeline (store.batch), so this read came first. The run has just started.
+                state_reply = [b"running", None]
+        state, run_failure = _state_reply(state_reply, run_id)
         self._note_run_state(state, run_failure)
         for index, reply in enumerate(result):
             if not isinstance(reply, GlideBaseError):
@@ -1065,8 +1105,7 @@ class StreamWriter:
         if not self._sample_warned:
             self._sample_warned = True
             log.warning(
-                "run %s: processor %r could not record the run's history (%s); "
-                "the run goes on without it",
+                "run %s: processor %r could not record the run's history (%s); the run goes on without it",
                 self._run_id,
                 self._processor,
                 reply,

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import anyio
+import anyio.lowlevel
 
 from . import context
 from . import rerun as _rerun
@@ -30,6 +31,7 @@ from .exceptions import (
     MissingInputError,
     RunCancelled,
     RunError,
+    RunLostError,
     UnknownInputError,
 )
 from .executors.base import Executor
@@ -38,6 +40,7 @@ from .flow import Flow
 from .io import IO, IOVal
 from .liveness import start_heartbeat
 from .plan import Plan
+from .recording import RunRecord
 from .rerun import kept_inputs_field
 from .retries import RetryPolicy, follow_attempt, record_fields, start_retried
 from .runtime import Runtime
@@ -309,14 +312,64 @@ class Supervisor:
         )
         await self.executor.check(self, plan, list(flow.processors))
         runtime = await self.runtime()
-        await self._record_run(runtime, plan, given)
-        for name in topo.order:
-            await self.executor.dispatch(self, plan, flow.processor(name))
+        record = self._run_record(runtime, plan, given)
+        if self.executor.runs_here:
+            await self._start_recording(runtime, plan, flow, record)
+        else:
+            await self._send_record(runtime, record)
+            for name in topo.order:
+                await self.executor.dispatch(self, plan, flow.processor(name))
         # The caller's reads publish positions too, so telemetry can show what it consumed.
         reader = keys.OUTPUT_READER if self.settings.telemetry else None
         return {io: IO(self, run_id, io, reader=reader, producers=plan.producers) for io in outputs}
 
-    async def _record_run(self, runtime: Runtime, plan: Plan, given: dict[str, list[Any]]) -> None:
+    async def _start_recording(self, runtime: Runtime, plan: Plan, flow: Flow, record: RunRecord) -> None:
+        """Dispatch the run's processors here, its record going with their first pipeline.
+
+        Returns once the record is in the store; if it cannot be written, the
+        processors started here are stopped and the error is raised.
+        """
+        run_id = plan.run_id
+        runtime.recording[run_id] = record
+        try:
+            for name in flow.topology.order:
+                await self.executor.dispatch(self, plan, flow.processor(name))
+            # Each processor's first step, up to its first wait: one that writes at once
+            # takes the record into that pipeline (two turns: Trio runs a batch of tasks
+            # in any order).
+            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
+            while not record.settled:
+                if not record.taken:
+                    await self._send_record(runtime, record)
+                await record.changed()  # a carrier that failed gives it back
+            await record.wait()
+        except BaseException as exc:
+            record.failed(exc)
+            runtime.stop_run(run_id, RunLostError(f"run {run_id} could not be recorded: {exc}"))
+            if record.holders <= 0:
+                runtime.recording.pop(run_id, None)
+            # Otherwise it stays until they have ended (Runtime.release_record).
+            raise
+        else:
+            # In the store: nothing waits for it any more.
+            runtime.recording.pop(run_id, None)
+
+    async def _send_record(self, runtime: Runtime, record: RunRecord) -> None:
+        """Send the run's record in a pipeline of its own."""
+        commands = record.take()
+        assert commands is not None, "a record is sent once"
+        try:
+            replies, attempts = await pipeline(
+                runtime.client, commands, retry_for=self.settings.reconnect_timeout, doing=record.doing
+            )
+        except BaseException as exc:
+            record.failed(exc)
+            raise
+        record.sent(replies, attempts)
+
+    def _run_record(self, runtime: Runtime, plan: Plan, given: dict[str, list[Any]]) -> RunRecord:
+        """The commands that record the starting run and write its inputs."""
         run_id = plan.run_id
         now = repr(time.time())
         ttl = str(int(self.settings.max_run_duration))
@@ -359,16 +412,17 @@ class Supervisor:
             self._index_trimmed_at = ticks
             commands.append(["ZREMRANGEBYSCORE", keys.RUNS, "-inf", f"({time.time() - horizon!r}"])
         doing = f"recording run {run_id} in Valkey at {self.address.url}"
-        # Every command here may run twice (explicit ids, plain sets): safe to retry.
-        replies, attempts = await pipeline(
-            runtime.client, commands, retry_for=self.settings.reconnect_timeout, doing=doing
-        )
-        if attempts == 1:
-            refused(replies, doing, own_entries=True)  # the run id is new: its streams are ours
+
+        def check(replies: list[Any], attempts: int) -> None:
+            # Every command here may run twice (explicit ids, plain sets): safe to retry.
+            if attempts == 1:
+                refused(replies, doing, own_entries=True)  # the run id is new: its streams are ours
+
         # Processors dispatched here take the inputs from the plan: no read back (see Plan.given).
         limit = self.settings.hand_over_inputs_max_bytes
         if limit and sum(len(e[2]) for entries, _ in streams.values() for e in entries) <= limit:
             plan.given.update((io, entries) for io, (entries, _) in streams.items())
+        return RunRecord(commands, check, doing)
 
     async def rerun(self, run_id: str, *, inputs: Mapping[str, list[Any]] | None = None) -> str:
         """Start an ended run's flow again; returns the new run's id.

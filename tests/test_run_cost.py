@@ -100,6 +100,55 @@ async def test_one_value_run_reads_each_stream_once(supervisor: Supervisor, valk
         assert f"busy:{name}" in stats and f"idle:{name}" in stats
 
 
+class _Pipelines:
+    """The command lists of every batch the runtime's client sends (a spy on the glide client)."""
+
+    def __init__(self, client: Any) -> None:
+        self.sent: list[list[list[Any]]] = []
+        self._client, self._exec = client, client.exec
+        client.exec = self._spy
+
+    async def _spy(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append([list(command) for _, command in batch.commands])
+        return await self._exec(batch, *args, **kwargs)
+
+    def stop(self) -> None:
+        del self._client.exec
+
+
+async def test_a_run_is_recorded_in_the_pipeline_of_its_first_write(
+    supervisor: Supervisor, valkey_url: str
+) -> None:
+    """A run whose processors all run here starts in one round trip: the source's closing flush
+    carries the run's record ahead of its own writes, and the run takes two pipelines in all."""
+    await Supervisor.adetach()  # no heartbeat in the window watched below
+    supervisor = Supervisor.attach(
+        redis_config={"url": valkey_url}, secret=b"test-secret", heartbeat_interval=600.0
+    )
+    flow = TWO_STAGES
+    warm = await supervisor.start_flow(flow, [IOVal("sha_n", 1)])
+    assert await warm["sha_out"].collect() == [2]
+    runtime = await supervisor.runtime()
+    spy = _Pipelines(runtime.client)
+    try:
+        out = await supervisor.start_flow(flow, [IOVal("sha_n", 1)])
+        assert await out["sha_out"].collect() == [2]
+        sent = list(spy.sent)
+    finally:
+        spy.stop()
+    run_id = out["sha_out"].run_id
+    assert await supervisor.wait(run_id, timeout=DEADLINE) == "succeeded"
+    of_run = [batch for batch in sent if any(run_id in str(c[1]) for c in batch)]
+    # The record, with the source's values and end.
+    first = of_run[0]
+    assert [c[0] for c in first[:2]] == ["EVALSHA", "ZADD"] and first[0][3] == keys.run(run_id)
+    nums = keys.stream(run_id, "sha_nums")
+    assert [c[0] for c in first if c[1:2] == [nums]] == ["XADD", "XADD", "EXPIRE"]
+    # Then the double's closing flush; nothing else (the caller reads its value here).
+    assert len(of_run) == 2
+    assert not any(c[0] == "ZADD" for c in of_run[1])
+
+
 async def test_running_state_rides_the_first_read(supervisor: Supervisor) -> None:
     """A processor parked after its first read shows as running on that worker."""
     gate = anyio.Event()

@@ -155,3 +155,35 @@ async def test_store_at_maxmemory_is_a_clear_error(volatile_valkey: Restartable)
             await out["blobs"].collect()
     finally:
         await Supervisor.adetach()
+
+
+async def test_a_run_the_store_cannot_record_fails_to_start(volatile_valkey: Restartable) -> None:
+    """start_flow raises when the run's record is refused, though its processors here started
+    first and tried to carry it; they stop, and none writes for the run."""
+    Supervisor.detach()
+    supervisor = Supervisor.attach(
+        redis_config={"url": volatile_valkey.url}, secret=b"s", heartbeat_interval=600.0
+    )
+    small = Processor("refused_source", ["n"], ["refused_out"])
+
+    @small
+    async def _small(n: IO[int]) -> AsyncIterator[IOVal[int]]:
+        yield IOVal("refused_out", await n.first())
+
+    try:
+        runtime = await supervisor.runtime()
+        client = runtime.client
+        await client.custom_command(["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        await client.custom_command(["CONFIG", "SET", "maxmemory", "1"])  # every write refused
+        with anyio.fail_after(30), pytest.raises(StoreError, match=r"recording run \w+ in Valkey.*OOM"):
+            await supervisor.start_flow(Flow.from_processors(small).resolve(), [IOVal("n", 1)])
+        with anyio.fail_after(10):
+            while runtime.running or runtime.recording:  # noqa: ASYNC110 (the processor ends)
+                await anyio.sleep(0.01)
+        await client.custom_command(["CONFIG", "SET", "maxmemory", "0"])
+        # Nothing of the run was written: no run index, no key of a run (the worker's are there).
+        written = [key.decode() for key in await client.custom_command(["KEYS", "*"])]
+        assert "dg:workers" in written
+        assert not [key for key in written if key == "dg:runs" or key.startswith("dg:{")], written
+    finally:
+        await Supervisor.adetach()

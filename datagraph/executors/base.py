@@ -23,6 +23,9 @@ class Executor(ABC):
 
     #: Short name shown in telemetry ("local", "celery").
     kind: str = "custom"
+    #: Runs every processor in this process's event loop, so a run's record may go
+    #: with its processors' first pipeline (``datagraph.recording``).
+    runs_here: bool = False
 
     async def check(self, supervisor: Context, plan: Plan, processors: list[Processor]) -> None:  # noqa: B027
         """Raise if some processor of ``plan`` cannot be run by this executor."""

@@ -22,6 +22,7 @@ class LocalExecutor(Executor):
     """Runs every processor as a task in this process's event loop."""
 
     kind = "local"
+    runs_here = True
 
     def _implementation(self, processor: Processor) -> Implementation:
         name = processor.name
@@ -45,6 +46,7 @@ class LocalExecutor(Executor):
         # rather than read them back (datagraph.local_streams).
         streams = [keys.stream(plan.run_id, io) for io in plan.processor(processor.name)["outputs"]]
         runtime.local.expect(streams)
+        runtime.hold_record(plan.run_id)
         name = f"datagraph-{processor.name}"
         runtime.host.start_soon(_run, supervisor, runtime, plan, impl, streams, name=name)
 
@@ -56,3 +58,4 @@ async def _run(
         await run_processor(supervisor, runtime, plan, impl)
     finally:
         runtime.local.done(streams)
+        runtime.release_record(plan.run_id)
