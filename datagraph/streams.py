@@ -36,6 +36,7 @@ from .parked import Parked
 from .runtime import Runtime
 from .store import gaps, keys
 from .store.client import exec_batch, is_cluster, is_transient, new_batch, pipeline
+from .store.fold import fold
 from .store.scripts import is_script, lost_run_error, sample_history_command
 
 __all__ = [
@@ -1009,18 +1010,25 @@ class StreamWriter:
                 record = None
             else:
                 head = taken
+        if head:
+            commands = head + commands
+        # One script call rather than a dozen commands (datagraph.store.fold); it runs
+        # them all at once, as the transaction would have.
+        folded = fold(commands, run_id)
         try:
             result, attempts = await pipeline(
                 rt.client,
-                head + commands if head else commands,
+                folded[0] if folded else commands,
                 retry_for=rt.settings.reconnect_timeout,
                 doing=f"writing the outputs of processor {self._processor!r} (run {run_id})",
-                atomic=atomic,
+                atomic=atomic and folded is None,
             )
         except BaseException:
             if record is not None:
                 record.give_back()
             raise
+        if folded:
+            result = folded[1](result)
         if head:
             head_replies, result = result[: len(head)], result[len(head) :]
         state_reply = result[state_at]

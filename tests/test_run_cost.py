@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from unittest.mock import ANY
 
 import anyio
 import pytest
@@ -16,6 +17,7 @@ from datagraph.executors import LocalExecutor
 from datagraph.plan import Plan
 from datagraph.store import keys, scripts
 from datagraph.store.batch import pipeline
+from datagraph.store.fold import folded
 from datagraph.store.scripts import _SAMPLE
 from datagraph.telemetry import Telemetry
 
@@ -109,7 +111,10 @@ class _Pipelines:
         client.exec = self._spy
 
     async def _spy(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
-        self.sent.append([list(command) for _, command in batch.commands])
+        sent = []
+        for _, command in batch.commands:
+            sent += folded(command) or [list(command)]  # a fold, as the commands it carries
+        self.sent.append(sent)
         return await self._exec(batch, *args, **kwargs)
 
     def stop(self) -> None:
@@ -141,9 +146,11 @@ async def test_a_run_is_recorded_in_the_pipeline_of_its_first_write(
     of_run = [batch for batch in sent if any(run_id in str(c[1]) for c in batch)]
     # The record, with the source's values and end.
     first = of_run[0]
-    assert [c[0] for c in first[:2]] == ["EVALSHA", "ZADD"] and first[0][3] == keys.run(run_id)
+    assert [c for c in first if c[0] == "ZADD"] == [["ZADD", keys.RUNS, ANY, run_id]]
+    start = next(i for i, c in enumerate(first) if c[0] == "EVALSHA" and c[3] == keys.run(run_id))
     nums = keys.stream(run_id, "sha_nums")
-    assert [c[0] for c in first if c[1:2] == [nums]] == ["XADD", "XADD", "EXPIRE"]
+    writes = [i for i, c in enumerate(first) if c[1:2] == [nums]]
+    assert [first[i][0] for i in writes] == ["XADD", "XADD", "EXPIRE"] and start < writes[0]
     # Then the double's closing flush; nothing else (the caller reads its value here).
     assert len(of_run) == 2
     assert not any(c[0] == "ZADD" for c in of_run[1])
@@ -267,8 +274,9 @@ async def test_a_run_sends_scripts_by_sha_and_reads_its_state_in_one_command(
     assert await out["sha_out"].collect() == [2]
     after = {c: await _calls(supervisor, c) for c in counted}
     assert after["eval"] == before["eval"]  # no script text sent again
-    # The start, each processor's end (and its history sample): by SHA1.
-    assert after["evalsha"] - before["evalsha"] >= 3
+    # The start, each processor's end and its history sample go inside one script per
+    # processor's closing flush (datagraph.store.fold), by SHA1.
+    assert after["evalsha"] - before["evalsha"] == 2
     # One per processor's closing flush: HMGET state error (not two HGETs), no positions.
     assert after["hmget"] - before["hmget"] == 2
     run_id = out["sha_out"].run_id

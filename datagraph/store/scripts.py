@@ -281,6 +281,10 @@ return 1
 """)
 
 
+#: The scripts a processor's flush sends, which datagraph.store.fold runs inside its own.
+FOLDABLE = (_START, _PROCESSOR_DONE, _SAMPLE)
+
+
 def sample_history_command(run_id: str, *, force: bool = False, at_end: bool = False) -> list[str]:
     """The EVALSHA that records one history sample of the run (see ``datagraph.history``).
 
