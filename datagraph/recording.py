@@ -59,20 +59,23 @@ class RunRecord:
         self.taken = True
         return self.commands
 
-    def carried(self, replies: list[Any], attempts: int) -> bool:
-        """A processor's pipeline carried it: in with ``replies`` (its first ones), or given back.
+    def accepts(self, replies: list[Any], attempts: int) -> bool:
+        """Whether a processor's pipeline that carried it got it in, by its ``replies``.
 
-        A carrier refused, or its replies to the record refusals, gives the
-        record back (False): ``start_flow``, or the next pipeline, sends it
-        again, so that whether the run starts depends on its record alone.
+        If not, it is given back: ``start_flow``, or the next pipeline, sends it
+        again, so that whether the run starts depends on its record alone. If so,
+        the carrier says :meth:`recorded` once it has handed its entries over.
         """
         try:
             self._check(replies, attempts)
         except Exception:
             self.give_back()
             return False
-        self._settle(None)
         return True
+
+    def recorded(self) -> None:
+        """The record is in (the carrier's :meth:`accepts` said so): wake who waits for it."""
+        self._settle(None)
 
     def sent(self, replies: list[Any], attempts: int) -> None:
         """``start_flow``'s own send: in with ``replies``, or failed for good (and raises)."""

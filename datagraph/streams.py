@@ -60,10 +60,11 @@ idle_hooks: list[IdleHook] = []
 
 log = logging.getLogger("datagraph.streams")
 
-#: A run's record goes with a processor's first pipeline when its entries weigh at
-#: most this: a large write waits for the record instead (one that Valkey refuses,
-#: for want of memory, must not take the record down with it).
-CARRY_MAX_BYTES = 64 * 1024
+#: A flush whose entries weigh at most this is a small one: it may carry its run's
+#: record (a large write waits for the record instead: one that Valkey refuses, for
+#: want of memory, must not take the record down with it), and its commands go as
+#: one script call (datagraph.store.fold).
+SMALL_FLUSH_BYTES = 64 * 1024
 
 _BATCH_B = BATCH.encode()
 _MARKER_B = MARKER.encode()
@@ -1001,8 +1002,8 @@ class StreamWriter:
         # pipeline (a small one) or is waited for (datagraph.recording).
         record = rt.recording.get(run_id) if rt.recording else None
         head: list[list[Any]] = []
+        small = sum(len(entry[3]) for entry in written) <= SMALL_FLUSH_BYTES
         if record is not None:
-            small = sum(len(entry[3]) for entry in written) <= CARRY_MAX_BYTES
             # A transaction on a cluster holds one slot only, not the global run index.
             taken = record.take() if small and not (atomic and is_cluster(rt.client)) else None
             if taken is None:
@@ -1013,8 +1014,9 @@ class StreamWriter:
         if head:
             commands = head + commands
         # One script call rather than a dozen commands (datagraph.store.fold); it runs
-        # them all at once, as the transaction would have.
-        folded = fold(commands, run_id)
+        # them all at once, as the transaction would have. Not for large entries: their
+        # cost is in the bytes, which the fold would copy once more on each side.
+        folded = fold(commands, run_id) if small else None
         try:
             result, attempts = await pipeline(
                 rt.client,
@@ -1033,7 +1035,7 @@ class StreamWriter:
             head_replies, result = result[: len(head)], result[len(head) :]
         state_reply = result[state_at]
         if record is not None:
-            if not record.carried(head_replies, attempts):
+            if not record.accepts(head_replies, attempts):
                 refusal = next((r for r in head_replies if isinstance(r, GlideBaseError)), None)
                 raise StoreError(
                     f"Valkey refused the record of run {run_id}, sent with a write of processor "
@@ -1043,34 +1045,39 @@ class StreamWriter:
                 # The store did not have the record's script yet: it went again after this
                 # pipeline (store.batch), so this read came first. The run has just started.
                 state_reply = [b"running", None]
-        state, run_failure = _state_reply(state_reply, run_id)
-        self._note_run_state(state, run_failure)
-        for index, reply in enumerate(result):
-            if not isinstance(reply, GlideBaseError):
-                continue
-            if index >= extra_end:
-                self.history_failed(reply)
-                continue
-            already = index in xadds and "equal or smaller" in str(reply)
-            # A retried pipeline finds its own earlier write; a cancelled run may hold
-            # the canceller's end marker.
-            if already and (attempts > 1 or self.cancelled):
-                continue
-            raise StoreError(
-                f"Valkey refused a write of processor {self._processor!r} (run {run_id}): {reply}"
-            )
-        if written:
-            self._hand_over(written, result)
-        for io in pending:
-            self.written[io] += sent[io]
-            self._inflight[io] = 0
-        if pos_fields:
-            self._apply_positions(pos_fields, result[pos_at])
-        self._recompute_limits()
-        if bad_value is not None:
-            # What came before the bad value is written; the processor fails here.
-            raise bad_value
-        return list(result[extra_at:extra_end])
+        try:
+            state, run_failure = _state_reply(state_reply, run_id)
+            self._note_run_state(state, run_failure)
+            for index, reply in enumerate(result):
+                if not isinstance(reply, GlideBaseError):
+                    continue
+                if index >= extra_end:
+                    self.history_failed(reply)
+                    continue
+                already = index in xadds and "equal or smaller" in str(reply)
+                # A retried pipeline finds its own earlier write; a cancelled run may hold
+                # the canceller's end marker.
+                if already and (attempts > 1 or self.cancelled):
+                    continue
+                raise StoreError(
+                    f"Valkey refused a write of processor {self._processor!r} (run {run_id}): {reply}"
+                )
+            if written:
+                self._hand_over(written, result)
+            for io in pending:
+                self.written[io] += sent[io]
+                self._inflight[io] = 0
+            if pos_fields:
+                self._apply_positions(pos_fields, result[pos_at])
+            self._recompute_limits()
+            if bad_value is not None:
+                # What came before the bad value is written; the processor fails here.
+                raise bad_value
+            return list(result[extra_at:extra_end])
+        finally:
+            if record is not None:
+                # After the hand-over: the readers here get the loop before start_flow's caller.
+                record.recorded()
 
     def _hand_over(self, written: list[tuple[str, int, bytes, bytes, int]], result: list[Any]) -> None:
         """Hand the entries just written to readers of this runtime waiting for them."""
