@@ -57,10 +57,19 @@ async def _finished(supervisor: Supervisor, flow: Flow, n: int) -> IO[int]:
 
 
 async def test_first_returns_before_the_callers_position_is_published(
-    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch
+    supervisor: Supervisor, valkey_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """first() costs one round trip: its position rides with the next read of the runtime."""
     monkeypatch.setattr(parked, "PUBLISH_DELAY", 60.0)  # the publisher task stays out of it
+    # Reads of the store, every one: the caller's collect() below may otherwise be handed
+    # its values by the map's writer here, if that writer is not quite done (no read at all).
+    await Supervisor.adetach()
+    supervisor = Supervisor.attach(
+        redis_config={"url": valkey_url},
+        executor=LocalExecutor(),
+        secret=b"test-secret",
+        hand_over_local=False,
+    )
     flow = _flow()
     out = await _finished(supervisor, flow, 1)
     assert await out.first() == 0

@@ -102,6 +102,18 @@ async def test_one_value_run_reads_each_stream_once(supervisor: Supervisor, valk
         assert f"busy:{name}" in stats and f"idle:{name}" in stats
 
 
+async def _quiet_and_warm(valkey_url: str) -> Supervisor:
+    """A supervisor whose heartbeat stays out of a counted window, after one run of TWO_STAGES
+    (its scripts cached, its readers' connections open)."""
+    await Supervisor.adetach()
+    supervisor = Supervisor.attach(
+        redis_config={"url": valkey_url}, secret=b"test-secret", heartbeat_interval=600.0
+    )
+    warm = await supervisor.start_flow(TWO_STAGES, [IOVal("sha_n", 1)])
+    assert await warm["sha_out"].collect() == [2]
+    return supervisor
+
+
 class _Pipelines:
     """The command lists of every batch the runtime's client sends (a spy on the glide client)."""
 
@@ -126,13 +138,8 @@ async def test_a_run_is_recorded_in_the_pipeline_of_its_first_write(
 ) -> None:
     """A run whose processors all run here starts in one round trip: the source's closing flush
     carries the run's record ahead of its own writes, and the run takes two pipelines in all."""
-    await Supervisor.adetach()  # no heartbeat in the window watched below
-    supervisor = Supervisor.attach(
-        redis_config={"url": valkey_url}, secret=b"test-secret", heartbeat_interval=600.0
-    )
+    supervisor = await _quiet_and_warm(valkey_url)
     flow = TWO_STAGES
-    warm = await supervisor.start_flow(flow, [IOVal("sha_n", 1)])
-    assert await warm["sha_out"].collect() == [2]
     runtime = await supervisor.runtime()
     spy = _Pipelines(runtime.client)
     try:
@@ -260,13 +267,8 @@ async def test_a_run_sends_scripts_by_sha_and_reads_its_state_in_one_command(
 ) -> None:
     """After the first run, scripts travel as their SHA1; a closing flush reads state and error
     with one HMGET, and no reader positions (nothing more will be written)."""
-    await Supervisor.adetach()  # no heartbeat in the window counted below
-    supervisor = Supervisor.attach(
-        redis_config={"url": valkey_url}, secret=b"test-secret", heartbeat_interval=600.0
-    )
+    supervisor = await _quiet_and_warm(valkey_url)
     flow = TWO_STAGES
-    warm = await supervisor.start_flow(flow, [IOVal("sha_n", 1)])
-    assert await warm["sha_out"].collect() == [2]
 
     counted = ("eval", "evalsha", "hmget")
     before = {c: await _calls(supervisor, c) for c in counted}
