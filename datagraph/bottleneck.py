@@ -123,6 +123,7 @@ def share_series(
     )
 
 
+
 def find_bottleneck(
     t: Sequence[float],
     seconds: Mapping[str, Cumulative],

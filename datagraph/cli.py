@@ -131,7 +131,9 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_store_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--limit", type=int, default=10, metavar="N", help="show the N most recent runs (10)")
+    parser.add_argument(
+        "--limit", type=int, default=10, metavar="N", help="show the N most recent runs (10)"
+    )
     parser.add_argument("--state", choices=RUN_STATES, help="only runs in this state")
     parser.add_argument("--run", metavar="ID", help="only this run, with its processors and error")
     parser.add_argument(
@@ -149,7 +151,8 @@ def status(args: argparse.Namespace) -> int:
 
     url = store_url(args)
     if not url:
-        print("datagraph status: no store; pass --redis-url or set DATAGRAPH_REDIS_URL", file=sys.stderr)
+        print("datagraph status: no store; pass --redis-url or set DATAGRAPH_REDIS_URL",
+              file=sys.stderr)
         return 2
     if args.history:
         if args.run is None:
@@ -274,101 +277,77 @@ def _bar(levels: Sequence[float | None]) -> str:
 def _print_status(data: StatusSnapshot, out: TextIO, *, detailed: bool) -> None:
     now = time.time()
     out.write("PROCESSORS\n")
-    _table(
-        out,
-        ["NAME", "INPUTS", "OUTPUTS", "WAIT", "WORKERS", "ONLINE"],
+    _table(out, ["NAME", "INPUTS", "OUTPUTS", "WAIT", "WORKERS", "ONLINE"], [
         [
-            [
-                p.name,
-                ", ".join(f"{i.name}: {i.type}" for i in p.inputs) or "-",
-                ", ".join(f"{o.name}: {o.type}" for o in p.outputs) or "-",
-                "yes" if p.wait else "no",
-                str(len(p.workers)),
-                "yes" if p.online else "no",
-            ]
-            for p in data.processors
-        ],
-    )
+            p.name,
+            ", ".join(f"{i.name}: {i.type}" for i in p.inputs) or "-",
+            ", ".join(f"{o.name}: {o.type}" for o in p.outputs) or "-",
+            "yes" if p.wait else "no",
+            str(len(p.workers)),
+            "yes" if p.online else "no",
+        ]
+        for p in data.processors
+    ])
     out.write("\nWORKERS\n")
-    _table(
-        out,
-        ["ID", "HOST", "PID", "EXECUTOR", "PROCESSORS", "LAST BEAT", "STATUS"],
+    _table(out, ["ID", "HOST", "PID", "EXECUTOR", "PROCESSORS", "LAST BEAT", "STATUS"], [
         [
-            [
-                w.id,
-                w.host or "-",
-                str(w.pid) if w.pid is not None else "-",
-                w.executor or "-",
-                ", ".join(w.processors) or "-",
-                _ago(w.last_beat, now),
-                "online" if w.online else "offline",
-            ]
-            for w in data.workers
-        ],
-    )
+            w.id,
+            w.host or "-",
+            str(w.pid) if w.pid is not None else "-",
+            w.executor or "-",
+            ", ".join(w.processors) or "-",
+            _ago(w.last_beat, now),
+            "online" if w.online else "offline",
+        ]
+        for w in data.workers
+    ])
     out.write("\nRUNS\n")
-    _table(
-        out,
-        ["ID", "FLOW", "STATE", "STARTED", "DURATION", "DONE"],
+    _table(out, ["ID", "FLOW", "STATE", "STARTED", "DURATION", "DONE"], [
         [
-            [
-                r.id,
-                r.flow or "-",
-                r.state,
-                _ago(r.started, now),
-                _seconds(r.duration),
-                f"{r.done}/{len(r.processors)}",
-            ]
-            for r in data.runs
-        ],
-    )
+            r.id,
+            r.flow or "-",
+            r.state,
+            _ago(r.started, now),
+            _seconds(r.duration),
+            f"{r.done}/{len(r.processors)}",
+        ]
+        for r in data.runs
+    ])
     for run in data.runs:
         out.write(f"\nrun {run.id} ({run.state})\n")
-        _table(
-            out,
-            ["IO", "FROM", "TO", "WRITTEN", "READ", "BACKLOG", "LIMIT", "VALUES/S"],
+        _table(out, ["IO", "FROM", "TO", "WRITTEN", "READ", "BACKLOG", "LIMIT", "VALUES/S"], [
             [
-                [
-                    e.io,
-                    e.source,
-                    e.target,
-                    str(e.written),
-                    str(e.read),
-                    str(e.backlog),
-                    str(e.backpressure_limit) if e.backpressure_limit is not None else "-",
-                    f"{e.throughput:.0f}",
-                ]
-                for e in run.edges
-            ],
-            indent="  ",
-        )
+                e.io,
+                e.source,
+                e.target,
+                str(e.written),
+                str(e.read),
+                str(e.backlog),
+                str(e.backpressure_limit) if e.backpressure_limit is not None else "-",
+                f"{e.throughput:.0f}",
+            ]
+            for e in run.edges
+        ], indent="  ")
         if detailed:
             out.write("\n")
-            _table(
-                out,
-                ["PROCESSOR", "STATE", "WORKER", "BUSY", "IDLE", "BACKPRESSURED"],
+            _table(out, ["PROCESSOR", "STATE", "WORKER", "BUSY", "IDLE", "BACKPRESSURED"], [
                 [
-                    [
-                        s.name,
-                        s.state,
-                        s.worker or "-",
-                        f"{s.busy:.0%}",
-                        f"{s.idle:.0%}",
-                        f"{s.backpressured:.0%}",
-                    ]
-                    for s in run.processor_states
-                ],
-                indent="  ",
-            )
+                    s.name,
+                    s.state,
+                    s.worker or "-",
+                    f"{s.busy:.0%}",
+                    f"{s.idle:.0%}",
+                    f"{s.backpressured:.0%}",
+                ]
+                for s in run.processor_states
+            ], indent="  ")
         if run.retry_of:
             out.write(f"  attempt {run.attempt} of run {run.retry_of}\n")
         if len(run.attempts) > 1:
             out.write(f"  attempts ({len(run.attempts)}):\n")
             for attempt in run.attempts:
-                why = (
-                    f"{attempt.cause}: {attempt.message}"
-                    if attempt.cause
-                    else ("running" if attempt.ended is None else "-")
+                why = f"{attempt.cause}: {attempt.message}" if attempt.cause else (
+                    "running" if attempt.ended is None else "-"
                 )
                 at = _ago(attempt.started, now)
                 out.write(f"    {attempt.number}  {attempt.run_id}  started {at}  {why}\n")

@@ -68,7 +68,9 @@ def check_flow_name(name: str) -> str:
     """The name with surrounding spaces removed; ``FlowError`` when it cannot be used."""
     stripped = name.strip()
     if not FLOW_NAME_PATTERN.fullmatch(stripped):
-        raise FlowError(f"flow name {name!r} cannot be used: give 1 to 80 letters, digits, spaces or _ - . :")
+        raise FlowError(
+            f"flow name {name!r} cannot be used: give 1 to 80 letters, digits, spaces or _ - . :"
+        )
     return stripped
 
 

@@ -160,7 +160,6 @@ def _shallow(snapshot: _Snapshot) -> dict[str, Any]:
 
 # -- building it from samples ------------------------------------------------------
 
-
 class Samples:
     """A run's history samples, oldest first: times, and a row of values per sample.
 
@@ -243,10 +242,8 @@ def merge_samples(coarse: Samples, fine: Samples) -> Samples:
     start = fine.t[0] if fine.t else float("inf")
     t: list[float] = []
     rows: list[list[str]] = []
-    for at, row in [
-        *((a, r) for a, r in zip(coarse.t, coarse.rows, strict=True) if a < start),
-        *zip(fine.t, fine.rows, strict=True),
-    ]:
+    for at, row in [*((a, r) for a, r in zip(coarse.t, coarse.rows, strict=True) if a < start),
+                    *zip(fine.t, fine.rows, strict=True)]:
         if t and t[-1] == at:
             rows[-1] = row
         else:
@@ -307,45 +304,39 @@ def build_history(
             if backlog and max(backlog) >= limit:
                 fill = [f if f < 1.0 else 1.0 for f in fill]
         fills.append((spec, fill))
-        edges.append(
-            EdgeHistory(
-                io=spec.io,
-                source=spec.source,
-                target=spec.target,
-                backpressure_limit=limit,
-                t=shown_t,
-                written=_tail(written, first),
-                read=_tail(read, first),
-                backlog=_tail(backlog, first),
-                throughput=_tail(_rates(steps, written), first),
-                read_rate=_tail(_rates(steps, read), first),
-                fill=_tail(fill, first) if fill is not None else (),
-            )
-        )
+        edges.append(EdgeHistory(
+            io=spec.io,
+            source=spec.source,
+            target=spec.target,
+            backpressure_limit=limit,
+            t=shown_t,
+            written=_tail(written, first),
+            read=_tail(read, first),
+            backlog=_tail(backlog, first),
+            throughput=_tail(_rates(steps, written), first),
+            read_rate=_tail(_rates(steps, read), first),
+            fill=_tail(fill, first) if fill is not None else (),
+        ))
 
     processors = []
     seconds: dict[str, tuple[list[float], list[float], list[float]]] = {}
     states: dict[str, list[str]] = {}
     for name in names:
         cumulative = (
-            column.seconds(f"busy:{name}"),
-            column.seconds(f"idle:{name}"),
-            column.seconds(f"bp:{name}"),
+            column.seconds(f"busy:{name}"), column.seconds(f"idle:{name}"), column.seconds(f"bp:{name}")
         )
         seconds[name] = cumulative
         states[name] = column.states(f"state:{name}")
         busy, idle, held = share_series(cumulative, range(-1, len(t) - 1))
-        processors.append(
-            ProcessorHistory(
-                name=name,
-                wait=name in waits,
-                t=shown_t,
-                state=_tail(states[name], first),
-                busy=_tail(busy, first),
-                backpressured=_tail(held, first),
-                idle=_tail(idle, first),
-            )
-        )
+        processors.append(ProcessorHistory(
+            name=name,
+            wait=name in waits,
+            t=shown_t,
+            state=_tail(states[name], first),
+            busy=_tail(busy, first),
+            backpressured=_tail(held, first),
+            idle=_tail(idle, first),
+        ))
 
     return RunHistory(
         run_id=run_id,

@@ -142,6 +142,8 @@ def _local_state(worker_id: str) -> _Local:
     return state
 
 
+
+
 # -- heartbeats ----------------------------------------------------------------
 
 
@@ -174,24 +176,15 @@ def _describe(supervisor: Context, runtime: Runtime, local: _Local) -> list[str]
     implemented = sorted(p.name for p in registry.all() if p.implementation is not None)
     settings = runtime.settings
     return [
-        "host",
-        socket.gethostname(),
-        "pid",
-        str(os.getpid()),
-        "executor",
-        executor.kind,
-        "started",
-        repr(local.started),
-        "processors",
-        json.dumps(implemented),
-        "queues",
-        json.dumps(queues),
-        "running",
-        json.dumps(sorted(local.running)),
-        "interval",
-        repr(settings.heartbeat_interval),
-        "lease",
-        repr(settings.lease),
+        "host", socket.gethostname(),
+        "pid", str(os.getpid()),
+        "executor", executor.kind,
+        "started", repr(local.started),
+        "processors", json.dumps(implemented),
+        "queues", json.dumps(queues),
+        "running", json.dumps(sorted(local.running)),
+        "interval", repr(settings.heartbeat_interval),
+        "lease", repr(settings.lease),
     ]
 
 
@@ -272,15 +265,13 @@ async def live_workers(runtime: Runtime) -> list[WorkerInfo]:
     ):
         if processors is None:
             continue  # the hash expired or was purged between the two reads
-        workers.append(
-            WorkerInfo(
-                id=worker_id,
-                executor=_text(executor) if executor is not None else "",
-                processors=tuple(json.loads(processors)),
-                queues=tuple(json.loads(queues)) if queues is not None else (),
-                last_beat=last_beat,
-            )
-        )
+        workers.append(WorkerInfo(
+            id=worker_id,
+            executor=_text(executor) if executor is not None else "",
+            processors=tuple(json.loads(processors)),
+            queues=tuple(json.loads(queues)) if queues is not None else (),
+            last_beat=last_beat,
+        ))
     return workers
 
 
@@ -298,7 +289,9 @@ def _pairs(reply: Any) -> dict[str, float]:
 # -- noticing lost work ----------------------------------------------------------
 
 
-async def check_processors(runtime: Runtime, run_id: str, processors: Collection[str]) -> list[Failure]:
+async def check_processors(
+    runtime: Runtime, run_id: str, processors: Collection[str]
+) -> list[Failure]:
     """Fail those of ``processors`` whose worker died or that nobody started in time.
 
     Returns the failures applied (empty when all is well).
@@ -319,20 +312,18 @@ async def check_processors(runtime: Runtime, run_id: str, processors: Collection
             state, worker, dispatched, start_by = reply[4 * i : 4 * i + 4]
             if state == DISPATCHED.encode() and start_by is not None and now > float(start_by):
                 waited = now - float(dispatched) if dispatched is not None else math.nan
-                failures.append(
-                    Failure(
-                        processor=name,
-                        kind="DispatchTimeout",
-                        message=(
-                            f"no worker started processor {name!r} within the dispatch timeout "
-                            f"(waited {waited:.1f}s): every worker that implements it is busy or "
-                            "gone. A run needs a free pool slot for each of its processors at "
-                            "once; add workers or raise --concurrency (see 'Scaling out')"
-                        ),
-                        worker=None,
-                        state=DISPATCHED,
-                    )
-                )
+                failures.append(Failure(
+                    processor=name,
+                    kind="DispatchTimeout",
+                    message=(
+                        f"no worker started processor {name!r} within the dispatch timeout "
+                        f"(waited {waited:.1f}s): every worker that implements it is busy or "
+                        "gone. A run needs a free pool slot for each of its processors at "
+                        "once; add workers or raise --concurrency (see 'Scaling out')"
+                    ),
+                    worker=None,
+                    state=DISPATCHED,
+                ))
             elif state == RUNNING.encode() and worker is not None:
                 if _text(worker) == runtime.worker_id:
                     continue  # this very process: alive, however late its own beat is
@@ -359,35 +350,31 @@ async def check_processors(runtime: Runtime, run_id: str, processors: Collection
                     # Alive, but it no longer runs the processor, whose end is not in the
                     # store: its last writes were lost (a failover that lost acknowledged
                     # writes, or keys evicted). Its readers would otherwise wait idle_timeout.
-                    failures.append(
-                        Failure(
-                            processor=name,
-                            kind="WritesLost",
-                            message=(
-                                f"worker {worker_id} finished processor {name!r} more than {lease:g}s ago, "
-                                "but the store has not kept its last writes (its end is missing: a "
-                                "failover lost acknowledged writes, or keys were evicted); its output "
-                                "is incomplete"
-                            ),
-                            worker=worker_id,
-                            state=RUNNING,
-                        )
-                    )
+                    failures.append(Failure(
+                        processor=name,
+                        kind="WritesLost",
+                        message=(
+                            f"worker {worker_id} finished processor {name!r} more than {lease:g}s ago, "
+                            "but the store has not kept its last writes (its end is missing: a "
+                            "failover lost acknowledged writes, or keys were evicted); its output "
+                            "is incomplete"
+                        ),
+                        worker=worker_id,
+                        state=RUNNING,
+                    ))
                 # A worker that never beat yet is starting: only a stale beat is a death.
                 elif beat_at is not None and now - beat_at > lease:
-                    failures.append(
-                        Failure(
-                            processor=name,
-                            kind="WorkerLost",
-                            message=(
-                                f"worker {worker_id} running processor {name!r} stopped "
-                                f"heart-beating {now - beat_at:.1f}s ago (lease {lease:g}s); "
-                                "it was killed or lost its connection to the store"
-                            ),
-                            worker=worker_id,
-                            state=RUNNING,
-                        )
-                    )
+                    failures.append(Failure(
+                        processor=name,
+                        kind="WorkerLost",
+                        message=(
+                            f"worker {worker_id} running processor {name!r} stopped "
+                            f"heart-beating {now - beat_at:.1f}s ago (lease {lease:g}s); "
+                            "it was killed or lost its connection to the store"
+                        ),
+                        worker=worker_id,
+                        state=RUNNING,
+                    ))
     except GlideBaseError as exc:
         raise StoreError(f"could not check the processors of run {run_id}: {exc}") from exc
     if not failures:
@@ -395,7 +382,9 @@ async def check_processors(runtime: Runtime, run_id: str, processors: Collection
     return await fail_processors(runtime, run_id, failures)
 
 
-async def fail_processors(runtime: Runtime, run_id: str, failures: Sequence[Failure]) -> list[Failure]:
+async def fail_processors(
+    runtime: Runtime, run_id: str, failures: Sequence[Failure]
+) -> list[Failure]:
     """End each failed processor's outputs with a failure marker; fail the run.
 
     A failure applies only if its processor is still in ``failure.state`` (and
@@ -414,31 +403,16 @@ async def fail_processors(runtime: Runtime, run_id: str, failures: Sequence[Fail
                 outputs = plan.processor(name)["outputs"]
             except KeyError:
                 continue
-            marker = runtime.codec.encode_marker(
-                {
-                    "status": "failed",
-                    "processor": name,
-                    "type": failure.kind,
-                    "message": failure.message,
-                    "traceback": "",
-                    "worker": failure.worker,
-                }
-            )
+            marker = runtime.codec.encode_marker({
+                "status": "failed", "processor": name, "type": failure.kind,
+                "message": failure.message, "traceback": "", "worker": failure.worker,
+            })
             stream_keys = [keys.stats(run_id), *(keys.stream(run_id, io) for io in outputs)]
-            changed = await client.custom_command(
-                [
-                    "EVAL",
-                    _FAIL_PROCESSOR,
-                    str(len(stream_keys)),
-                    *stream_keys,
-                    name,
-                    failure.state,
-                    failure.worker or "",
-                    marker,
-                    repr(time.time()),
-                    streams.MARKER,
-                ]
-            )
+            changed = await client.custom_command([
+                "EVAL", _FAIL_PROCESSOR, str(len(stream_keys)), *stream_keys,
+                name, failure.state, failure.worker or "", marker, repr(time.time()),
+                streams.MARKER,
+            ])
             if changed:
                 applied.append(failure)
                 log.warning("run %s: processor %r failed: %s", run_id, name, failure.message)
@@ -446,18 +420,10 @@ async def fail_processors(runtime: Runtime, run_id: str, failures: Sequence[Fail
         raise StoreError(f"could not record the failure of run {run_id}: {exc}") from exc
     if applied:
         first = applied[0]
-        await scripts.finish_run(
-            runtime,
-            plan,
-            "failed",
-            error={
-                "processor": first.processor,
-                "type": first.kind,
-                "message": first.message,
-                "traceback": "",
-                "worker": first.worker,
-            },
-        )
+        await scripts.finish_run(runtime, plan, "failed", error={
+            "processor": first.processor, "type": first.kind, "message": first.message,
+            "traceback": "", "worker": first.worker,
+        })
     return applied
 
 
@@ -529,15 +495,10 @@ async def reap_dead_workers(runtime: Runtime) -> int:
     now = time.time()
     client = runtime.client
     try:
-        reply = await client.custom_command(
-            [
-                "ZRANGEBYSCORE",
-                keys.WORKERS,
-                repr(now - settings.worker_retention),
-                repr(now - settings.lease),
-                "WITHSCORES",
-            ]
-        )
+        reply = await client.custom_command([
+            "ZRANGEBYSCORE", keys.WORKERS, repr(now - settings.worker_retention),
+            repr(now - settings.lease), "WITHSCORES",
+        ])
         stale = _pairs(reply)
         for gone in [w for w in _reaped if w not in stale]:
             del _reaped[gone]
@@ -554,7 +515,9 @@ async def reap_dead_workers(runtime: Runtime) -> int:
             work = json.loads(raw_running) if raw_running else []
             if claimed is not None or not work:
                 continue
-            won = await client.custom_command(["HSETNX", keys.worker(worker_id), "reaped", runtime.worker_id])
+            won = await client.custom_command(
+                ["HSETNX", keys.worker(worker_id), "reaped", runtime.worker_id]
+            )
             if not won:
                 continue
             reaped += 1

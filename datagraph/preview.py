@@ -90,22 +90,19 @@ def _preview(codec: Codec, run_id: str, io: str, entries: Any, count: int, width
         payload = fields[0][1]
         if len(payload) > MAX_PREVIEW_BYTES:
             return StreamPreview(
-                io,
-                tuple(reversed(newest_first)),
+                io, tuple(reversed(newest_first)),
                 f"latest batch is {len(payload) / 1e6:.1f} MB; not previewed",
             )
         try:
             values = codec.decode_batch(payload, f"{io!r} of run {run_id}")
         except TamperedPayloadError:
             return StreamPreview(
-                io,
-                tuple(reversed(newest_first)),
+                io, tuple(reversed(newest_first)),
                 "an entry's signature does not verify (another DATAGRAPH_SECRET?); not decoded",
             )
         except Exception as exc:  # authentic, but of a type this process cannot import
             return StreamPreview(
-                io,
-                tuple(reversed(newest_first)),
+                io, tuple(reversed(newest_first)),
                 f"cannot decode here: {type(exc).__name__}: {str(exc)[:80]}",
             )
         for value in reversed(values):

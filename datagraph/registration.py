@@ -179,9 +179,9 @@ async def _publish_quietly(runtime: Runtime, processors: Iterable[Processor]) ->
 # -- automatic publishing ----------------------------------------------------
 
 #: Event loop -> (supervisor, runtime) that published on it, both held weakly.
-_published: weakref.WeakKeyDictionary[object, tuple[weakref.ref[Supervisor], weakref.ref[Runtime]]] = (
-    weakref.WeakKeyDictionary()
-)
+_published: weakref.WeakKeyDictionary[
+    object, tuple[weakref.ref[Supervisor], weakref.ref[Runtime]]
+] = weakref.WeakKeyDictionary()
 
 
 async def _on_runtime(supervisor: Supervisor, runtime: Runtime) -> None:

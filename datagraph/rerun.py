@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["RerunInfo", "kept_inputs", "kept_inputs_field", "rerun", "rerun_info"]
 
 
+
 _INPUTS = "inputs"
 _OMITTED = "omitted"
 _ORIGIN = "of"
@@ -56,8 +57,7 @@ def kept_inputs_field(codec: Codec, settings: Settings, given: Mapping[str, list
         reason = (
             f"its inputs encode to {len(payload):,} bytes, more than the {limit:,} kept for re-runs "
             "(setting rerun_inputs_max_bytes)"
-            if limit
-            else "keeping inputs for re-runs is off (setting rerun_inputs_max_bytes is 0)"
+            if limit else "keeping inputs for re-runs is off (setting rerun_inputs_max_bytes is 0)"
         )
         field = [_OMITTED, reason]
     return field
@@ -89,12 +89,8 @@ class RerunInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "run_id": self.run_id,
-            "state": self.state,
-            "inputs_kept": self.inputs_kept,
-            "omitted": self.omitted,
-            "rerun_of": self.rerun_of,
-            "reruns": list(self.reruns),
+            "run_id": self.run_id, "state": self.state, "inputs_kept": self.inputs_kept,
+            "omitted": self.omitted, "rerun_of": self.rerun_of, "reruns": list(self.reruns),
             "can_rerun": self.can_rerun,
         }
 
@@ -112,15 +108,9 @@ async def rerun_info(supervisor: Context, run_id: str) -> RerunInfo | None:
     doing = f"reading the re-run record of run {run_id}"
     replies, _ = await pipeline(
         runtime.client,
-        [
-            ["HGET", keys.run(run_id), "state"],
-            ["HEXISTS", key, _INPUTS],
-            ["HGET", key, _OMITTED],
-            ["HGET", key, _ORIGIN],
-            ["HKEYS", key],
-        ],
-        retry_for=supervisor.settings.reconnect_timeout,
-        doing=doing,
+        [["HGET", keys.run(run_id), "state"], ["HEXISTS", key, _INPUTS], ["HGET", key, _OMITTED],
+         ["HGET", key, _ORIGIN], ["HKEYS", key]],
+        retry_for=supervisor.settings.reconnect_timeout, doing=doing,
     )
     refused(replies, doing)
     state, has_inputs, omitted, origin, fields = replies
@@ -129,10 +119,8 @@ async def rerun_info(supervisor: Context, run_id: str) -> RerunInfo | None:
     children = [name for f in fields or () if (name := _text(f) or "").startswith(_CHILD)]
     if children:
         (started,), _ = await pipeline(
-            runtime.client,
-            [["HMGET", key, *children]],
-            retry_for=supervisor.settings.reconnect_timeout,
-            doing=doing,
+            runtime.client, [["HMGET", key, *children]],
+            retry_for=supervisor.settings.reconnect_timeout, doing=doing,
         )
         refused([started], doing)
         when = {c: float(_text(t) or 0) for c, t in zip(children, started, strict=True)}
@@ -153,8 +141,7 @@ async def _record(supervisor: Context, run_id: str) -> tuple[Plan, str, bytes | 
     replies, _ = await pipeline(
         runtime.client,
         [["HMGET", keys.run(run_id), "plan", "state"], ["HMGET", keys.rerun(run_id), _INPUTS, _OMITTED]],
-        retry_for=supervisor.settings.reconnect_timeout,
-        doing=doing,
+        retry_for=supervisor.settings.reconnect_timeout, doing=doing,
     )
     refused(replies, doing)
     (raw_plan, state), (payload, omitted) = replies
@@ -202,16 +189,13 @@ async def rerun(
     ttl = str(int(supervisor.settings.max_run_duration))
     replies, attempts = await pipeline(
         runtime.client,
-        [
-            ["HSET", keys.rerun(new_id), _ORIGIN, run_id],
-            ["HSET", keys.rerun(run_id), f"{_CHILD}{new_id}", json.dumps(time.time())],
-            # The origin has ended, so its keys expire within the retention (NX: a record kept
-            # from before re-runs were linked gets that expiry too, never a longer one).
-            ["EXPIRE", keys.rerun(run_id), str(int(supervisor.settings.retention)), "NX"],
-            ["EXPIRE", keys.rerun(new_id), ttl, "NX"],
-        ],
-        retry_for=supervisor.settings.reconnect_timeout,
-        doing=doing,
+        [["HSET", keys.rerun(new_id), _ORIGIN, run_id],
+         ["HSET", keys.rerun(run_id), f"{_CHILD}{new_id}", json.dumps(time.time())],
+         # The origin has ended, so its keys expire within the retention (NX: a record kept
+         # from before re-runs were linked gets that expiry too, never a longer one).
+         ["EXPIRE", keys.rerun(run_id), str(int(supervisor.settings.retention)), "NX"],
+         ["EXPIRE", keys.rerun(new_id), ttl, "NX"]],
+        retry_for=supervisor.settings.reconnect_timeout, doing=doing,
     )
     if attempts == 1:
         refused(replies, doing)

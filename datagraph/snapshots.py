@@ -307,22 +307,8 @@ class StatusSnapshot(_Snapshot):
 
 #: Fields of a run record that a :class:`RunSummary` needs.
 SUMMARY_FIELDS = (
-    "state",
-    "started",
-    "ended",
-    "flow",
-    "submitter",
-    "done",
-    "plan",
-    "inputs",
-    "error",
-    "attempts",
-    "attempt",
-    "origin",
-    "retries",
-    "retry_on",
-    "retried_by",
-    "final",
+    "state", "started", "ended", "flow", "submitter", "done", "plan", "inputs", "error",
+    "attempts", "attempt", "origin", "retries", "retry_on", "retried_by", "final",
 )
 #: Busy, idle and backpressured seconds of one processor.
 Seconds = tuple[float, float, float]
@@ -460,10 +446,13 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
 
-def run_summary(run_id: str, fields: Mapping[str, str], plan: Mapping[str, Any], now: float) -> RunSummary:
+def run_summary(
+    run_id: str, fields: Mapping[str, str], plan: Mapping[str, Any], now: float
+) -> RunSummary:
     """A run record (decoded) and its parsed plan."""
     names = tuple(
-        str(p.get("name")) for p in (plan.get("flow") or {}).get("processors", []) if isinstance(p, Mapping)
+        str(p.get("name")) for p in (plan.get("flow") or {}).get("processors", [])
+        if isinstance(p, Mapping)
     )
     started = to_float(fields.get("started"))
     ended = to_float(fields.get("ended"))
@@ -494,17 +483,12 @@ def run_summary(run_id: str, fields: Mapping[str, str], plan: Mapping[str, Any],
             message=str(error.get("message", "")),
             traceback=str(error.get("traceback", "")),
             worker=error.get("worker"),
-        )
-        if isinstance(error, Mapping)
-        else None,
+        ) if isinstance(error, Mapping) else None,
         attempts=tuple(
             AttemptInfo(
-                number=to_int(a.get("number")),
-                run_id=str(a.get("run_id", "")),
-                started=to_float(a.get("started")),
-                ended=to_float(a.get("ended")),
-                cause=a.get("cause"),
-                message=a.get("message"),
+                number=to_int(a.get("number")), run_id=str(a.get("run_id", "")),
+                started=to_float(a.get("started")), ended=to_float(a.get("ended")),
+                cause=a.get("cause"), message=a.get("message"),
             )
             for a in (loads(fields.get("attempts")) or ())
             if isinstance(a, Mapping)
@@ -594,20 +578,18 @@ def run_snapshot(
         written, last, throughput = moving[io]
         read = to_int(pos.get(keys.pos_field(edge.target, io)))
         backlog = max(0, written - read)
-        edges.append(
-            EdgeSnapshot(
-                io=io,
-                source=edge.source,
-                target=edge.target,
-                written=written,
-                read=read,
-                backlog=backlog,
-                throughput=max(0.0, throughput),
-                last_activity=last,
-                backpressure_limit=edge.limit,
-                fill=min(1.0, backlog / edge.limit) if edge.limit else None,
-            )
-        )
+        edges.append(EdgeSnapshot(
+            io=io,
+            source=edge.source,
+            target=edge.target,
+            written=written,
+            read=read,
+            backlog=backlog,
+            throughput=max(0.0, throughput),
+            last_activity=last,
+            backpressure_limit=edge.limit,
+            fill=min(1.0, backlog / edge.limit) if edge.limit else None,
+        ))
 
     states = []
     for name in summary.processors:
@@ -619,23 +601,21 @@ def run_snapshot(
         activity = None
         if state == "running" and sum(shares) > 0:
             activity = ("busy", "idle", "backpressured")[shares.index(max(shares))]
-        states.append(
-            ProcessorState(
-                name=name,
-                state=state,
-                worker=worker,
-                worker_online=(worker in online) if worker else None,
-                started=to_float(stats.get(f"started:{name}")),
-                ended=to_float(stats.get(f"ended:{name}")),
-                busy_seconds=totals[0],
-                idle_seconds=totals[1],
-                backpressured_seconds=totals[2],
-                busy=shares[0],
-                idle=shares[1],
-                backpressured=shares[2],
-                activity=activity,
-            )
-        )
+        states.append(ProcessorState(
+            name=name,
+            state=state,
+            worker=worker,
+            worker_online=(worker in online) if worker else None,
+            started=to_float(stats.get(f"started:{name}")),
+            ended=to_float(stats.get(f"ended:{name}")),
+            busy_seconds=totals[0],
+            idle_seconds=totals[1],
+            backpressured_seconds=totals[2],
+            busy=shares[0],
+            idle=shares[1],
+            backpressured=shares[2],
+            activity=activity,
+        ))
 
     return RunSnapshot(
         **{f.name: getattr(summary, f.name) for f in dataclass_fields(RunSummary)},

@@ -1120,7 +1120,8 @@ class StreamWriter:
         if not self._sample_warned:
             self._sample_warned = True
             log.warning(
-                "run %s: processor %r could not record the run's history (%s); the run goes on without it",
+                "run %s: processor %r could not record the run's history (%s); "
+                "the run goes on without it",
                 self._run_id,
                 self._processor,
                 reply,

@@ -236,7 +236,9 @@ class Telemetry:
         records, implemented, last_beat = await self._registry()
         purge = _purge_plan(now, self.settings, last_beat, implemented, records)
         await self._exec(purge.commands, "stale registrations")
-        online = await self._online({w: at for w, at in last_beat.items() if w not in purge.workers}, now)
+        online = await self._online(
+            {w: at for w, at in last_beat.items() if w not in purge.workers}, now
+        )
         workers_of: dict[str, list[str]] = {}
         for name_worker in sorted(implemented, key=implemented.__getitem__):
             if name_worker not in purge.implementers:
@@ -272,7 +274,9 @@ class Telemetry:
     async def workers(self) -> list[WorkerSnapshot]:
         """Workers heard from within the retention period, most recent beat first."""
         now = time.time()
-        (beats,) = await self._exec([["ZRANGE", keys.WORKERS, "0", "-1", "WITHSCORES"]], "worker heartbeats")
+        (beats,) = await self._exec(
+            [["ZRANGE", keys.WORKERS, "0", "-1", "WITHSCORES"]], "worker heartbeats"
+        )
         cutoff = now - self.settings.worker_retention
         everyone = sorted(scored(beats), key=lambda item: -item[1])
         kept = [(worker, at) for worker, at in everyone if at >= cutoff]
@@ -323,20 +327,8 @@ class Telemetry:
         while len(found) < limit:
             # Paged by start time, not by offset: new runs keep arriving at the top.
             (page,) = await self._exec(
-                [
-                    [
-                        "ZRANGE",
-                        keys.RUNS,
-                        upper,
-                        "-inf",
-                        "BYSCORE",
-                        "REV",
-                        "LIMIT",
-                        "0",
-                        str(_PAGE),
-                        "WITHSCORES",
-                    ]
-                ],
+                [["ZRANGE", keys.RUNS, upper, "-inf", "BYSCORE", "REV", "LIMIT", "0", str(_PAGE),
+                  "WITHSCORES"]],
                 "the run index",
             )
             entries = scored(page)
@@ -395,9 +387,9 @@ class Telemetry:
                 snapshots.append(None)
                 continue
             windows, rates = self._samples.observe(run_id, now, stats)
-            snapshots.append(
-                run_snapshot(run_id, record, stats, pos, online=online, now=now, windows=windows, rates=rates)
-            )
+            snapshots.append(run_snapshot(
+                run_id, record, stats, pos, online=online, now=now, windows=windows, rates=rates
+            ))
         return snapshots
 
     async def history(self, run_id: str, since: float | None = None) -> RunHistory | None:
@@ -409,7 +401,9 @@ class Telemetry:
         (history,) = await self.histories([run_id], since=since)
         return history
 
-    async def histories(self, run_ids: Sequence[str], since: float | None = None) -> list[RunHistory | None]:
+    async def histories(
+        self, run_ids: Sequence[str], since: float | None = None
+    ) -> list[RunHistory | None]:
         """The histories of several runs in one round trip (None for unknown ones)."""
         records = await self.history_records(run_ids, since=since)
         return [
@@ -453,16 +447,16 @@ class Telemetry:
             names = [text(name) for name in raw_names or ()]
             coarse = parse_entries(streams[0] if coarse_from is not None else None, names)
             parsed = loads(plan)
-            records.append(
-                HistoryRecord(
-                    state=text(state),
-                    plan=parsed if isinstance(parsed, Mapping) else {},
-                    samples=merge_samples(coarse, parse_entries(streams[-1], names)),
-                )
-            )
+            records.append(HistoryRecord(
+                state=text(state),
+                plan=parsed if isinstance(parsed, Mapping) else {},
+                samples=merge_samples(coarse, parse_entries(streams[-1], names)),
+            ))
         return records
 
-    async def status(self, *, limit: int = 10, state: str | Iterable[str] | None = None) -> StatusSnapshot:
+    async def status(
+        self, *, limit: int = 10, state: str | Iterable[str] | None = None
+    ) -> StatusSnapshot:
         """Processors, workers and the ``limit`` most recent runs, with their edges."""
         processors = await self.processors()
         workers = await self.workers()
@@ -555,7 +549,9 @@ def _purge_plan(
         _, worker = keys.split_implementer_field(name_worker)
         if worker in purge.workers or (worker not in last_beat and registered < cutoff):
             purge.implementers.add(name_worker)
-    implemented = {keys.split_implementer_field(f)[0] for f in implementers if f not in purge.implementers}
+    implemented = {
+        keys.split_implementer_field(f)[0] for f in implementers if f not in purge.implementers
+    }
     for name, record in registrations.items():
         updated = to_float(record.get("updated")) if isinstance(record, Mapping) else None
         if name not in implemented and (updated is None or updated < cutoff):

@@ -52,13 +52,8 @@ def dashboard_process(
     environment["PYTHONUNBUFFERED"] = "1"
     with log.open("w") as sink:
         process = subprocess.Popen(
-            command,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=environment,
-            cwd=ROOT,
+            command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+            env=environment, cwd=ROOT,
         )
     running = DashboardProcess(f"http://127.0.0.1:{port}", process, log)
     try:

@@ -166,18 +166,6 @@ async def _crunch_b(work: IO[tuple[int, int]]) -> AsyncIterator[IOVal[int]]:
 
 
 ALL = (
-    foobar,
-    source,
-    square,
-    negate,
-    pair,
-    slow,
-    total,
-    faulty,
-    relay,
-    eager,
-    sluggish,
-    ticker,
-    crunch_a,
-    crunch_b,
+    foobar, source, square, negate, pair, slow, total, faulty, relay, eager, sluggish, ticker,
+    crunch_a, crunch_b,
 )

@@ -3,7 +3,6 @@ cell, times formatted per rectangle), kept as the reference the faster drawing m
 
 Only ``tests/test_web_history.py`` uses it.
 """
-
 from __future__ import annotations
 
 import time

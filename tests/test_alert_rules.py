@@ -23,38 +23,28 @@ ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "docs" / "prometheus" / "datagraph-alerts.yml"
 RULE_TESTS = ROOT / "tests" / "prometheus" / "datagraph-alerts.test.yml"
 ALERTS = {
-    "DatagraphRunFailed",
-    "DatagraphRunStuck",
-    "DatagraphEdgeBackpressured",
-    "DatagraphWorkerOffline",
-    "DatagraphProcessorWithoutWorker",
-    "DatagraphStoreUnreachable",
+    "DatagraphRunFailed", "DatagraphRunStuck", "DatagraphEdgeBackpressured", "DatagraphWorkerOffline",
+    "DatagraphProcessorWithoutWorker", "DatagraphStoreUnreachable",
 }
 
 
 def test_the_rules_file_is_valid_and_covers_every_alert() -> None:
-    checked = subprocess.run(
-        [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=30, check=False
-    )
+    checked = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True,
+                             timeout=30, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SUCCESS: {len(ALERTS)} rules found" in checked.stdout
     text = RULES.read_text()
     assert set(re.findall(r"- alert: (\w+)", text)) == ALERTS
     # Every rule tells on-call what happened, what to do, and where to look.
-    assert text.count("summary:") == text.count("description:") == text.count('dashboard: "http://') == 6
+    assert text.count("summary:") == text.count("description:") == text.count("dashboard: \"http://") == 6
 
 
 def test_every_rule_has_unit_cases_that_pass() -> None:
     cases = RULE_TESTS.read_text()
     for alert in ALERTS:
         assert cases.count(f"alertname: {alert}") >= 2, f"{alert} needs a firing and a quiet case"
-    tested = subprocess.run(
-        [promtool(), "test", "rules", str(RULE_TESTS)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    tested = subprocess.run([promtool(), "test", "rules", str(RULE_TESTS)], capture_output=True, text=True,
+                            timeout=60, check=False)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
 
@@ -70,14 +60,9 @@ def test_prometheus_fires_the_backpressure_alert_for_a_backed_up_flow(
     (tmp_path / "rules.yml").write_text(shortened)
     env = {"DATAGRAPH_REDIS_URL": valkey_url}
     with dashboard_process("--redis-url", valkey_url, env=env, log=tmp_path / "dashboard.log") as dash:
-        launched = httpx.post(
-            f"{dash.url}/api/runs",
-            json={
-                "processors": ["oc_flood", "oc_trickle"],
-                "name": "oncall flood",
-                "inputs": {"oc_seconds": 90},
-            },
-        )
+        launched = httpx.post(f"{dash.url}/api/runs", json={
+            "processors": ["oc_flood", "oc_trickle"], "name": "oncall flood", "inputs": {"oc_seconds": 90},
+        })
         assert launched.status_code == 201, launched.text
         run_id = launched.json()["run_id"]
         target = dash.url.removeprefix("http://")
@@ -89,20 +74,13 @@ def test_prometheus_fires_the_backpressure_alert_for_a_backed_up_flow(
         port = free_port()
         with (tmp_path / "prometheus.log").open("w") as sink:
             server = subprocess.Popen(
-                [
-                    prometheus(),
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                cwd=tmp_path,
+                [prometheus(), f"--config.file={tmp_path / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path,
             )
         api = f"http://127.0.0.1:{port}/api/v1"
         firing: list[dict[str, object]] = []
         try:
-
             def alert_fires() -> bool:
                 assert server.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
                 try:
@@ -113,8 +91,7 @@ def test_prometheus_fires_the_backpressure_alert_for_a_backed_up_flow(
                     return False
                 alerts = response.json()["data"]["alerts"]
                 firing[:] = [
-                    a
-                    for a in alerts
+                    a for a in alerts
                     if a["labels"]["alertname"] == "DatagraphEdgeBackpressured" and a["state"] == "firing"
                 ]
                 return bool(firing)
@@ -130,10 +107,7 @@ def test_prometheus_fires_the_backpressure_alert_for_a_backed_up_flow(
     labels = firing[0]["labels"]
     assert isinstance(labels, dict)
     assert (labels["flow"], labels["io"], labels["source"], labels["target"]) == (
-        "oncall flood",
-        "oc_flooded",
-        "oc_flood",
-        "oc_trickle",
+        "oncall flood", "oc_flooded", "oc_flood", "oc_trickle"
     )
     annotations = firing[0]["annotations"]
     assert isinstance(annotations, dict)

@@ -44,12 +44,8 @@ CELERY = Path(sys.executable).with_name("celery")
 SECRET = b"celery-test-secret"  # the services' (tests/services/_service.py)
 #: What a service's worker needs (docs/celery.md), plus faster start-up for tests.
 WORKER_OPTIONS = [
-    "--prefetch-multiplier=1",
-    "--disable-prefetch",
-    "--without-gossip",
-    "--without-mingle",
-    "--without-heartbeat",
-    "--loglevel=INFO",
+    "--prefetch-multiplier=1", "--disable-prefetch",
+    "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
 ]
 #: Kill -9 to the caller's error, with default settings (lease 5 s, reads block 1 s).
 KILL_DEADLINE = 10.0
@@ -73,14 +69,8 @@ class Worker:
 
 
 def start_worker(
-    service: str,
-    pool: str,
-    concurrency: int,
-    urls: tuple[str, str],
-    logs: Path,
-    *,
-    options: Sequence[str] = (),
-    env: Mapping[str, str] | None = None,
+    service: str, pool: str, concurrency: int, urls: tuple[str, str], logs: Path,
+    *, options: Sequence[str] = (), env: Mapping[str, str] | None = None,
 ) -> Worker:
     store_url, broker_url = urls
     log = logs / f"{service}-{uuid.uuid4().hex[:6]}.log"
@@ -92,26 +82,14 @@ def start_worker(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     command = [
-        str(CELERY),
-        "-A",
-        f"tests.services.{service}",
-        "worker",
-        f"--pool={pool}",
-        f"--concurrency={concurrency}",
-        "-n",
-        f"{service}-{uuid.uuid4().hex[:6]}@%h",
-        *WORKER_OPTIONS,
-        *options,
+        str(CELERY), "-A", f"tests.services.{service}", "worker", f"--pool={pool}",
+        f"--concurrency={concurrency}", "-n", f"{service}-{uuid.uuid4().hex[:6]}@%h",
+        *WORKER_OPTIONS, *options,
     ]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     return Worker(service, process, log)
@@ -139,9 +117,8 @@ def live_workers(store: redis.Redis, lease: float = 5.0) -> dict[str, dict[str, 
     return out
 
 
-def wait_for_queues(
-    store: redis.Redis, workers: list[Worker], processors: list[Processor], slots: int, timeout: float = 60.0
-) -> None:
+def wait_for_queues(store: redis.Redis, workers: list[Worker], processors: list[Processor],
+                    slots: int, timeout: float = 60.0) -> None:
     """Wait until live workers consume every processor's queue with ``slots`` processes beating."""
     wanted = {CeleryExecutor.queue_name(p.name) for p in processors}
     pids = {str(w.process.pid) for w in workers}
@@ -210,7 +187,9 @@ def services(
 
 
 @pytest.fixture
-def gamma(urls: tuple[str, str], store: redis.Redis, tmp_path: Path) -> Iterator[Callable[[int], Worker]]:
+def gamma(
+    urls: tuple[str, str], store: redis.Redis, tmp_path: Path
+) -> Iterator[Callable[[int], Worker]]:
     """Start a fresh gamma worker (threads pool, ``concurrency`` slots); killed afterwards."""
     started: list[Worker] = []
 
@@ -519,7 +498,6 @@ async def test_flow_needing_more_slots_than_workers_have_fails_naming_the_proces
         assert info.value.processor == "g_sink"
         assert info.value.error_type == "DispatchTimeout"
         assert "slot" in str(info.value)
-
         # The processor that did get the slot is stopped, so the slot is free again.
         async def source_stopped() -> bool:
             return (await _stats(caller, out["g_out"].run_id))["state:g_source"] != "running"
@@ -532,11 +510,7 @@ async def test_flow_needing_more_slots_than_workers_have_fails_naming_the_proces
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
     )
 
 
@@ -548,7 +522,8 @@ def test_importing_datagraph_does_not_import_celery() -> None:
 
 def test_celery_executor_without_celery_says_how_to_install() -> None:
     result = _python(
-        "import sys; sys.modules['celery'] = None\nfrom datagraph.executors import CeleryExecutor"
+        "import sys; sys.modules['celery'] = None\n"
+        "from datagraph.executors import CeleryExecutor"
     )
     assert result.returncode != 0
     assert 'pip install "datagraph[celery]"' in result.stderr
@@ -574,9 +549,7 @@ async def test_history_of_a_run_across_two_workers_is_one_series_per_edge(caller
     await caller.cancel(run_id)
     assert history is not None
     assert [(e.io, e.source, e.target) for e in history.edges] == [
-        ("n", "(input)", "c_ticker"),
-        ("ticks", "c_ticker", "c_echo"),
-        ("echoed", "c_echo", "(output)"),
+        ("n", "(input)", "c_ticker"), ("ticks", "c_ticker", "c_echo"), ("echoed", "c_echo", "(output)"),
     ]
     ticks = history.edge("ticks", "c_echo")
     # Written by one worker, read by the other, in the same samples.

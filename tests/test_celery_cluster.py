@@ -75,3 +75,4 @@ async def test_a_failure_on_a_worker_reaches_the_caller(caller: Supervisor) -> N
     out = await caller.start_flow(flow, [IOVal("n", 3)])
     with pytest.raises(ProcessorFailed, match="c_faulty"):
         await out["drained"].collect()
+

@@ -52,13 +52,8 @@ class Gamma:
         self.workers: list[Worker] = []
 
     def start(
-        self,
-        pool: str = "threads",
-        concurrency: int = 4,
-        *,
-        wait: bool = True,
-        options: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
+        self, pool: str = "threads", concurrency: int = 4, *, wait: bool = True,
+        options: Sequence[str] = (), env: Mapping[str, str] | None = None,
     ) -> Worker:
         worker = start_worker("gamma", pool, concurrency, self.urls, self.logs, options=options, env=env)
         self.workers.append(worker)

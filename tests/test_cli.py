@@ -29,11 +29,7 @@ def _datagraph(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
     environ.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "datagraph", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=60,
-        check=False,
+        capture_output=True, text=True, env=environ, timeout=60, check=False,
     )
 
 
@@ -45,7 +41,9 @@ def _status_json(valkey_url: str, *args: str) -> dict[str, Any]:
 
 
 @pytest.mark.stores
-def test_status_json_lists_processors_workers_and_run_edges(valkey_url: str, worker: Worker) -> None:
+def test_status_json_lists_processors_workers_and_run_edges(
+    valkey_url: str, worker: Worker
+) -> None:
     data = _status_json(valkey_url, "--limit", "50")
     assert set(data) == {"processors", "workers", "runs"}
 
@@ -68,27 +66,18 @@ def test_status_json_lists_processors_workers_and_run_edges(valkey_url: str, wor
     assert run["state"] == "succeeded"
     assert run["flow"] == "tw-flow"
     edges = [
-        {k: e[k] for k in ("io", "source", "target", "written", "read", "backlog")} for e in run["edges"]
+        {k: e[k] for k in ("io", "source", "target", "written", "read", "backlog")}
+        for e in run["edges"]
     ]
     assert edges == [
-        {"io": "tw_n", "source": "(input)", "target": "tw_source", "written": 1, "read": 1, "backlog": 0},
-        {
-            "io": "tw_numbers",
-            "source": "tw_source",
-            "target": "tw_label",
-            "written": N,
-            "read": N,
-            "backlog": 0,
-        },
-        {
-            "io": "tw_labels",
-            "source": "tw_label",
-            "target": "tw_total",
-            "written": N,
-            "read": N,
-            "backlog": 0,
-        },
-        {"io": "tw_total", "source": "tw_total", "target": "(output)", "written": 1, "read": 1, "backlog": 0},
+        {"io": "tw_n", "source": "(input)", "target": "tw_source",
+         "written": 1, "read": 1, "backlog": 0},
+        {"io": "tw_numbers", "source": "tw_source", "target": "tw_label",
+         "written": N, "read": N, "backlog": 0},
+        {"io": "tw_labels", "source": "tw_label", "target": "tw_total",
+         "written": N, "read": N, "backlog": 0},
+        {"io": "tw_total", "source": "tw_total", "target": "(output)",
+         "written": 1, "read": 1, "backlog": 0},
     ]
 
 

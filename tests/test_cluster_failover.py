@@ -65,12 +65,8 @@ async def _one_run(supervisor: Supervisor, flow: Flow, outcomes: list[str]) -> N
 async def test_killing_a_primary_mid_run_loses_no_run(cluster: EmbeddedCluster, anyio_backend: str) -> None:
     Supervisor.detach()
     supervisor = Supervisor.attach(
-        redis_config={"url": cluster.url},
-        executor=LocalExecutor(),
-        secret=b"t",
-        request_timeout=2,
-        reconnect_timeout=RECONNECT,
-        namespace="failover",
+        redis_config={"url": cluster.url}, executor=LocalExecutor(), secret=b"t",
+        request_timeout=2, reconnect_timeout=RECONNECT, namespace="failover",
     )
     try:
         flow = Flow.from_processors(fo_src, fo_dbl).resolve()

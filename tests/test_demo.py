@@ -162,11 +162,7 @@ def test_demo_command_leaves_nothing_behind_when_killed(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "datagraph", "demo", "--port", "0", "--no-browser", "--rate", "50"]
     with output.open("wb") as sink:
         demo_process = subprocess.Popen(
-            command,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
+            command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,
         )
     try:
@@ -221,25 +217,12 @@ def test_demo_keeps_its_store_on_a_cluster_given_by_url(tmp_path: Path, valkey_c
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAGRAPH_")}
     env["PYTHONUNBUFFERED"] = "1"
     command = [
-        sys.executable,
-        "-m",
-        "datagraph",
-        "demo",
-        "--port",
-        "0",
-        "--no-browser",
-        "--rate",
-        "50",
-        "--redis-url",
-        valkey_cluster.url,
+        sys.executable, "-m", "datagraph", "demo", "--port", "0", "--no-browser", "--rate", "50",
+        "--redis-url", valkey_cluster.url,
     ]
     with output.open("wb") as sink:
         demo_process = subprocess.Popen(
-            command,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
+            command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,
         )
     try:

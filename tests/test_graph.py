@@ -73,7 +73,9 @@ def test_dot_binary_on_path_gets_a_turn_and_its_error_is_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_dot = tmp_path / "dot"
-    fake_dot.write_text("#!/bin/sh\necho \"Error: <stdin>: syntax error in line 2 near '}'\" >&2\nexit 1\n")
+    fake_dot.write_text(
+        "#!/bin/sh\necho \"Error: <stdin>: syntax error in line 2 near '}'\" >&2\nexit 1\n"
+    )
     fake_dot.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
 

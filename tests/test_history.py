@@ -119,32 +119,32 @@ def test_downstream_idle_is_said() -> None:
 
 
 def test_fan_in_names_the_join_by_its_fullest_input() -> None:
-    plan = make_plan(
-        [
-            ("l", ["n"], ["left"], False),
-            ("r", ["n"], ["right"], False),
-            ("join", ["left", "right"], ["out"], False),
-        ]
-    )
+    plan = make_plan([
+        ("l", ["n"], ["left"], False),
+        ("r", ["n"], ["right"], False),
+        ("join", ["left", "right"], ["out"], False),
+    ])
     script = Script()
     for _ in range(8):
-        script.second({"l": HELD, "r": HELD, "join": BUSY}, {("left", "join"): 90, ("right", "join"): 100})
+        script.second(
+            {"l": HELD, "r": HELD, "join": BUSY}, {("left", "join"): 90, ("right", "join"): 100}
+        )
     bottleneck = script.history(plan).bottleneck
     assert bottleneck is not None
     assert (bottleneck.processor, bottleneck.input) == ("join", "right")
 
 
 def test_fan_out_names_only_the_slow_reader() -> None:
-    plan = make_plan(
-        [
-            ("src", ["n"], ["x"], False),
-            ("fast", ["x"], ["f"], False),
-            ("slow", ["x"], ["s"], False),
-        ]
-    )
+    plan = make_plan([
+        ("src", ["n"], ["x"], False),
+        ("fast", ["x"], ["f"], False),
+        ("slow", ["x"], ["s"], False),
+    ])
     script = Script()
     for _ in range(8):
-        script.second({"src": HELD, "fast": IDLE, "slow": BUSY}, {("x", "fast"): 2, ("x", "slow"): 100})
+        script.second(
+            {"src": HELD, "fast": IDLE, "slow": BUSY}, {("x", "fast"): 2, ("x", "slow"): 100}
+        )
     bottleneck = script.history(plan).bottleneck
     assert bottleneck is not None and bottleneck.processor == "slow"
 
@@ -242,73 +242,16 @@ def test_series_match_sample_by_sample_arithmetic() -> None:
     )
     raw: list[tuple[float, dict[str, str]]] = [
         (10.0, {"written:x": "10", "busy:a": "0.5", "idle:a": "0.5", "bp:a": "0", "state:a": "running"}),
-        (
-            11.0,
-            {
-                "written:x": "70",
-                "r:b/x": "5",
-                "busy:a": "1.2",
-                "idle:a": "0.8",
-                "bp:a": "0.0",
-                "busy:b": "0.9",
-                "idle:b": "0.1",
-                "bp:b": "0",
-                "state:a": "running",
-                "state:b": "running",
-            },
-        ),
-        (
-            11.0,
-            {
-                "written:x": "75",
-                "r:b/x": "6",
-                "busy:a": "1.2",
-                "idle:a": "0.8",
-                "bp:a": "0.0",
-                "busy:b": "0.9",
-                "idle:b": "0.1",
-                "bp:b": "0",
-                "state:a": "running",
-                "state:b": "running",
-            },
-        ),
-        (
-            12.5,
-            {
-                "written:x": "72",
-                "r:b/x": "40",
-                "written:y": "30",
-                "busy:a": "1.0",
-                "idle:a": "0.8",
-                "bp:a": "0.7",
-                "busy:b": "1.9",
-                "idle:b": "0.1",
-                "bp:b": "0.5",
-                "state:a": "done",
-                "state:b": "running",
-                "state:c": "pending",
-            },
-        ),
-        (
-            14.0,
-            {
-                "written:x": "72",
-                "r:b/x": "72",
-                "written:y": "90",
-                "busy:a": "1.0",
-                "idle:a": "0.8",
-                "bp:a": "0.7",
-                "busy:b": "2.4",
-                "idle:b": "0.4",
-                "bp:b": "0.5",
-                "state:a": "done",
-                "state:b": "done",
-                "state:c": "running",
-                "busy:c": "0.1",
-                "idle:c": "0",
-                "bp:c": "0",
-            },
-        ),
+        (11.0, {"written:x": "70", "r:b/x": "5", "busy:a": "1.2", "idle:a": "0.8", "bp:a": "0.0",
+                "busy:b": "0.9", "idle:b": "0.1", "bp:b": "0", "state:a": "running", "state:b": "running"}),
+        (11.0, {"written:x": "75", "r:b/x": "6", "busy:a": "1.2", "idle:a": "0.8", "bp:a": "0.0",
+                "busy:b": "0.9", "idle:b": "0.1", "bp:b": "0", "state:a": "running", "state:b": "running"}),
+        (12.5, {"written:x": "72", "r:b/x": "40", "written:y": "30", "busy:a": "1.0", "idle:a": "0.8",
+                "bp:a": "0.7", "busy:b": "1.9", "idle:b": "0.1", "bp:b": "0.5", "state:a": "done",
+                "state:b": "running", "state:c": "pending"}),
+        (14.0, {"written:x": "72", "r:b/x": "72", "written:y": "90", "busy:a": "1.0", "idle:a": "0.8",
+                "bp:a": "0.7", "busy:b": "2.4", "idle:b": "0.4", "bp:b": "0.5", "state:a": "done",
+                "state:b": "done", "state:c": "running", "busy:c": "0.1", "idle:c": "0", "bp:c": "0"}),
     ]
     history = build_history("r", plan, "running", Samples.from_mappings(raw))
     t = [at for at, _ in raw]
@@ -339,11 +282,8 @@ def test_series_match_sample_by_sample_arithmetic() -> None:
         shares = []
         for i in range(len(t)):
             spent = [
-                max(
-                    0.0,
-                    number(i, f"{kind}:{processor.name}")
-                    - (number(i - 1, f"{kind}:{processor.name}") if i else 0.0),
-                )
+                max(0.0, number(i, f"{kind}:{processor.name}") - (number(i - 1, f"{kind}:{processor.name}")
+                                                                   if i else 0.0))
                 for kind in ("busy", "idle", "bp")
             ]
             total = sum(spent)
@@ -358,7 +298,6 @@ def test_series_match_sample_by_sample_arithmetic() -> None:
 
 
 # -- recorded by the engine, read back through Telemetry ---------------------------------
-
 
 @pytest.mark.anyio
 @pytest.mark.stores  # on a standalone Valkey and on a cluster

@@ -16,26 +16,11 @@ PACKAGE = ROOT / "datagraph"
 
 #: Modules below the supervisor: they depend on Runtime and datagraph.context.Context.
 LOWER = (
-    "datagraph.context",
-    "datagraph.io",
-    "datagraph.streams",
-    "datagraph.runner",
-    "datagraph.liveness",
-    "datagraph.rerun",
-    "datagraph.runtime",
-    "datagraph.executors.base",
-    "datagraph.executors.local",
-    "datagraph.executors.worker",
-    "datagraph.executors.process",
-    "datagraph.executors.process_pool",
-    "datagraph.executors.celery",
-    "datagraph.coordinator",
-    "datagraph.retries",
-    "datagraph.retries.attempts",
-    "datagraph.retries.policy",
-    "datagraph.retries.reader",
-    "datagraph.flushers",
-    "datagraph.local_streams",
+    "datagraph.context", "datagraph.io", "datagraph.streams", "datagraph.runner", "datagraph.liveness",
+    "datagraph.rerun", "datagraph.runtime", "datagraph.executors.base", "datagraph.executors.local",
+    "datagraph.executors.worker", "datagraph.executors.process", "datagraph.executors.process_pool",
+    "datagraph.executors.celery", "datagraph.coordinator", "datagraph.retries", "datagraph.retries.attempts",
+    "datagraph.retries.policy", "datagraph.retries.reader", "datagraph.flushers", "datagraph.local_streams",
     "datagraph.recording",
 )
 
@@ -81,7 +66,7 @@ def _circle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(module)
         for dep in sorted(graph[module]):
             if state.get(dep) == 1:
-                return [*path[path.index(dep) :], dep]
+                return [*path[path.index(dep):], dep]
             if dep not in state and (found := visit(dep)):
                 return found
         path.pop()

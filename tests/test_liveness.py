@@ -68,26 +68,9 @@ async def _ghost(runtime: Runtime, *, age: float, running: Sequence[str] = ()) -
     beat = time.time() - age
     await runtime.client.custom_command(["ZADD", keys.WORKERS, repr(beat), ghost])
     await runtime.client.custom_command(
-        [
-            "HSET",
-            keys.worker(ghost),
-            "host",
-            "nowhere",
-            "pid",
-            "0",
-            "executor",
-            "celery",
-            "started",
-            repr(beat),
-            "last_beat",
-            repr(beat),
-            "processors",
-            "[]",
-            "queues",
-            "[]",
-            "running",
-            json.dumps(list(running)),
-        ]
+        ["HSET", keys.worker(ghost), "host", "nowhere", "pid", "0", "executor", "celery",
+         "started", repr(beat), "last_beat", repr(beat), "processors", "[]", "queues", "[]",
+         "running", json.dumps(list(running))]
     )
     return ghost
 
@@ -100,7 +83,6 @@ async def _forget(runtime: Runtime, *ghosts: str) -> None:
 
 async def _move_to(runtime: Runtime, run_id: str, processor: str, worker: str) -> None:
     """Pretend ``processor`` runs on ``worker`` (the runner recorded it as running here)."""
-
     async def started() -> bool:
         state = await runtime.client.custom_command(["HGET", keys.stats(run_id), f"state:{processor}"])
         return bool(state == b"running")
@@ -111,7 +93,6 @@ async def _move_to(runtime: Runtime, run_id: str, processor: str, worker: str) -
 
 async def test_every_process_heartbeats_with_the_agreed_fields(fast: Supervisor) -> None:
     runtime = await fast.runtime()
-
     async def listed() -> bool:
         return await runtime.client.custom_command(["ZSCORE", keys.WORKERS, fast.worker_id]) is not None
 
@@ -213,7 +194,6 @@ async def test_reaper_fails_the_work_of_a_dead_worker_once(fast: Supervisor) -> 
     ghost = await _ghost(runtime, age=2, running=[f"{run_id}/live_hang"])
     try:
         await _move_to(runtime, run_id, "live_hang", ghost)
-
         # Nobody reads: a beat of any live process notices the dead worker.
         async def failed() -> bool:
             return await fast.run_state(run_id) == "failed"
@@ -238,16 +218,8 @@ async def test_processor_nobody_started_fails_after_its_deadline(fast: Superviso
     # As a dispatcher records it: dispatched, to be started 1 s ago at the latest.
     now = time.time()
     await runtime.client.custom_command(
-        [
-            "HSET",
-            keys.stats(run_id),
-            "state:live_hang",
-            "dispatched",
-            "dispatched:live_hang",
-            repr(now - 3),
-            "start_by:live_hang",
-            repr(now - 1),
-        ]
+        ["HSET", keys.stats(run_id), "state:live_hang", "dispatched",
+         "dispatched:live_hang", repr(now - 3), "start_by:live_hang", repr(now - 1)]
     )
     failures = await liveness.check_processors(runtime, run_id, ["live_hang"])
     assert [(f.processor, f.kind) for f in failures] == [("live_hang", "DispatchTimeout")]

@@ -45,10 +45,8 @@ def test_type_schema() -> None:
     assert type_schema(Any) == {}
     assert type_schema(list[str]) == {"type": "array", "items": {"type": "string"}}
     point = type_schema(Point)
-    assert point["properties"] == {
-        "x": {"title": "X", "type": "integer"},
-        "y": {"title": "Y", "type": "integer"},
-    }
+    assert point["properties"] == {"x": {"title": "X", "type": "integer"},
+                                   "y": {"title": "Y", "type": "integer"}}
     assert type_schema(Opaque) == {}
 
 
@@ -109,7 +107,9 @@ def _by_name(infos: list[ProcessorInfo]) -> dict[str, ProcessorInfo]:
 async def test_worker_process_registrations_appear(valkey_url: str, worker: Worker) -> None:
     async with await Telemetry.connect(valkey_url) as telemetry:
         infos = _by_name(await telemetry.processors())
-    source, label, total, untyped = (infos[n] for n in ("tw_source", "tw_label", "tw_total", "tw_untyped"))
+    source, label, total, untyped = (
+        infos[n] for n in ("tw_source", "tw_label", "tw_total", "tw_untyped")
+    )
     for info in (source, label, total, untyped):
         assert worker.id in info.workers
     assert source.port("tw_n").type == "int"
@@ -125,7 +125,9 @@ async def test_worker_process_registrations_appear(valkey_url: str, worker: Work
     assert total.max_backlog == 50
     assert total.port("tw_labels").type == "Label"
     assert total.port("tw_total").type == "dict[str, int]"
-    assert total.port("tw_total").schema == {"type": "object", "additionalProperties": {"type": "integer"}}
+    assert total.port("tw_total").schema == {
+        "type": "object", "additionalProperties": {"type": "integer"}
+    }
     assert total.to_processor() == Processor(
         "tw_total", ["tw_labels"], ["tw_total"], wait=True, max_backlog=50
     )
@@ -135,7 +137,9 @@ async def test_worker_process_registrations_appear(valkey_url: str, worker: Work
 
 
 @pytest.mark.anyio
-async def test_workers_implementing_one_processor_are_merged(supervisor: Supervisor, worker: Worker) -> None:
+async def test_workers_implementing_one_processor_are_merged(
+    supervisor: Supervisor, worker: Worker
+) -> None:
     # This process implements tw_source too; both workers are listed.
     tw_source = Processor("tw_source", ["tw_n"], ["tw_numbers"])
 
@@ -205,18 +209,6 @@ async def test_nothing_is_published_with_telemetry_off(valkey_url: str) -> None:
 
 def _nobody() -> ProcessorInfo:
     return ProcessorInfo(
-        name="",
-        inputs=(),
-        outputs=(),
-        wait=False,
-        max_backlog=None,
-        description="",
-        doc="",
-        module="",
-        function="",
-        kind="",
-        workers=(),
-        online_workers=(),
-        online=False,
-        updated=None,
+        name="", inputs=(), outputs=(), wait=False, max_backlog=None, description="", doc="",
+        module="", function="", kind="", workers=(), online_workers=(), online=False, updated=None,
     )

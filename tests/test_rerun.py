@@ -72,9 +72,7 @@ async def test_a_running_run_cannot_be_run_again(supervisor: Supervisor) -> None
 async def small_supervisor(valkey_url: str, anyio_backend: str) -> AsyncIterator[Supervisor]:
     Supervisor.detach()
     supervisor = Supervisor.attach(
-        redis_config={"url": valkey_url},
-        executor=LocalExecutor(),
-        secret=b"test-secret",
+        redis_config={"url": valkey_url}, executor=LocalExecutor(), secret=b"test-secret",
         rerun_inputs_max_bytes=64,
     )
     try:

@@ -80,6 +80,7 @@ def new_tag(name: str, anyio_backend: str, *, wait: bool = True) -> str:
     return tag
 
 
+
 async def _record(supervisor: Supervisor, run_id: str) -> dict[str, str]:
     runtime = await supervisor.runtime()
     raw = await runtime.client.custom_command(["HGETALL", keys.run(run_id)])
@@ -92,10 +93,8 @@ async def test_a_retried_run_delivers_every_value_once_to_the_caller(
     tag = new_tag("once", anyio_backend)
     proc = flaky_processor("r_once", fail_times=1)
     out = await supervisor.start_flow(
-        Flow.from_processors(proc).resolve(),
-        [IOVal("r_once_job", {"n": N, "tag": tag})],
-        retries=1,
-        retry_on=[Flaky],
+        Flow.from_processors(proc).resolve(), [IOVal("r_once_job", {"n": N, "tag": tag})],
+        retries=1, retry_on=[Flaky],
     )
     io = out["r_once_out"]
     assert await _consume(io, tag) == list(range(N))
@@ -147,9 +146,7 @@ async def test_retries_from_the_flow_and_a_watcher_when_nobody_reads(
     assert await supervisor.wait(run_id, timeout=20) == "succeeded"
     assert started[tag] == 3
     assert [a["cause"] for a in json.loads((await _record(supervisor, run_id))["attempts"])] == [
-        "Flaky",
-        "Flaky",
-        None,
+        "Flaky", "Flaky", None,
     ]
     assert await out["r_watched_out"].collect() == list(range(N))
 
@@ -182,8 +179,7 @@ async def test_a_processor_exception_not_listed_fails_at_once_naming_the_process
     tag = new_tag("unlisted", anyio_backend)
     proc = flaky_processor("r_unlisted", fail_times=1)
     out = await supervisor.start_flow(
-        Flow.from_processors(proc).resolve(),
-        [IOVal("r_unlisted_job", {"n": N, "tag": tag})],
+        Flow.from_processors(proc).resolve(), [IOVal("r_unlisted_job", {"n": N, "tag": tag})],
         retries=3,
     )
     with pytest.raises(ProcessorFailed, match="r_unlisted") as info:
@@ -202,10 +198,8 @@ async def test_a_non_deterministic_retry_fails_rather_than_deliver_a_different_s
     tag = new_tag("shifty", anyio_backend)
     proc = flaky_processor("r_shifty", fail_times=1, shift=True)
     out = await supervisor.start_flow(
-        Flow.from_processors(proc).resolve(),
-        [IOVal("r_shifty_job", {"n": N, "tag": tag})],
-        retries=1,
-        retry_on=[Flaky],
+        Flow.from_processors(proc).resolve(), [IOVal("r_shifty_job", {"n": N, "tag": tag})],
+        retries=1, retry_on=[Flaky],
     )
     got: list[int] = []
     with anyio.fail_after(30), pytest.raises(RetryMismatchError) as info:
@@ -225,10 +219,8 @@ async def test_retries_exhausted_raise_the_last_cause_with_the_attempts_listed(
     tag = new_tag("exhausted", anyio_backend)
     proc = flaky_processor("r_exhausted", fail_times=5)
     out = await supervisor.start_flow(
-        Flow.from_processors(proc).resolve(),
-        [IOVal("r_exhausted_job", {"n": N, "tag": tag})],
-        retries=2,
-        retry_on=[Flaky],
+        Flow.from_processors(proc).resolve(), [IOVal("r_exhausted_job", {"n": N, "tag": tag})],
+        retries=2, retry_on=[Flaky],
     )
     got: list[int] = []
     with anyio.fail_after(30), pytest.raises(ProcessorFailed) as info:
@@ -264,8 +256,7 @@ async def test_cancelling_a_retried_run_cancels_its_current_attempt(
     out = await supervisor.start_flow(
         Flow.from_processors(proc).resolve(),
         [IOVal("r_cancelled_job", {"n": 200_000, "tag": tag})],
-        retries=1,
-        retry_on=[Flaky],
+        retries=1, retry_on=[Flaky],
     )
     io = out["r_cancelled_out"]
     got: list[int] = []

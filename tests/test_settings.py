@@ -56,5 +56,7 @@ def test_bad_redis_config_is_named() -> None:
 def test_every_setting_is_in_the_readme_table() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     rows = [line for line in readme.splitlines() if line.startswith("| `")]
-    missing = [f.name for f in dataclasses.fields(Settings) if not any(f"`{f.name}`" in row for row in rows)]
+    missing = [
+        f.name for f in dataclasses.fields(Settings) if not any(f"`{f.name}`" in row for row in rows)
+    ]
     assert not missing, f"settings missing from the README's settings table: {missing}"

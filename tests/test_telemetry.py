@@ -89,7 +89,9 @@ async def test_finished_run_edges_balance(supervisor: Supervisor) -> None:
     assert [r.id for r in await telemetry.runs(flow="tel-squares", limit=1)] == [run_id]
     assert run_id not in [r.id for r in await telemetry.runs(flow="tel-other")]
     data = json.loads(run.to_json())
-    assert data["edges"][1] == {**data["edges"][1], "io": "tel_nums", "written": n, "read": n, "backlog": 0}
+    assert data["edges"][1] == {
+        **data["edges"][1], "io": "tel_nums", "written": n, "read": n, "backlog": 0
+    }
 
 
 async def test_backlog_mid_run_is_positive_and_bounded(supervisor: Supervisor) -> None:
@@ -112,10 +114,11 @@ async def test_backlog_mid_run_is_positive_and_bounded(supervisor: Supervisor) -
                 await gate.wait()
         yield IOVal("tel_seen", seen)
 
-    out = await supervisor.start_flow(Flow.from_processors(fast, slow).resolve(), [IOVal("tel_count", n)])
+    out = await supervisor.start_flow(
+        Flow.from_processors(fast, slow).resolve(), [IOVal("tel_count", n)]
+    )
     run_id = out["tel_seen"].run_id
     telemetry = await Telemetry.from_supervisor(supervisor)
-
     async def held_back() -> EdgeSnapshot | None:
         edge = (await _snapshot(telemetry, run_id)).edge("tel_items", "tel_slow")
         return edge if edge.backlog > 0 and edge.written >= limit else None
@@ -188,7 +191,9 @@ async def test_cancel_stops_the_run(supervisor: Supervisor) -> None:
         async for value in tel_ticks:
             yield IOVal("tel_relayed", value)
 
-    out = await supervisor.start_flow(Flow.from_processors(ticker, relay).resolve(), [IOVal("tel_start", 0)])
+    out = await supervisor.start_flow(
+        Flow.from_processors(ticker, relay).resolve(), [IOVal("tel_start", 0)]
+    )
     run_id = out["tel_relayed"].run_id
     values = out["tel_relayed"].stream()
     with anyio.fail_after(10):
@@ -202,7 +207,6 @@ async def test_cancel_stops_the_run(supervisor: Supervisor) -> None:
     assert await supervisor.run_state(run_id) == "cancelled"
 
     telemetry = await Telemetry.from_supervisor(supervisor)
-
     async def stopped() -> RunSnapshot | None:
         run = await _snapshot(telemetry, run_id)
         return run if all(s.state == "cancelled" for s in run.processor_states) else None
@@ -253,15 +257,8 @@ async def test_workers_online_offline_and_purged(supervisor: Supervisor) -> None
 
     async def fake_worker(worker_id: str, beat: float, **fields: Any) -> None:
         await client.custom_command(["ZADD", keys.WORKERS, repr(beat), worker_id])
-        description = {
-            "host": "h",
-            "pid": "7",
-            "executor": "local",
-            "started": repr(beat - 1),
-            "processors": json.dumps(["tel_ghost"]),
-            "queues": "[]",
-            **fields,
-        }
+        description = {"host": "h", "pid": "7", "executor": "local", "started": repr(beat - 1),
+                       "processors": json.dumps(["tel_ghost"]), "queues": "[]", **fields}
         await client.custom_command(
             ["HSET", keys.worker(worker_id), *(x for kv in description.items() for x in kv)]
         )
@@ -273,14 +270,9 @@ async def test_workers_online_offline_and_purged(supervisor: Supervisor) -> None
     await fake_worker("tel-w-quiet", now - 30)
     await fake_worker("tel-w-stopped", now, stopped=repr(now))
     await fake_worker("tel-w-gone", now - 120)
-    await client.custom_command(
-        [
-            "HSET",
-            keys.PROCESSORS,
-            "tel_ghost",
-            json.dumps({"name": "tel_ghost", "inputs": [], "outputs": [], "updated": now - 120}),
-        ]
-    )
+    await client.custom_command(["HSET", keys.PROCESSORS, "tel_ghost", json.dumps(
+        {"name": "tel_ghost", "inputs": [], "outputs": [], "updated": now - 120}
+    )])
 
     workers = {w.id: w for w in await telemetry.workers()}
     assert workers["tel-w-live"].online is True
@@ -309,7 +301,6 @@ async def test_killed_worker_goes_offline_within_the_lease(valkey_url: str) -> N
     lease = Settings(heartbeat_interval=HEARTBEAT).lease
     async with await Telemetry.connect(valkey_url) as telemetry:
         with start_worker(valkey_url) as worker:
-
             async def online() -> bool:
                 return any(w.id == worker.id and w.online for w in await telemetry.workers())
 
@@ -336,44 +327,28 @@ async def test_killed_worker_goes_offline_within_the_lease(valkey_url: str) -> N
 def test_run_snapshot_from_store_replies() -> None:
     now = 1000.0
     plan = {
-        "flow": {
-            "name": "f",
-            "processors": [
-                {"name": "a", "inputs": ["x"], "outputs": ["y"]},
-                {"name": "b", "inputs": ["y"], "outputs": ["z"]},
-            ],
-        },
+        "flow": {"name": "f", "processors": [
+            {"name": "a", "inputs": ["x"], "outputs": ["y"]},
+            {"name": "b", "inputs": ["y"], "outputs": ["z"]},
+        ]},
         "producers": {"y": "a", "z": "b"},
         "readers": {"x": ["a"], "y": ["b"]},
         "floating_inputs": ["x"],
         "outputs": ["z"],
         "max_backlog": {"a": 40, "b": 10000},
     }
-    record = {
-        "state": "running",
-        "started": "990.0",
-        "plan": json.dumps(plan),
-        "done": "0",
-        "inputs": json.dumps({"x": {"count": 2, "first": "1", "type": "int"}}),
-    }
+    record = {"state": "running", "started": "990.0", "plan": json.dumps(plan), "done": "0",
+              "inputs": json.dumps({"x": {"count": 2, "first": "1", "type": "int"}})}
     stats = {
-        "written:x": "2",
-        "written:y": "50",
-        "written:z": "5",
-        "rate:y": "120.5",
-        "last:y": "999.5",  # fresh
-        "rate:z": "30",
-        "last:z": "990.0",  # stale: nothing moved for 10 s
-        "state:a": "running",
-        "worker:a": "w1",
-        "busy:a": "1.0",
-        "idle:a": "1.0",
-        "bp:a": "8.0",
-        "state:b": "running",
-        "worker:b": "w2",
+        "written:x": "2", "written:y": "50", "written:z": "5",
+        "rate:y": "120.5", "last:y": "999.5",  # fresh
+        "rate:z": "30", "last:z": "990.0",  # stale: nothing moved for 10 s
+        "state:a": "running", "worker:a": "w1", "busy:a": "1.0", "idle:a": "1.0", "bp:a": "8.0",
+        "state:b": "running", "worker:b": "w2",
     }
     pos = {"a/x": "2", "b/y": "20", "(output)/z": "5"}
-    run = run_snapshot("r", record, stats, pos, online={"w1"}, now=now, windows={"a": (3.0, 1.0, 0.0)})
+    run = run_snapshot("r", record, stats, pos, online={"w1"}, now=now,
+                       windows={"a": (3.0, 1.0, 0.0)})
     assert run.duration == 10.0
     y = run.edge("y", "b")
     assert (y.written, y.read, y.backlog, y.backpressure_limit) == (50, 20, 30, 40)

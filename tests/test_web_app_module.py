@@ -53,11 +53,7 @@ def test_bad_on_call_options_are_refused_naming_the_option(
 ) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "datagraph", "dashboard", "--redis-url", valkey_url, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
     )
     assert completed.returncode == 2, completed.stderr
     assert message in completed.stderr

@@ -24,23 +24,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _dashboard(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def _dashboard(
+    *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = _free_port()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from datagraph.cli import main; sys.exit(main())",
-            "dashboard",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            *args,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", "import sys; from datagraph.cli import main; sys.exit(main())",
+         "dashboard", "--port", str(port), "--log-level", "warning", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, **(env or {})},
     )
     base = f"http://127.0.0.1:{port}"

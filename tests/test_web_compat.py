@@ -70,41 +70,19 @@ def fits(produced: Any, read: Any) -> bool:
     return incompatibility(type_schema(produced), type_schema(read)) is None
 
 
-@pytest.mark.parametrize(
-    ("produced", "read"),
-    [
-        (int, int),
-        (int, float),
-        (bool, int),
-        (bool, float),
-        (float, float),
-        (str, str),
-        (type(None), type(None)),
-        (datetime.datetime, datetime.datetime),
-        (bytes, bytes),
-    ],
-)
+@pytest.mark.parametrize(("produced", "read"), [
+    (int, int), (int, float), (bool, int), (bool, float), (float, float), (str, str),
+    (type(None), type(None)),
+    (datetime.datetime, datetime.datetime), (bytes, bytes),
+])
 def test_scalars_that_fit(produced: Any, read: Any) -> None:
     assert fits(produced, read)
 
 
-@pytest.mark.parametrize(
-    ("produced", "read"),
-    [
-        (str, int),
-        (float, int),
-        (int, str),
-        (int, bool),
-        (str, bool),
-        (type(None), int),
-        (str, type(None)),
-        (datetime.datetime, str),
-        (str, datetime.datetime),
-        (bytes, str),
-        (uuid.UUID, str),
-        (int, list[int]),
-    ],
-)
+@pytest.mark.parametrize(("produced", "read"), [
+    (str, int), (float, int), (int, str), (int, bool), (str, bool), (type(None), int), (str, type(None)),
+    (datetime.datetime, str), (str, datetime.datetime), (bytes, str), (uuid.UUID, str), (int, list[int]),
+])
 def test_scalars_that_do_not(produced: Any, read: Any) -> None:
     assert not fits(produced, read)
 

@@ -37,8 +37,7 @@ async def test_valid_flow_is_drawn_and_lists_its_inputs(supervisor: Supervisor) 
         assert response.headers["HX-Push-Url"] == "/designer?processor=web_source&processor=web_double"
 
         removed = await client.get(
-            "/designer/workspace",
-            params={"processor": ["web_source", "web_double"], "remove": "web_source"},
+            "/designer/workspace", params={"processor": ["web_source", "web_double"], "remove": "web_source"},
             headers=HX,
         )
         assert 'id="node-web_source"' not in removed.text
@@ -85,13 +84,8 @@ async def test_unknown_and_offline_processors_are_reported(supervisor: Superviso
 
         from datagraph.store import keys
 
-        record = {
-            "name": name,
-            "inputs": [],
-            "outputs": [{"name": "ghost_out", "type": "int", "schema": {}}],
-            "wait": False,
-            "updated": time.time(),
-        }
+        record = {"name": name, "inputs": [], "outputs": [{"name": "ghost_out", "type": "int", "schema": {}}],
+                  "wait": False, "updated": time.time()}
         await telemetry.client.custom_command(["HSET", keys.PROCESSORS, name, json.dumps(record)])
         await telemetry.client.custom_command(
             ["HSET", keys.IMPLEMENTERS, keys.implementer_field(name, "ghost-worker"), repr(time.time())]
@@ -112,15 +106,9 @@ async def test_save_load_duplicate_delete(supervisor: Supervisor) -> None:
     name = f"web flow {uuid.uuid4().hex[:6]}"
     async with open_dashboard(supervisor) as (_, client):
         token = await csrf_token(client)
-        saved = await client.post(
-            "/designer/save",
-            data={
-                "csrf_token": token,
-                "name": name,
-                "processor": ["web_source", "web_double"],
-            },
-            headers=HX,
-        )
+        saved = await client.post("/designer/save", data={
+            "csrf_token": token, "name": name, "processor": ["web_source", "web_double"],
+        }, headers=HX)
         assert saved.status_code == 200
         assert 'data-testid="designer-saved"' in saved.text
         assert f'data-flow="{name}"' in saved.text and 'hx-swap-oob="true"' in saved.text
@@ -151,27 +139,16 @@ async def test_save_load_duplicate_delete(supervisor: Supervisor) -> None:
 async def test_bad_flow_name_is_a_message_not_an_error(supervisor: Supervisor) -> None:
     async with open_dashboard(supervisor) as (_, client):
         token = await csrf_token(client)
-        response = await client.post(
-            "/designer/save",
-            data={
-                "csrf_token": token,
-                "name": "<b>bad/name</b>",
-                "processor": ["web_source"],
-            },
-            headers=HX,
-        )
+        response = await client.post("/designer/save", data={
+            "csrf_token": token, "name": "<b>bad/name</b>", "processor": ["web_source"],
+        }, headers=HX)
         assert response.status_code == 200
         message = response.text.split('data-testid="designer-save-error">', 1)[1].split("</div>", 1)[0]
         assert "cannot be used" in message
         assert "<b>bad" not in response.text
-        plain = await client.post(
-            "/designer/save",
-            data={
-                "csrf_token": token,
-                "name": "",
-                "processor": ["web_source"],
-            },
-        )
+        plain = await client.post("/designer/save", data={
+            "csrf_token": token, "name": "", "processor": ["web_source"],
+        })
         assert plain.status_code == 422
         assert 'data-testid="designer-add" data-processor="web_source"' in plain.text  # the palette too
 
@@ -193,14 +170,11 @@ async def test_export_builds_the_same_flow(supervisor: Supervisor) -> None:
 
 
 def test_export_names_are_valid_python() -> None:
-    code = export_python(
-        [
-            {"name": "class", "inputs": [], "outputs": ["a"], "wait": False, "max_backlog": None},
-            {"name": "1st-step", "inputs": ["a"], "outputs": ["b"], "wait": True, "max_backlog": 5},
-            {"name": "1st_step", "inputs": ["b"], "outputs": ["c"], "wait": False, "max_backlog": None},
-        ],
-        'quote"name',
-    )
+    code = export_python([
+        {"name": "class", "inputs": [], "outputs": ["a"], "wait": False, "max_backlog": None},
+        {"name": "1st-step", "inputs": ["a"], "outputs": ["b"], "wait": True, "max_backlog": 5},
+        {"name": "1st_step", "inputs": ["b"], "outputs": ["c"], "wait": False, "max_backlog": None},
+    ], 'quote"name')
     namespace: dict[str, object] = {}
     exec(code, namespace)
     flow = namespace["flow"]

@@ -149,9 +149,7 @@ def _varied_history() -> RunHistory:
     from tests.test_history import Script, make_plan
 
     procs = [
-        ("src", ["n"], ["a"], False),
-        ("mid", ["a"], ["b"], False),
-        ("end", ["b"], ["c"], False),
+        ("src", ["n"], ["a"], False), ("mid", ["a"], ["b"], False), ("end", ["b"], ["c"], False),
         ("agg", ["c"], [], True),
     ]
     plan = make_plan(procs, limit=100)

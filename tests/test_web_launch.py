@@ -53,13 +53,8 @@ async def test_form_has_a_typed_field_per_input(supervisor: Supervisor) -> None:
             for part in page.text.split('data-testid="launch-field" data-io="')[1:]
         )
         assert widgets == {
-            "web_i": "int",
-            "web_f": "float",
-            "web_s": "text",
-            "web_b": "bool",
-            "web_l": "json",
-            "web_m": "json",
-            "web_o": "int",
+            "web_i": "int", "web_f": "float", "web_s": "text", "web_b": "bool",
+            "web_l": "json", "web_m": "json", "web_o": "int",
         }
         example = '{"id": 0, "customer": "", "amount": 0.0}'.replace('"', "&#34;")
         assert f'placeholder="{example}"' in page.text
@@ -74,11 +69,9 @@ async def test_form_has_a_typed_field_per_input(supervisor: Supervisor) -> None:
         ({"input.web_l": "[1, 2"}, {"web_l": "not valid JSON"}),
         ({"input.web_l": '["a"]'}, {"web_l": "at [0]: expected a whole number, got a string"}),
         ({"input.web_m": '{"id": 1}'}, {"web_m": 'missing required field "customer"'}),
-        (
-            {"input.web_m": "{}", "input.web_i": "", "input.web_s": ""},
-            {"web_m": "missing required field", "web_i": "required", "web_s": "required"},
-        ),
-        ({"values.web_i": '[1, 2, "x"]'}, {"web_i": "value 3: expected a whole number"}),
+        ({"input.web_m": "{}", "input.web_i": "", "input.web_s": ""},
+         {"web_m": "missing required field", "web_i": "required", "web_s": "required"}),
+        ({"values.web_i": "[1, 2, \"x\"]"}, {"web_i": "value 3: expected a whole number"}),
         ({"values.web_i": "7"}, {"web_i": "give a non-empty JSON list"}),
     ],
 )
@@ -145,14 +138,9 @@ async def test_saved_flow_launches_from_its_name(supervisor: Supervisor) -> None
 async def test_a_flow_that_cannot_run_is_refused_with_a_message(supervisor: Supervisor) -> None:
     async with open_dashboard(supervisor) as (_, client):
         token = await csrf_token(client)
-        response = await client.post(
-            "/launch",
-            data={
-                "csrf_token": token,
-                "processor": ["web_cycle_a", "web_cycle_b"],
-                "input.web_ca": "1",
-            },
-        )
+        response = await client.post("/launch", data={
+            "csrf_token": token, "processor": ["web_cycle_a", "web_cycle_b"], "input.web_ca": "1",
+        })
         assert response.status_code == 422
         assert 'data-testid="launch-error"' in response.text
         assert "cycle" in text_of(response.text)
@@ -160,21 +148,11 @@ async def test_a_flow_that_cannot_run_is_refused_with_a_message(supervisor: Supe
 
 async def test_api_launch_validates_like_the_form(supervisor: Supervisor) -> None:
     async with open_dashboard(supervisor) as (_, client):
-        bad = await client.post(
-            "/api/runs",
-            json={
-                "processors": TYPED,
-                "inputs": {
-                    "web_i": "3",
-                    "web_f": 1,
-                    "web_s": "x",
-                    "web_b": True,
-                    "web_l": [1, "2"],
-                    "web_m": {},
-                },
-                "streams": {"nope": [1]},
-            },
-        )
+        bad = await client.post("/api/runs", json={
+            "processors": TYPED,
+            "inputs": {"web_i": "3", "web_f": 1, "web_s": "x", "web_b": True, "web_l": [1, "2"], "web_m": {}},
+            "streams": {"nope": [1]},
+        })
         assert bad.status_code == 422
         errors = bad.json()["errors"]
         assert errors["web_i"] == "expected a whole number, got a string"
@@ -183,14 +161,9 @@ async def test_api_launch_validates_like_the_form(supervisor: Supervisor) -> Non
         assert "no input 'nope'" in errors["nope"]
         assert "web_o" not in errors  # nullable: may be left out
 
-        good = await client.post(
-            "/api/runs",
-            json={
-                "processors": ["web_source", "web_double"],
-                "name": "api launched",
-                "inputs": {"web_count": 3},
-            },
-        )
+        good = await client.post("/api/runs", json={
+            "processors": ["web_source", "web_double"], "name": "api launched", "inputs": {"web_count": 3},
+        })
         assert good.status_code == 201, good.text
         body = good.json()
         assert body["url"] == f"/runs/{body['run_id']}"
@@ -236,20 +209,9 @@ def test_fields_come_from_the_first_reader_with_a_schema() -> None:
 
     def info(name: str, schema: dict[str, object], type_text: str) -> ProcessorInfo:
         return ProcessorInfo(
-            name=name,
-            inputs=(PortInfo("x", type_text, schema),),
-            outputs=(),
-            wait=False,
-            max_backlog=None,
-            description="",
-            doc="",
-            module="",
-            function="",
-            kind="",
-            workers=(),
-            online_workers=(),
-            online=False,
-            updated=None,
+            name=name, inputs=(PortInfo("x", type_text, schema),), outputs=(), wait=False, max_backlog=None,
+            description="", doc="", module="", function="", kind="", workers=(), online_workers=(),
+            online=False, updated=None,
         )
 
     specs = [{"name": "a", "inputs": ["x"]}, {"name": "b", "inputs": ["x"]}]
@@ -278,20 +240,10 @@ async def test_launches_ask_for_retries_from_the_form_and_the_api(supervisor: Su
         assert bad.status_code == 422
         assert "retries must be a whole number from 0 to 20" in text_of(bad.text)
 
-        api = await client.post(
-            "/api/runs",
-            json={
-                "processors": TYPED,
-                "retries": 1,
-                "inputs": {
-                    "web_i": 3,
-                    "web_f": 1.5,
-                    "web_s": "x",
-                    "web_b": True,
-                    "web_l": [1],
-                    "web_m": {"id": 1, "customer": "ada"},
-                },
-            },
-        )
+        api = await client.post("/api/runs", json={
+            "processors": TYPED, "retries": 1,
+            "inputs": {"web_i": 3, "web_f": 1.5, "web_s": "x", "web_b": True, "web_l": [1],
+                       "web_m": {"id": 1, "customer": "ada"}},
+        })
         assert api.status_code == 201, api.text
         assert (await client.post("/api/runs", json={"processors": TYPED, "retries": -1})).status_code == 422

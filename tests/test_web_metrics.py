@@ -15,6 +15,7 @@ from tests.web_support import open_dashboard, web_slow
 pytestmark = pytest.mark.anyio
 
 
+
 def sample(text: str, name: str, labels: str = "") -> float | None:
     """The value of one series in an exposition, or None when it is absent."""
     pattern = rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$"
@@ -38,10 +39,8 @@ async def test_metrics_aggregate_edges_over_runs_and_pass_promtool(supervisor: S
                 assert run_id not in text
             assert 'run="' not in text
             for family, kind in [
-                ("datagraph_runs", "gauge"),
-                ("datagraph_workers", "gauge"),
-                ("datagraph_store_up", "gauge"),
-                ("datagraph_processor_online", "gauge"),
+                ("datagraph_runs", "gauge"), ("datagraph_workers", "gauge"),
+                ("datagraph_store_up", "gauge"), ("datagraph_processor_online", "gauge"),
                 ("datagraph_edge_backlog_values", "gauge"),
                 ("datagraph_edge_throughput_values_per_second", "gauge"),
                 ("datagraph_edge_fill_ratio", "gauge"),
@@ -61,16 +60,10 @@ async def test_metrics_aggregate_edges_over_runs_and_pass_promtool(supervisor: S
             api = [(await client.get(f"/api/runs/{run_id}")).json() for run_id in run_ids]
             assert all(any(e["io"] == "web_slow_out" for e in run["edges"]) for run in api)
 
-            checked = await anyio.to_thread.run_sync(
-                lambda: subprocess.run(
-                    [promtool(), "check", "metrics"],
-                    input=text,
-                    capture_output=True,
-                    text=True,
-                    timeout=30,
-                    check=False,
-                )
-            )
+            checked = await anyio.to_thread.run_sync(lambda: subprocess.run(
+                [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30,
+                check=False,
+            ))
             assert checked.returncode == 0, checked.stdout + checked.stderr
             assert checked.stdout.strip() == "" and checked.stderr.strip() == "", checked.stderr
     finally:

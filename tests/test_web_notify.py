@@ -59,8 +59,7 @@ class Receiver:
 
     def payloads(self, event: str, **match: Any) -> list[dict[str, Any]]:
         return [
-            body
-            for _, body in self.posts
+            body for _, body in self.posts
             if body["event"] == event and all(body.get(k) == v for k, v in match.items())
         ]
 
@@ -112,11 +111,7 @@ async def _until(predicate: Any, deadline: float, what: str) -> None:
 
 
 def test_notify_urls_must_be_http() -> None:
-    assert parse_notify_urls(["http://a/x, https://b/y", "http://c"]) == [
-        "http://a/x",
-        "https://b/y",
-        "http://c",
-    ]
+    assert parse_notify_urls(["http://a/x, https://b/y", "http://c"]) == ["http://a/x", "https://b/y", "http://c"]
     with pytest.raises(ConfigError, match="'ftp://x' is not an http"):
         parse_notify_urls(["ftp://x"])
 
@@ -128,10 +123,7 @@ async def test_each_event_is_posted_once_by_two_dashboards(
 ) -> None:
     receiver.fail_first = 2  # the first POSTs fail: they are retried
     options: dict[str, Any] = {
-        "notify_urls": [receiver.url],
-        "notify_after": 1.0,
-        "notify_interval": 0.2,
-        "stuck_after": 1.0,
+        "notify_urls": [receiver.url], "notify_after": 1.0, "notify_interval": 0.2, "stuck_after": 1.0,
         "public_url": "https://dash.example",
     }
     flow = Flow.from_processors(web_fail, name="nt failing").resolve()
@@ -155,10 +147,8 @@ async def test_each_event_is_posted_once_by_two_dashboards(
         ["HSET", keys.worker(ghost), "last_beat", repr(beat), "host", "ghost-host", "lease", "5"]
     )
     try:
-        async with (
-            open_dashboard(supervisor, **options) as (app_a, client_a),
-            open_dashboard(supervisor, **options) as (app_b, _),
-        ):
+        async with open_dashboard(supervisor, **options) as (app_a, client_a), \
+                open_dashboard(supervisor, **options) as (app_b, _):
             started = time.monotonic()
 
             def everything_arrived() -> bool:
@@ -187,10 +177,7 @@ async def test_each_event_is_posted_once_by_two_dashboards(
     assert failed["worker"] == supervisor.worker_id
     (edge,) = receiver.payloads("edge.backpressured", run_id=backed_id)
     assert (edge["io"], edge["source"], edge["target"], edge["processor"]) == (
-        "nt_flooded",
-        "nt_flood",
-        "nt_slow",
-        "nt_slow",
+        "nt_flooded", "nt_flood", "nt_slow", "nt_slow"
     )
     assert len(receiver.payloads("run.stuck", run_id=quiet_id)) == 1
     (offline,) = receiver.payloads("worker.offline", worker=ghost)
@@ -210,11 +197,8 @@ async def test_a_slow_webhook_never_slows_the_pages(supervisor: Supervisor, rece
     failing = await supervisor.start_flow(flow, inputs=[IOVal(name="web_trigger", value=2)])
     run_id = failing["web_never"].run_id
     async with open_dashboard(supervisor, notify_urls=[receiver.url], notify_interval=0.1) as (app, client):
-        await _until(
-            lambda: any(c == f"run.failed:{run_id}" for c in app.state.notifier.claimed),
-            20,
-            "the failed run being claimed",
-        )
+        await _until(lambda: any(c == f"run.failed:{run_id}" for c in app.state.notifier.claimed), 20,
+                     "the failed run being claimed")
         # The POST is stalled in the receiver; pages answer at their usual pace meanwhile.
         for _ in range(5):
             with anyio.fail_after(2):
@@ -238,10 +222,8 @@ async def test_a_retried_run_alerts_only_when_its_last_attempt_fails(
         for proc in (recovers, gives_up):
             tag = new_tag(proc.name, anyio_backend, wait=False)
             out = await supervisor.start_flow(
-                Flow.from_processors(proc).resolve(),
-                [IOVal(f"{proc.name}_job", {"n": 20, "tag": tag})],
-                retries=1,
-                retry_on=[Flaky],
+                Flow.from_processors(proc).resolve(), [IOVal(f"{proc.name}_job", {"n": 20, "tag": tag})],
+                retries=1, retry_on=[Flaky],
             )
             ids.append(out[f"{proc.name}_out"].run_id)
         recovered, gave_up = ids

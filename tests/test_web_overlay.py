@@ -21,31 +21,16 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 def _edge(backlog: int, limit: int | None, throughput: float = 0.0) -> EdgeSnapshot:
     return EdgeSnapshot(
-        io="x",
-        source="a",
-        target="b",
-        written=backlog,
-        read=0,
-        backlog=backlog,
-        throughput=throughput,
-        last_activity=None,
-        backpressure_limit=limit,
+        io="x", source="a", target="b", written=backlog, read=0, backlog=backlog, throughput=throughput,
+        last_activity=None, backpressure_limit=limit,
         fill=min(1.0, backlog / limit) if limit else None,
     )
 
 
 @pytest.mark.parametrize(
     ("backlog", "heat"),
-    [
-        (0, "heat-0"),
-        (1, "heat-1"),
-        (599, "heat-1"),
-        (600, "heat-2"),
-        (850, "heat-2"),
-        (851, "heat-4"),
-        (1000, "heat-4"),
-        (5000, "heat-4"),
-    ],
+    [(0, "heat-0"), (1, "heat-1"), (599, "heat-1"), (600, "heat-2"), (850, "heat-2"), (851, "heat-4"),
+     (1000, "heat-4"), (5000, "heat-4")],
 )
 def test_edge_colour_follows_queue_fill_like_nifi(backlog: int, heat: str) -> None:
     assert overlay.edge_heat(_edge(backlog, 1000)) == heat
@@ -62,18 +47,8 @@ def _state(state: str, activity: str | None = None, online: bool | None = True) 
     shares = {"busy": (0.7, 0.1, 0.2), "idle": (0.1, 0.8, 0.1), "backpressured": (0.1, 0.1, 0.8)}
     busy, idle, bp = shares.get(activity or "", (0.0, 0.0, 0.0))
     return ProcessorState(
-        name="p",
-        state=state,
-        worker="w",
-        worker_online=online,
-        started=None,
-        ended=None,
-        busy_seconds=0,
-        idle_seconds=0,
-        backpressured_seconds=0,
-        busy=busy,
-        idle=idle,
-        backpressured=bp,
+        name="p", state=state, worker="w", worker_online=online, started=None, ended=None,
+        busy_seconds=0, idle_seconds=0, backpressured_seconds=0, busy=busy, idle=idle, backpressured=bp,
         activity=activity,
     )
 
@@ -113,21 +88,11 @@ def test_read_rates_are_smoothed_per_edge() -> None:
 
 def test_formats() -> None:
     assert [overlay.format_count(n) for n in (0, 999, 1234, 56_789, 1_200_000, 250_000_000)] == [
-        "0",
-        "999",
-        "1.2k",
-        "56.8k",
-        "1.2M",
-        "250M",
+        "0", "999", "1.2k", "56.8k", "1.2M", "250M",
     ]
     assert [overlay.format_rate(r) for r in (0, 2.345, 1500)] == ["0/s", "2.3/s", "1.5k/s"]
     assert [overlay.format_duration(s) for s in (None, 3.25, 42, 250, 7600, 90000)] == [
-        overlay.NO_VALUE,
-        "3.2s",
-        "42s",
-        "4m 10s",
-        "2h 6m",
-        "1d 1h",
+        overlay.NO_VALUE, "3.2s", "42s", "4m 10s", "2h 6m", "1d 1h",
     ]
 
 
@@ -147,12 +112,7 @@ def test_live_diagram_keeps_its_layout_and_escapes_what_it_fills_in() -> None:
     root = ET.fromstring(first)
     ids = {el.get("id"): el for el in root.iter() if el.get("id")}
     assert {
-        "node-read<script>",
-        'node-say "hi"',
-        "input-in",
-        "output-out",
-        'edge-mid-say "hi"',
-        "edge-out-out",
+        "node-read<script>", 'node-say "hi"', "input-in", "output-out", 'edge-mid-say "hi"', "edge-out-out",
     } <= set(ids)
     mid = ids['edge-mid-say "hi"']
     assert mid.get("class") == "edge heat-2"

@@ -164,9 +164,8 @@ async def test_runs_list_filters_by_state(supervisor: Supervisor) -> None:
     async with open_dashboard(supervisor) as (_, client):
         failed = await client.get("/runs", params={"state": "failed", "limit": 500})
         assert f'data-run-id="{bad}"' in failed.text and f'data-run-id="{ok}"' not in failed.text
-        partial = await client.get(
-            "/runs", params={"state": "succeeded", "limit": 500}, headers={"HX-Request": "true"}
-        )
+        partial = await client.get("/runs", params={"state": "succeeded", "limit": 500},
+                                   headers={"HX-Request": "true"})
         assert "<html" not in partial.text
         assert f'data-run-id="{ok}"' in partial.text and f'data-run-id="{bad}"' not in partial.text
 

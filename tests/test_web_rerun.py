@@ -93,9 +93,7 @@ async def test_edit_and_run_again_prefills_the_launch_form(supervisor: Superviso
 async def test_a_run_with_inputs_too_large_to_keep_says_so(valkey_url: str, anyio_backend: str) -> None:
     Supervisor.detach()
     supervisor = Supervisor.attach(
-        redis_config={"url": valkey_url},
-        executor=LocalExecutor(),
-        secret=b"test-secret",
+        redis_config={"url": valkey_url}, executor=LocalExecutor(), secret=b"test-secret",
         rerun_inputs_max_bytes=64,
     )
     try:

@@ -32,21 +32,14 @@ async def _a_run(supervisor: Supervisor) -> str:
 async def test_a_viewer_reads_everything_and_changes_nothing(supervisor: Supervisor) -> None:
     run_id = await _a_run(supervisor)
     slow = Flow.from_processors(web_slow, name="web roles slow").resolve()
-    running = await supervisor.start_flow(slow, inputs=[IOVal(name="web_slow_n", value=100_000)])
+    running = (await supervisor.start_flow(slow, inputs=[IOVal(name="web_slow_n", value=100_000)]))
     running_id = running["web_slow_out"].run_id
     viewer = {"Authorization": f"Bearer {VIEWER}"}
     try:
         async with open_dashboard(supervisor, token=OPERATOR, viewer_token=VIEWER) as (app, client):
             for path in [
-                "/processors",
-                "/designer",
-                f"/runs/{run_id}",
-                "/operations",
-                "/runs",
-                "/api/processors",
-                "/api/workers",
-                f"/api/runs/{run_id}",
-                "/metrics",
+                "/processors", "/designer", f"/runs/{run_id}", "/operations", "/runs",
+                "/api/processors", "/api/workers", f"/api/runs/{run_id}", "/metrics",
             ]:
                 assert (await client.get(path, headers=viewer)).status_code == 200, path
             async with open_sse(app, f"/events/runs/{run_id}", headers=viewer) as stream:
@@ -166,15 +159,8 @@ def test_tokens_are_redacted_from_logged_urls() -> None:
     encoded = "/login?next=%2Fruns%3Ftoken%3Dabc123%26x%3D1"
     assert redact(encoded) == "/login?next=%2Fruns%3Ftoken%3D[redacted]%26x%3D1"
     assert redact("/processors?q=tokens") == "/processors?q=tokens"
-    record = logging.LogRecord(
-        "uvicorn.access",
-        logging.INFO,
-        __file__,
-        1,
-        '%s - "%s %s"',
-        ("127.0.0.1:1", "GET", "/runs?token=abc123"),
-        None,
-    )
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s"',
+                               ("127.0.0.1:1", "GET", "/runs?token=abc123"), None)
     assert RedactTokens().filter(record)
     assert "abc123" not in record.getMessage()
 

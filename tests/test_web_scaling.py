@@ -22,7 +22,6 @@ async def test_a_browser_may_hit_either_of_two_dashboards(supervisor: Supervisor
         open_dashboard(supervisor, secret=SHARED, token="t0ken") as (app_a, _),
         open_dashboard(supervisor, secret=SHARED, token="t0ken") as (app_b, _),
     ):
-
         def browser(app: object) -> httpx.AsyncClient:
             transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
             return httpx.AsyncClient(transport=transport, base_url="http://testserver")
@@ -33,15 +32,9 @@ async def test_a_browser_may_hit_either_of_two_dashboards(supervisor: Supervisor
             token = await csrf_token(a)
             # ... the browser's next request lands on B, with the same cookies; B accepts them.
             b.cookies.update(a.cookies)
-            saved = await b.post(
-                "/designer/save",
-                data={
-                    "csrf_token": token,
-                    "name": name,
-                    "processor": ["web_source", "web_double"],
-                },
-                headers=HX,
-            )
+            saved = await b.post("/designer/save", data={
+                "csrf_token": token, "name": name, "processor": ["web_source", "web_double"],
+            }, headers=HX)
             assert saved.status_code == 200 and "X-Status" not in saved.headers, saved.text
             assert 'data-testid="designer-saved"' in saved.text
             # What B wrote, A reads: saved flows live in the store.
@@ -65,14 +58,8 @@ async def test_dashboards_without_a_shared_secret_refuse_each_others_forms(super
     ):
         token = await csrf_token(a)
         b.cookies.set("dg_csrf", token)
-        refused = await b.post(
-            "/designer/save",
-            data={
-                "csrf_token": token,
-                "name": "never",
-                "processor": ["web_source"],
-            },
-            headers=HX,
-        )
+        refused = await b.post("/designer/save", data={
+            "csrf_token": token, "name": "never", "processor": ["web_source"],
+        }, headers=HX)
         assert refused.headers["X-Status"] == "403"  # htmx shows it in the page's flash area
         assert "CSRF token is missing or does not match" in refused.text

@@ -39,9 +39,7 @@ async def test_without_the_token_everything_but_health_is_refused(supervisor: Su
             assert stream.status == 401
         async with open_sse(app, "/events/operations") as stream:
             assert stream.status == 401
-        htmx = await client.get(
-            "/processors", headers={"HX-Request": "true", "HX-Current-URL": "http://t/processors?q=a"}
-        )
+        htmx = await client.get("/processors", headers={"HX-Request": "true", "HX-Current-URL": "http://t/processors?q=a"})
         assert htmx.status_code == 401
         assert htmx.headers["HX-Redirect"] == "/login?next=%2Fprocessors%3Fq%3Da"
         post = await client.post("/api/runs", json={"flow": "x"})
@@ -91,9 +89,8 @@ async def test_login_form_and_token_link_set_a_session_cookie(supervisor: Superv
         cookie = right.headers["set-cookie"]
         assert TOKEN not in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
         assert (await client.get("/api/processors")).status_code == 200
-        async with open_sse(
-            app, "/events/operations", {"cookie": f"dg_session={client.cookies['dg_session']}"}
-        ) as stream:
+        async with open_sse(app, "/events/operations",
+                            {"cookie": f"dg_session={client.cookies['dg_session']}"}) as stream:
             assert stream.status == 200
         logout = await client.post("/logout", data={"csrf_token": token})
         assert logout.status_code == 303
@@ -148,8 +145,7 @@ async def test_cross_site_and_non_json_posts_are_refused(supervisor: Supervisor)
     async with open_dashboard(supervisor) as (_, client):
         token = await csrf_token(client)
         foreign = await client.post(
-            "/launch",
-            data={"csrf_token": token, "processor": ["web_source"]},
+            "/launch", data={"csrf_token": token, "processor": ["web_source"]},
             headers={"Origin": "https://evil.example"},
         )
         assert foreign.status_code == 403
@@ -197,15 +193,8 @@ async def test_security_headers(supervisor: Supervisor) -> None:
 async def test_pages_have_no_inline_script_or_style(supervisor: Supervisor) -> None:
     run_id = await _a_run(supervisor)
     async with open_dashboard(supervisor) as (_, client):
-        for path in [
-            "/processors",
-            "/processors/web_source",
-            "/designer?processor=web_source",
-            "/runs",
-            f"/runs/{run_id}",
-            "/operations",
-            "/launch?processor=web_source",
-        ]:
+        for path in ["/processors", "/processors/web_source", "/designer?processor=web_source", "/runs",
+                     f"/runs/{run_id}", "/operations", "/launch?processor=web_source"]:
             html = (await client.get(path)).text
             assert "style=" not in html, path
             assert " on" + "click=" not in html and "javascript:" not in html, path

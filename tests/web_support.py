@@ -193,25 +193,18 @@ class SSEStream:
 
 
 @asynccontextmanager
-async def open_sse(app: FastAPI, url: str, headers: dict[str, str] | None = None) -> AsyncIterator[SSEStream]:
+async def open_sse(
+    app: FastAPI, url: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[SSEStream]:
     """GET ``url`` from ``app`` as a browser's EventSource would; disconnect on exit."""
     parts = urlsplit(url)
     raw_headers = [(b"host", b"testserver"), (b"accept", b"text/event-stream")]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": parts.path,
-        "raw_path": parts.path.encode(),
-        "query_string": parts.query.encode(),
-        "root_path": "",
-        "headers": raw_headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": {},
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": parts.path, "raw_path": parts.path.encode(),
+        "query_string": parts.query.encode(), "root_path": "", "headers": raw_headers,
+        "client": ("127.0.0.1", 50000), "server": ("testserver", 80), "state": {},
     }
     sender, receiver = anyio.create_memory_object_stream[dict[str, Any]](10_000)
     disconnected = anyio.Event()

@@ -61,9 +61,7 @@ class OrderFeed(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     orders: int = Field(
-        default=2_000,
-        ge=0,
-        le=10_000_000,
+        default=2_000, ge=0, le=10_000_000,
         description="orders to generate (0: keep going until `seconds` pass)",
     )
     rate: int = Field(default=500, ge=1, le=20_000, description="orders per second (and as many clicks)")
@@ -77,71 +75,46 @@ class OrderFeed(BaseModel):
 CONTINUOUS_FEED = OrderFeed(orders=0, rate=500, seconds=600.0)
 
 extract_orders = Processor(
-    "extract_orders",
-    inputs=["feed"],
-    outputs=["raw_orders"],
+    "extract_orders", inputs=["feed"], outputs=["raw_orders"],
     description="Reads orders from the shop's export, as CSV lines.",
 )
 extract_clicks = Processor(
-    "extract_clicks",
-    inputs=["feed"],
-    outputs=["clicks"],
+    "extract_clicks", inputs=["feed"], outputs=["clicks"],
     description="Reads the click stream of the web shop.",
 )
 parse_orders = Processor(
-    "parse_orders",
-    inputs=["raw_orders"],
-    outputs=["orders"],
+    "parse_orders", inputs=["raw_orders"], outputs=["orders"],
     description="Parses CSV order lines into records.",
 )
 merge_events = Processor(
-    "merge_events",
-    inputs=["orders", "clicks"],
-    outputs=["events"],
+    "merge_events", inputs=["orders", "clicks"], outputs=["events"],
     # A small limit on the edge into the slow stage, so its fill level moves.
     max_backlog=2_000,
     description="Fan-in: merges orders and clicks into one event stream, in arrival order.",
 )
 enrich_events = Processor(
-    "enrich_events",
-    inputs=["events"],
-    outputs=["enriched"],
+    "enrich_events", inputs=["events"], outputs=["enriched"],
     description="Looks up each event's customer segment (the slow stage).",
 )
 load_warehouse = Processor(
-    "load_warehouse",
-    inputs=["enriched"],
-    outputs=["loaded"],
+    "load_warehouse", inputs=["enriched"], outputs=["loaded"],
     description="Loads enriched events into the warehouse, reporting each load.",
 )
 daily_report = Processor(
-    "daily_report",
-    inputs=["loaded"],
-    outputs=["report"],
-    wait=True,
+    "daily_report", inputs=["loaded"], outputs=["report"], wait=True,
     description="Sums every load once the loads are complete.",
 )
 generate_numbers = Processor(
-    "generate_numbers",
-    inputs=["n"],
-    outputs=["numbers"],
+    "generate_numbers", inputs=["n"], outputs=["numbers"],
     description="Counts from 0 to n - 1.",
 )
 check_numbers = Processor(
-    "check_numbers",
-    inputs=["numbers", "fail"],
-    outputs=["checked"],
+    "check_numbers", inputs=["numbers", "fail"], outputs=["checked"],
     description="Passes numbers on; fails on purpose when told to.",
 )
 
 ETL_PROCESSORS = (
-    extract_orders,
-    extract_clicks,
-    parse_orders,
-    merge_events,
-    enrich_events,
-    load_warehouse,
-    daily_report,
+    extract_orders, extract_clicks, parse_orders, merge_events, enrich_events, load_warehouse, daily_report,
 )
 NUMBERS_PROCESSORS = (generate_numbers, check_numbers)
 

@@ -110,30 +110,13 @@ class EmbeddedStore:
         self._dir = tempfile.TemporaryDirectory(prefix="datagraph-demo-valkey-")
         self.port = free_port(self.host)
         argv = [
-            _valkey_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            self.host,
-            "--dir",
-            self._dir.name,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "yes",
-            "--loglevel",
-            "warning",
+            _valkey_binary(), "--port", str(self.port), "--bind", self.host, "--dir", self._dir.name,
+            "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning",
         ]
         with self.log_path.open("wb") as out:
             self.process = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent(),
-                start_new_session=True,
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent(), start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while not self._answers():
@@ -198,22 +181,11 @@ class DemoWorker:
         # reserve tasks it has no free slot for.  A thread pool runs all
         # processors on one event loop, which is what a demo on a laptop wants.
         self.argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            SERVICE,
-            "worker",
-            "--pool=threads",
-            f"--concurrency={concurrency}",
-            "--prefetch-multiplier=1",
-            "--disable-prefetch",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=WARNING",
-            "-n",
-            f"{self.name}@%h",
+            sys.executable, "-m", "celery", "-A", SERVICE, "worker",
+            "--pool=threads", f"--concurrency={concurrency}",
+            "--prefetch-multiplier=1", "--disable-prefetch",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--loglevel=WARNING", "-n", f"{self.name}@%h",
         ]
         handle, path = tempfile.mkstemp(prefix=f"datagraph-{self.name}-", suffix=".log", dir=log_dir)
         os.close(handle)
@@ -227,13 +199,8 @@ class DemoWorker:
     def start(self) -> None:
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent(),
-                start_new_session=True,
+                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(), start_new_session=True,
             )
 
     def check(self) -> None:

@@ -60,7 +60,9 @@ def click(i: int) -> dict[str, Any]:
     return {"kind": "click", "customer": f"c{(i * 7) % CUSTOMERS:03d}", "page": PAGES[i % len(PAGES)]}
 
 
-async def paced(count: float, rate: int, seconds: float | None = None) -> AsyncIterator[range]:
+async def paced(
+    count: float, rate: int, seconds: float | None = None
+) -> AsyncIterator[range]:
     """Indices ``0, 1, ... count - 1`` in chunks, ``rate`` a second, for at most ``seconds``.
 
     A consumer held up by backpressure does not make the source burst later:

@@ -146,12 +146,8 @@ class DemoStack:
                 self._log_tmp = tempfile.TemporaryDirectory(prefix="datagraph-demo-")
                 log_dir = Path(self._log_tmp.name)
             self.worker = DemoWorker(
-                self.store_url,
-                self.broker_url,
-                self.secret,
-                concurrency=self.concurrency,
-                retention=self.retention,
-                log_dir=log_dir,
+                self.store_url, self.broker_url, self.secret,
+                concurrency=self.concurrency, retention=self.retention, log_dir=log_dir,
             )
             self.worker.start()
             self._portal_cm = anyio.from_thread.start_blocking_portal(name="datagraph-demo")
@@ -187,11 +183,7 @@ class DemoStack:
             return
         self._stopped = True
         steps: list[Callable[[], None]] = [
-            self._stop_runs,
-            self._stop_dashboard,
-            self._stop_portal,
-            self._stop_worker,
-            self.store.stop,
+            self._stop_runs, self._stop_dashboard, self._stop_portal, self._stop_worker, self.store.stop,
             self._remove_logs,
         ]
         try:
@@ -250,11 +242,8 @@ class DemoStack:
 
         executor = CeleryExecutor(make_app(self.broker_url))
         return Supervisor.attach(
-            redis_config={"url": self.store_url},
-            executor=executor,
-            secret=self.secret,
-            retention=self.retention,
-            heartbeat_misses=HEARTBEAT_MISSES,
+            redis_config={"url": self.store_url}, executor=executor, secret=self.secret,
+            retention=self.retention, heartbeat_misses=HEARTBEAT_MISSES,
         )
 
     def _create_app(self) -> Any:
@@ -352,28 +341,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, default=8000, help="port to serve the dashboard on (8000; 0 picks a free one)"
     )
     parser.add_argument(
-        "--no-browser-needed",
-        "--no-browser",
-        dest="no_browser",
-        action="store_true",
+        "--no-browser-needed", "--no-browser", dest="no_browser", action="store_true",
         help="do not open the dashboard in a web browser",
     )
     parser.add_argument(
-        "--token",
-        default=os.environ.get("DATAGRAPH_DASHBOARD_TOKEN"),
+        "--token", default=os.environ.get("DATAGRAPH_DASHBOARD_TOKEN"),
         help="require this token to use the dashboard (default: $DATAGRAPH_DASHBOARD_TOKEN)",
     )
     parser.add_argument(
-        "--redis-url",
-        metavar="URL",
+        "--redis-url", metavar="URL",
         help="keep the demo's store there (a Valkey, or any node of a Valkey Cluster) instead of the "
         "embedded Valkey, which stays Celery's broker",
     )
     parser.add_argument(
-        "--rate",
-        type=int,
-        default=CONTINUOUS_FEED.rate,
-        metavar="N",
+        "--rate", type=int, default=CONTINUOUS_FEED.rate, metavar="N",
         help=f"orders (and clicks) a second in the continuous run ({CONTINUOUS_FEED.rate})",
     )
 
@@ -407,9 +388,8 @@ def main(args: argparse.Namespace) -> int:
     # Ctrl-C (even if an invoking shell ignored it) and SIGTERM stop the demo.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    print(
-        "starting the Datagraph demo: an embedded Valkey, a Celery worker and the dashboard ...", flush=True
-    )
+    print("starting the Datagraph demo: an embedded Valkey, a Celery worker and the dashboard ...",
+          flush=True)
     if not 1 <= args.rate <= 20_000:
         print("datagraph demo: --rate must be between 1 and 20000", file=sys.stderr)
         return 2

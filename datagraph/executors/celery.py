@@ -74,7 +74,6 @@ def _queue_prefix() -> str:
     namespace = keys.namespace()
     return QUEUE_PREFIX if namespace == keys.DEFAULT_NAMESPACE else f"{QUEUE_PREFIX}{namespace}."
 
-
 _BACKENDS = ("asyncio", "trio")
 #: What a stopping prefork worker sends its pool processes (see ``_on_shutting_down``).
 HAND_OVER_SIGNAL = signal.SIGUSR2
@@ -110,12 +109,8 @@ class CeleryExecutor(Executor):
         self._loop: _WorkerLoop | None = None
         self._loop_lock = threading.Lock()
         app.task(
-            name=TASK_NAME,
-            ignore_result=True,
-            acks_late=False,
-            reject_on_worker_lost=False,
-            typing=False,
-            shared=False,
+            name=TASK_NAME, ignore_result=True, acks_late=False, reject_on_worker_lost=False,
+            typing=False, shared=False,
         )(_run_processor_task)
         # Weak receivers: an executor dropped with its supervisor stops listening.
         signals.celeryd_after_setup.connect(self._on_worker_setup)
@@ -380,15 +375,12 @@ async def hand_over(supervisor: Context, grace: float | None = None) -> int:
     runs = list(runtime.running)
     for run_id in runs:
         names = sorted(set(runtime.running.get(run_id, {}).values()))
-        runtime.stop_run(
-            run_id,
-            WorkerStopping(
-                f"worker {runtime.worker_id} was asked to stop and handed over processor(s) "
-                f"{', '.join(map(repr, names))} still running after shutdown_grace={grace:g}s; "
-                "a run with retries is started again on another worker",
-                run_id=run_id,
-            ),
-        )
+        runtime.stop_run(run_id, WorkerStopping(
+            f"worker {runtime.worker_id} was asked to stop and handed over processor(s) "
+            f"{', '.join(map(repr, names))} still running after shutdown_grace={grace:g}s; "
+            "a run with retries is started again on another worker",
+            run_id=run_id,
+        ))
     return len(runs)
 
 
@@ -423,16 +415,12 @@ def _add_shutdown_grace_option(executor: CeleryExecutor) -> None:
     app = executor.app
     options = app.user_options["worker"]
     if not any(getattr(o, "name", None) == "shutdown_grace" for o in options):
-        options.add(
-            click.Option(
-                ["--shutdown-grace"],
-                type=click.FloatRange(min=0),
-                default=None,
-                help="Seconds a warm shutdown lets datagraph processors run before handing them "
-                "over to other workers (default: the shutdown_grace setting, "
-                "DATAGRAPH_SHUTDOWN_GRACE).",
-            )
-        )
+        options.add(click.Option(
+            ["--shutdown-grace"], type=click.FloatRange(min=0), default=None,
+            help="Seconds a warm shutdown lets datagraph processors run before handing them "
+                 "over to other workers (default: the shutdown_grace setting, "
+                 "DATAGRAPH_SHUTDOWN_GRACE).",
+        ))
     owner = weakref.ref(executor)
 
     class _ShutdownGrace(bootsteps.Step):  # type: ignore[misc]
@@ -445,3 +433,4 @@ def _add_shutdown_grace_option(executor: CeleryExecutor) -> None:
                 target.shutdown_grace = float(shutdown_grace)
 
     app.steps["worker"].add(_ShutdownGrace)
+

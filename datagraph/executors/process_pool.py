@@ -103,8 +103,7 @@ class Pool:
                 worker = broken[0]
                 # Say why before stopping them: a late worker, once killed, has exited too.
                 why = worker.error or (
-                    f"it {_describe_exit(worker.process.returncode)}"
-                    if worker.exited
+                    f"it {_describe_exit(worker.process.returncode)}" if worker.exited
                     else f"it did not start within start_timeout ({self._start_timeout:g}s)"
                 )
                 for late in broken:
@@ -165,10 +164,7 @@ class Pool:
                 log.warning(
                     "ProcessExecutor worker process %d (%s) %s while running %d processor(s); a new "
                     "worker replaces it at the next dispatch",
-                    worker.process.pid,
-                    worker.worker_id,
-                    how,
-                    len(lost),
+                    worker.process.pid, worker.worker_id, how, len(lost),
                 )
                 self._report_lost(worker, lost, how)
 
@@ -237,8 +233,7 @@ class Pool:
             except subprocess.TimeoutExpired:
                 log.warning(
                     "ProcessExecutor worker process %d did not stop within %gs; killing it",
-                    worker.process.pid,
-                    self._stop_timeout,
+                    worker.process.pid, self._stop_timeout,
                 )
             self._stop(worker)
 
@@ -287,3 +282,4 @@ def _describe_exit(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with status {code}"
+

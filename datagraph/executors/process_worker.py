@@ -105,19 +105,10 @@ async def _run(replies: Connection, run_id: str, name: str, module: str, qualnam
         else:
             runtime = await Supervisor.instance.runtime()
             # worker=None: the processor never ran here, so no worker is recorded for it.
-            await liveness.fail_processors(
-                runtime,
-                run_id,
-                [
-                    liveness.Failure(
-                        processor=name,
-                        kind="ImportError",
-                        message=problem,
-                        worker=None,
-                        state=liveness.DISPATCHED,
-                    )
-                ],
-            )
+            await liveness.fail_processors(runtime, run_id, [liveness.Failure(
+                processor=name, kind="ImportError", message=problem, worker=None,
+                state=liveness.DISPATCHED,
+            )])
     except Exception:
         # Only the store failing gets here (a processor's own failure is written to its
         # run): keep this worker serving the other processors, and say what happened.

@@ -61,21 +61,15 @@ async def record_dispatch(supervisor: Context, plan: Plan, name: str) -> None:
     now = time.time()
     start_by = now + runtime.settings.dispatch_timeout
     try:
-        await runtime.client.custom_command(
-            [
-                "HSET",
-                keys.stats(run_id),
-                f"state:{name}",
-                liveness.DISPATCHED,
-                f"dispatched:{name}",
-                repr(now),
-                f"start_by:{name}",
-                repr(start_by),
-            ]
-        )
+        await runtime.client.custom_command([
+            "HSET", keys.stats(run_id), f"state:{name}", liveness.DISPATCHED,
+            f"dispatched:{name}", repr(now), f"start_by:{name}", repr(start_by),
+        ])
     except Exception as exc:
         raise StoreError(f"could not record the dispatch of processor {name!r}: {exc}") from exc
-    runtime.host.start_soon(_expect_start, runtime, run_id, name, start_by, name=f"datagraph-dispatch-{name}")
+    runtime.host.start_soon(
+        _expect_start, runtime, run_id, name, start_by, name=f"datagraph-dispatch-{name}"
+    )
 
 
 async def fail_dispatch(supervisor: Context, plan: Plan, name: str, why: str) -> RunError:
@@ -135,20 +129,12 @@ async def run_dispatched(run_id: str, name: str, supervisor: Context | None = No
     processor = registry.get(name)
     impl = processor.implementation if processor is not None else None
     if impl is None:
-        await liveness.fail_processors(
-            runtime,
-            run_id,
-            [
-                liveness.Failure(
-                    processor=name,
-                    kind="UnknownProcessorError",
-                    message=f"worker {runtime.worker_id} received processor {name!r} but does not "
+        await liveness.fail_processors(runtime, run_id, [liveness.Failure(
+            processor=name, kind="UnknownProcessorError",
+            message=f"worker {runtime.worker_id} received processor {name!r} but does not "
                     "implement it; restart the worker after changing what it implements",
-                    worker=runtime.worker_id,
-                    state=liveness.DISPATCHED,
-                )
-            ],
-        )
+            worker=runtime.worker_id, state=liveness.DISPATCHED,
+        )])
         return
     async with liveness.running(runtime, run_id, name), anyio.create_task_group() as tg:
         tg.start_soon(_stop_when_run_ends, runtime, plan, name, tg.cancel_scope)

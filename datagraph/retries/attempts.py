@@ -108,22 +108,12 @@ class RunAttempts:
     def policy_fields(self, attempt: Attempt) -> list[str]:
         """The fields that record ``attempt`` and the policy in the attempt's run record."""
         return [
-            ATTEMPT,
-            str(attempt.number),
-            ORIGIN,
-            self.origin,
-            RETRIES,
-            str(self.policy.retries),
-            RETRY_ON,
-            json.dumps(sorted(self.policy.retry_on)),
+            ATTEMPT, str(attempt.number), ORIGIN, self.origin, RETRIES, str(self.policy.retries),
+            RETRY_ON, json.dumps(sorted(self.policy.retry_on)),
         ]
 
     async def _publish(
-        self,
-        runtime: Runtime,
-        attempt: Attempt | None = None,
-        *,
-        final: bool = False,
+        self, runtime: Runtime, attempt: Attempt | None = None, *, final: bool = False,
         previous: str | None = None,
     ) -> None:
         """Record the attempts on the first attempt's record; ``attempt``'s policy fields on its own;
@@ -178,12 +168,8 @@ class RunAttempts:
                 number = len(self.attempts) + 1
                 log.warning(
                     "run %s: attempt %d failed (%s: %s); starting attempt %d of %d",
-                    self.origin,
-                    number - 1,
-                    self.attempts[-1].cause,
-                    self.attempts[-1].message,
-                    number,
-                    self.policy.retries + 1,
+                    self.origin, number - 1, self.attempts[-1].cause, self.attempts[-1].message,
+                    number, self.policy.retries + 1,
                 )
                 await anyio.sleep(self.policy.delay(number - 1))
                 attempt = Attempt(number, f"{self.origin}.{number}", time.time())
@@ -211,7 +197,9 @@ class RunAttempts:
             if await self.supervisor.run_state(previous) not in (None, *TERMINAL):
                 # Said first, so that wait() sees a cancel it should follow, not the run's end.
                 runtime = await self.supervisor.runtime()
-                await runtime.client.custom_command(["HSET", keys.run(previous), STOPPED_FOR_RETRY, "1"])
+                await runtime.client.custom_command(
+                    ["HSET", keys.run(previous), STOPPED_FOR_RETRY, "1"]
+                )
                 await self.supervisor.cancel(previous)
         except (StoreError, GlideError) as exc:
             log.warning("run %s: could not stop attempt %s: %s", self.origin, previous, exc)
@@ -295,8 +283,7 @@ class _Watcher:
             run_ids = [a.current for a in polled]
             try:
                 replies, _ = await pipeline(
-                    self.runtime.client,
-                    [["HMGET", keys.run(r), "state", "error"] for r in run_ids],
+                    self.runtime.client, [["HMGET", keys.run(r), "state", "error"] for r in run_ids],
                     retry_for=settings.reconnect_timeout,
                     doing=f"watching the attempts of {len(polled)} retried run(s)",
                 )
@@ -341,7 +328,9 @@ async def start_retried(
     first attempt's failure, and the next attempt takes over.
     """
     run_id = run_id or uuid.uuid4().hex
-    attempts = RunAttempts(supervisor, flow, inputs, all_outputs=all_outputs, policy=policy, run_id=run_id)
+    attempts = RunAttempts(
+        supervisor, flow, inputs, all_outputs=all_outputs, policy=policy, run_id=run_id
+    )
     tries = 0
     while True:
         failure: Exception | None = None
@@ -380,3 +369,5 @@ async def start_retried(
         io: IO(supervisor, run_id, io, reader=reader, producers=producers, attempts=attempts)
         for io in outputs
     }
+
+

@@ -49,14 +49,8 @@ record_fields: ContextVar[tuple[str, ...]] = ContextVar("datagraph_record_fields
 #: Causes of failure that are not the user's code: always retried under a policy.
 RETRIED_CAUSES = frozenset(
     {
-        "WorkerLost",
-        "WorkerStopping",
-        "DispatchTimeout",
-        "DispatchError",
-        "WritesLost",
-        "StoreError",
-        "RunLostError",
-        "StoppedForRetry",
+        "WorkerLost", "WorkerStopping", "DispatchTimeout", "DispatchError", "WritesLost",
+        "StoreError", "RunLostError", "StoppedForRetry",
     }
 )
 #: Longest wait between two attempts, in seconds.
@@ -71,6 +65,7 @@ RETRY_ON = "retry_on"
 RETRIED_BY = "retried_by"
 FINAL = "final"
 STOPPED_FOR_RETRY = "stopped_for_retry"
+
 
 
 def cause_name(error: BaseException) -> str:
@@ -164,23 +159,16 @@ class Attempt:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "number": self.number,
-            "run_id": self.run_id,
-            "started": self.started,
-            "ended": self.ended,
-            "cause": self.cause,
-            "message": self.message,
+            "number": self.number, "run_id": self.run_id, "started": self.started,
+            "ended": self.ended, "cause": self.cause, "message": self.message,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Attempt:
         return cls(
-            number=int(data["number"]),
-            run_id=str(data["run_id"]),
-            started=float(data["started"]),
+            number=int(data["number"]), run_id=str(data["run_id"]), started=float(data["started"]),
             ended=None if data.get("ended") is None else float(data["ended"]),
-            cause=data.get("cause"),
-            message=data.get("message"),
+            cause=data.get("cause"), message=data.get("message"),
         )
 
     def describe(self) -> str:
@@ -239,9 +227,7 @@ async def follow_attempt(supervisor: Context, run_id: str) -> str | None:
     names = ("state", "error", ATTEMPT, RETRIES, RETRY_ON, RETRIED_BY, FINAL, STOPPED_FOR_RETRY)
     (reply,), _ = await pipeline(
         runtime.client,
-        [["HMGET", keys.run(run_id), *names]],
-        retry_for=runtime.settings.reconnect_timeout,
-        doing=doing,
+        [["HMGET", keys.run(run_id), *names]], retry_for=runtime.settings.reconnect_timeout, doing=doing,
     )
     refused([reply], doing)
     fields = {n: _text(v) for n, v in zip(names, reply, strict=True) if v is not None}
@@ -257,12 +243,8 @@ def _exhausted(cause: BaseException, attempts: Sequence[Attempt]) -> BaseExcepti
     error: BaseException
     if isinstance(cause, ProcessorFailed):
         error = ProcessorFailed(
-            cause.processor,
-            cause.error_type,
-            cause.error_message + note,
-            cause.traceback,
-            run_id=cause.run_id,
-            worker=cause.worker,
+            cause.processor, cause.error_type, cause.error_message + note, cause.traceback,
+            run_id=cause.run_id, worker=cause.worker,
         )
     elif isinstance(cause, DatagraphError):
         error = type(cause)(f"{cause}{note}")
@@ -278,3 +260,5 @@ def _ended(attempt: Attempt, cause: BaseException) -> None:
     attempt.ended = time.time()
     attempt.cause = cause_name(cause)
     attempt.message = str(cause)
+
+

@@ -79,11 +79,8 @@ class RetryingReader:
         if self._stream is None:
             runtime = await self._attempts.supervisor.runtime()
             self._stream = StreamReader(
-                runtime,
-                self._run_id,
-                [io for io in self._ios if io not in self._ended],
-                reader=self._reader_name,
-                producers=self._producers,
+                runtime, self._run_id, [io for io in self._ios if io not in self._ended],
+                reader=self._reader_name, producers=self._producers,
             )
         return self._stream
 
@@ -140,8 +137,7 @@ class RetryingReader:
         where = f"{io!r} of attempt {source}"
         while count < wanted:
             (reply,), _ = await pipeline(
-                runtime.client,
-                [["XRANGE", key, start, "+", "COUNT", "256"]],
+                runtime.client, [["XRANGE", key, start, "+", "COUNT", "256"]],
                 retry_for=runtime.settings.reconnect_timeout,
                 doing=f"reading back the values of {where} delivered before a retry",
             )

@@ -63,16 +63,8 @@ TRANSIENT = (GlideTimeoutError, GlideConnectionError)
 #: reports a redirection it did not follow as "Moved: <slot> <node>", and a
 #: connection to a killed node as a broken pipe.  Compared in lower case.
 _TRANSIENT_REPLIES = (
-    "loading",
-    "clusterdown",
-    "trying again",
-    "tryagain",
-    "masterdown",
-    "readonly",
-    "moved:",
-    "brokenpipe",
-    "failed to receive command response",
-    "connection not found",
+    "loading", "clusterdown", "trying again", "tryagain", "masterdown", "readonly", "moved:",
+    "brokenpipe", "failed to receive command response", "connection not found",
 )
 
 

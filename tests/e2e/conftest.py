@@ -69,7 +69,9 @@ _CALL_FAILED = pytest.StashKey[bool]()
 def browser() -> Iterator[Browser]:
     executable = chromium()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=executable, headless=True, args=CHROMIUM_ARGS
+        )
         try:
             yield browser
         finally:
@@ -141,13 +143,8 @@ def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoProcess
     command = [sys.executable, "-m", "datagraph", "demo", "--port", "0", "--no-browser", "--rate", "200"]
     with output.open("wb") as sink:
         process = subprocess.Popen(
-            command,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            preexec_fn=die_with_parent(),
-            start_new_session=True,
+            command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            preexec_fn=die_with_parent(), start_new_session=True,
         )
     try:
         deadline = time.monotonic() + DEMO_START_DEADLINE

@@ -33,10 +33,7 @@ def typed_service(demo_stack: DemoProcess, tmp_path_factory: pytest.TempPathFact
     with output.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "tests.e2e.typed_service", match[1]],
-            cwd=REPO,
-            stdin=subprocess.PIPE,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
+            cwd=REPO, stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.STDOUT,
         )
     assert process.stdin is not None
     try:
@@ -193,11 +190,9 @@ def test_a_mismatched_edge_is_flagged_and_a_shared_address_restores_the_design(
             re.compile(r"\bmismatch\b")
         )
         expect(other.get_by_test_id("inspector-title")).to_have_text("audit_orders")
-        assert [n.get_attribute("data-processor") for n in other.locator("#designer-selected li").all()] == [
-            "extract_orders",
-            "parse_orders",
-            "audit_orders",
-        ]
+        assert [
+            n.get_attribute("data-processor") for n in other.locator("#designer-selected li").all()
+        ] == ["extract_orders", "parse_orders", "audit_orders"]
         assert errors == []
     finally:
         context.close()

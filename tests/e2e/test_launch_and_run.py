@@ -133,7 +133,9 @@ def test_failing_processor_shows_its_traceback(
     assert console_errors == []
 
 
-def test_cancel_button_stops_a_running_run(page: Page, dashboard: str, console_errors: list[str]) -> None:
+def test_cancel_button_stops_a_running_run(
+    page: Page, dashboard: str, console_errors: list[str]
+) -> None:
     page.goto(dashboard + "/launch?flow=orders-etl")
     field(page, "feed").locator("textarea").first.fill(json.dumps({"orders": 0, "rate": 100, "seconds": 120}))
     page.get_by_test_id("launch-submit").click()

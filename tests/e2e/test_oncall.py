@@ -29,14 +29,7 @@ def oncall(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     log = tmp_path_factory.mktemp("oncall") / "dashboard.log"
     env = {"DATAGRAPH_REDIS_URL": valkey_url}
     args = (
-        "--redis-url",
-        valkey_url,
-        "--token",
-        OPERATOR,
-        "--viewer-token",
-        VIEWER,
-        "--log-level",
-        "warning",
+        "--redis-url", valkey_url, "--token", OPERATOR, "--viewer-token", VIEWER, "--log-level", "warning",
     )
     with dashboard_process(*args, env=env, log=log) as dash:
         yield dash
@@ -83,8 +76,7 @@ def test_an_operator_reruns_a_failed_run_and_lands_on_the_new_one(
     page: Page, oncall: DashboardProcess, console_errors: list[str], shoot: Callable[[Page, str], None]
 ) -> None:
     launched = httpx.post(
-        f"{oncall.url}/api/runs",
-        headers={"Authorization": f"Bearer {OPERATOR}"},
+        f"{oncall.url}/api/runs", headers={"Authorization": f"Bearer {OPERATOR}"},
         json={"processors": ["oc_check"], "name": "oncall check", "inputs": {"oc_value": -3}},
     )
     assert launched.status_code == 201, launched.text
@@ -124,24 +116,12 @@ def test_a_viewer_sees_no_controls_and_is_refused_when_it_posts(
     page: Page, oncall: DashboardProcess, console_errors: list[str], shoot: Callable[[Page, str], None]
 ) -> None:
     operator = {"Authorization": f"Bearer {OPERATOR}"}
-    running = httpx.post(
-        f"{oncall.url}/api/runs",
-        headers=operator,
-        json={
-            "processors": ["oc_flood", "oc_trickle"],
-            "name": "oncall watched",
-            "inputs": {"oc_seconds": 120},
-        },
-    ).json()["run_id"]
-    finished = httpx.post(
-        f"{oncall.url}/api/runs",
-        headers=operator,
-        json={
-            "processors": ["oc_count"],
-            "name": "oncall finished",
-            "inputs": {"oc_n": 2},
-        },
-    ).json()["run_id"]
+    running = httpx.post(f"{oncall.url}/api/runs", headers=operator, json={
+        "processors": ["oc_flood", "oc_trickle"], "name": "oncall watched", "inputs": {"oc_seconds": 120},
+    }).json()["run_id"]
+    finished = httpx.post(f"{oncall.url}/api/runs", headers=operator, json={
+        "processors": ["oc_count"], "name": "oncall finished", "inputs": {"oc_n": 2},
+    }).json()["run_id"]
     try:
         log_in(page, oncall.url, VIEWER, f"/runs/{running}")
         expect(page.get_by_test_id("signed-in-role")).to_have_text("viewer")
