@@ -11,6 +11,7 @@ from datagraph import IO, Flow, IOVal, LocalExecutor, Processor, Supervisor, par
 from datagraph.store import keys
 from datagraph.streams import END, StreamReader
 from datagraph.telemetry import OUTPUT, Telemetry
+from tests.test_local_streams import _attach
 
 pytestmark = pytest.mark.anyio
 
@@ -64,12 +65,7 @@ async def test_first_returns_before_the_callers_position_is_published(
     # Reads of the store, every one: the caller's collect() below may otherwise be handed
     # its values by the map's writer here, if that writer is not quite done (no read at all).
     await Supervisor.adetach()
-    supervisor = Supervisor.attach(
-        redis_config={"url": valkey_url},
-        executor=LocalExecutor(),
-        secret=b"test-secret",
-        hand_over_local=False,
-    )
+    supervisor = _attach(valkey_url, hand_over_local=False)
     flow = _flow()
     out = await _finished(supervisor, flow, 1)
     assert await out.first() == 0
