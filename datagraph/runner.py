@@ -289,7 +289,7 @@ def _release_inputs(plan: Plan, name: str) -> list[list[str]]:
 
 
 async def _finish_ok(runtime: Runtime, plan: Plan, name: str, writer: StreamWriter) -> None:
-    marker = runtime.codec.encode_marker({"status": "ok", "processor": name})
+    marker = runtime.codec.end_marker(name)
     result = await writer.close(
         dict.fromkeys(writer.buffers, marker),
         extra=[scripts.processor_done_command(runtime, plan, name)],

@@ -381,7 +381,7 @@ class Supervisor:
             "done", "0", "flow", plan.flow.get("name") or "", "submitter", self.worker_id,
             *record_fields.get(),
         ]  # fmt: skip
-        ok = self.codec.encode_marker({"status": "ok", "processor": "(input)"})
+        ok = self.codec.end_marker("(input)")
         max_batch = self.settings.max_batch
         streams: dict[str, tuple[list[tuple[str, str, bytes]], int]] = {}
         for io, values in given.items():

@@ -40,6 +40,22 @@ def test_markers_roundtrip_and_are_signed() -> None:
         Codec(b"z").decode_marker(codec.encode_marker(marker), "x")
 
 
+def test_a_clean_end_is_encoded_once_and_its_bytes_verified_once() -> None:
+    codec = Codec(b"k")
+    end = codec.end_marker("p")
+    assert end is codec.end_marker("p")  # kept, not signed again
+    assert end == codec.encode_marker({"status": "ok", "processor": "p"})
+    assert codec.decode_marker(end, "x") == {"status": "ok", "processor": "p"}
+    assert codec.decode_marker(end, "x") == {"status": "ok", "processor": "p"}  # from what it kept
+    # Kept by its exact bytes, per key: other bytes, or another key, are verified afresh.
+    damaged = bytearray(end)
+    damaged[-2] ^= 1
+    with pytest.raises(TamperedPayloadError):
+        codec.decode_marker(bytes(damaged), "x")
+    with pytest.raises(TamperedPayloadError):
+        Codec(b"z").decode_marker(end, "x")
+
+
 def test_payload_is_the_keyed_blake3_mac_then_the_pickled_batch() -> None:
     # The wire format, computed independently: a reader in another process (or
     # language) verifies entries exactly like this.
