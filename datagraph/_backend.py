@@ -25,7 +25,7 @@ import anyio
 import sniffio
 from anyio.abc import TaskGroup
 
-__all__ = ["LoopHost", "current_loop"]
+__all__ = ["LoopHost", "Wake", "current_loop"]
 
 log = logging.getLogger("datagraph.host")
 
@@ -44,6 +44,56 @@ def current_loop() -> object:
     import asyncio
 
     return asyncio.get_running_loop()
+
+
+class Wake:
+    """A one-shot wake-up that one task waits for, for at most a while.
+
+    What a reader waiting for a writer in the same process needs, at a third of
+    the cost of an ``anyio.Event`` in an ``anyio.move_on_after`` on asyncio (a
+    loop future and a timer; anyio's cancel scope runs about a hundred lines of
+    Python on entry and exit).  A cancelled waiter is cancelled as in any other
+    wait.  Made by :meth:`LoopHost.wake`.
+    """
+
+    __slots__ = ("_event", "_future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._future: asyncio.Future[None] | None = None
+        self._event: Any = None
+        if loop is not None:
+            self._future = loop.create_future()
+        else:
+            import trio
+
+            self._event = trio.Event()
+
+    def set(self) -> None:
+        future = self._future
+        if future is None:
+            self._event.set()
+        elif not future.done():
+            future.set_result(None)
+
+    async def wait(self, limit: float) -> None:
+        """Until :meth:`set`, or ``limit`` seconds."""
+        future = self._future
+        if future is None:
+            import trio
+
+            with trio.move_on_after(limit):
+                await self._event.wait()
+            return
+        timer = future.get_loop().call_later(limit, _expire, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class LoopHost:
@@ -101,6 +151,10 @@ class LoopHost:
             # A job records its own failures; one that escapes is a bug: say so, and keep
             # the other jobs going.
             log.error("datagraph job %s failed", job.get_name(), exc_info=job.exception())
+
+    def wake(self) -> Wake:
+        """A new :class:`Wake` for a task of this host's loop."""
+        return Wake(self._loop)
 
     def start_soon(
         self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None

@@ -1,13 +1,21 @@
 """Entries handed from a writer to readers waiting in the same runtime, as they are written.
 
 A stream whose writer runs in this runtime (a processor that ``LocalExecutor``
-started here) is written by this process: when the writer's flush has put
-entries into the store, a reader of the same runtime waiting for that stream
-can take them from the writer's hands instead of asking the store for them.
-The entries are in the store all the same (other readers, re-runs, telemetry
-and the dashboard read them there); only the reader's round trip is saved,
-and with it the hop through the store between a value written and a value
-read.
+started here) is written by this process: a reader of the same runtime
+waiting for that stream can take the writer's entries from its hands instead
+of asking the store for them.  The entries go to the store all the same
+(other readers, re-runs, telemetry and the dashboard read them there); only
+the reader's round trip is saved, and with it the hop through the store
+between a value written and a value read.
+
+A batch of values is handed over as the pipeline that writes it goes out,
+once the run is recorded: the reader works on it while the store takes it,
+and any command the reader sends afterwards reaches the store after that
+write.  A stream's end is handed over only once the store has it, so a
+reader never ends a stream that the store does not end; if the store refuses
+the write, the writer fails, and the failure reaches the reader after the
+values, as any failure does.  The reply hands over the same batches again,
+for readers that began waiting meanwhile; a reader skips what it has.
 
 A reader waits here only when the wait can end here: every stream it waits
 for has a local writer, and it has no read positions to publish (those ride

@@ -64,7 +64,9 @@ class RunRecord:
 
         If not, it is given back: ``start_flow``, or the next pipeline, sends it
         again, so that whether the run starts depends on its record alone. If so,
-        the carrier says :meth:`recorded` once it has handed its entries over.
+        the carrier says :meth:`recorded` at once, before it hands its entries
+        over: ``start_flow``'s caller is then reading before the readers woken
+        here write.
         """
         try:
             self._check(replies, attempts)

@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 from glide import GlideError as GlideBaseError
 
+from ._backend import Wake
 from .exceptions import (
     BadValueError,
     ProcessorFailed,
@@ -189,7 +190,7 @@ class StreamReader:
         self._key_of = {io: keys.stream(run_id, io) for io in ios}
         self._io_of = {k.encode(): io for io, k in self._key_of.items()}
         #: Set while waiting for a writer of this runtime (datagraph.local_streams).
-        self._local_wake: anyio.Event | None = None
+        self._local_wake: Wake | None = None
         self._took_local = False
         self._local_ok = runtime.settings.hand_over_local
         self._last_id = {io: "0-0" for io in ios}
@@ -282,11 +283,17 @@ class StreamReader:
 
     async def _fetch(self) -> None:
         open_ios = self._open
-        if self._local_ok and not (self._dirty and self._reader is not None):
-            # No positions to publish: if every stream waited for is written in this
-            # runtime, wait for its writer to hand the entries over (no round trip).
+        if self._local_ok:
+            # No positions to publish (or entries in hand whose write is on its way): if
+            # every stream waited for is written in this runtime, wait for its writer to
+            # hand the entries over (no round trip).
             open_keys = [self._key_of[io] for io in open_ios]
-            local = self._rt.local.all_local(open_keys) and self._caught_up(open_keys)
+            publish = self._dirty and self._reader is not None
+            local = (
+                self._rt.local.all_local(open_keys)
+                and self._caught_up(open_keys)
+                and (not publish or self._ahead(open_keys))
+            )
             if local and await self._wait_local(open_keys):
                 return
         command = [
@@ -357,19 +364,24 @@ class StreamReader:
                 return False  # behind (or past an entry from elsewhere): read the store
         return True
 
+    def _ahead(self, open_keys: list[str]) -> bool:
+        """Whether this reader holds entries whose pipeline's reply has not come yet (they were
+        handed over as it went out): that reply hands over what follows them, or wakes it."""
+        written = self._rt.local.written
+        return any(int(self._last_id[self._io_of[key.encode()]][2:]) > written(key) for key in open_keys)
+
     async def _wait_local(self, open_keys: list[str]) -> bool:
         """Wait for a local writer's entries (datagraph.local_streams); False: read the store."""
         local = self._rt.local
         writer = self._writer
         self._took_local = False
-        self._local_wake = anyio.Event()
+        self._local_wake = wake = self._rt.host.wake()
         local.wait(self, open_keys)
         if writer is not None:
             writer.holding = True
         started = time.monotonic()
         try:
-            with anyio.move_on_after(LOCAL_WAIT):
-                await self._local_wake.wait()
+            await wake.wait(LOCAL_WAIT)
         finally:
             local.unwait(self, open_keys)
             self._local_wake = None
@@ -387,7 +399,16 @@ class StreamReader:
         io = self._io_of.get(key.encode())
         if wake is None or io is None or io not in self._open:
             return
-        if self._last_id[io] != entry_id(entries[0][0] - 1):
+        last = self._last_id[io]
+        if last.startswith("0-"):
+            # Batches handed over as their pipeline went out come again with its reply.
+            taken = int(last[2:])
+            if entries[-1][0] <= taken:
+                wake.set()  # nothing new: the reader goes on to the store
+                return
+            if entries[0][0] <= taken:
+                entries = [entry for entry in entries if entry[0] > taken]
+        if last != entry_id(entries[0][0] - 1):
             wake.set()  # not the entries right after this reader's: read the store
             return
         self._last_seen[io] = time.monotonic()
@@ -1017,7 +1038,12 @@ class StreamWriter:
         # them all at once, as the transaction would have. Not for large entries: their
         # cost is in the bytes, which the fold would copy once more on each side.
         folded = fold(commands, run_id) if small else None
+        # Once the run is recorded, a batch goes to the readers waiting here as its
+        # pipeline goes out (see _hand_over_sent); a stream's end only once it is in.
+        early = bool(written) and record is None and self._rt.local.any_waiting()
         try:
+            if early:
+                self._hand_over_sent(written)
             result, attempts = await pipeline(
                 rt.client,
                 folded[0] if folded else commands,
@@ -1041,43 +1067,63 @@ class StreamWriter:
                     f"Valkey refused the record of run {run_id}, sent with a write of processor "
                     f"{self._processor!r}: {refusal}"
                 )
+            # start_flow's caller gets the loop before the readers woken below: its
+            # reader of the outputs is then waiting when they write.
+            record.recorded()
             if isinstance(state_reply, list) and state_reply[0] is None:
                 # The store did not have the record's script yet: it went again after this
                 # pipeline (store.batch), so this read came first. The run has just started.
                 state_reply = [b"running", None]
-        try:
-            state, run_failure = _state_reply(state_reply, run_id)
-            self._note_run_state(state, run_failure)
-            for index, reply in enumerate(result):
-                if not isinstance(reply, GlideBaseError):
-                    continue
-                if index >= extra_end:
-                    self.history_failed(reply)
-                    continue
-                already = index in xadds and "equal or smaller" in str(reply)
-                # A retried pipeline finds its own earlier write; a cancelled run may hold
-                # the canceller's end marker.
-                if already and (attempts > 1 or self.cancelled):
-                    continue
-                raise StoreError(
-                    f"Valkey refused a write of processor {self._processor!r} (run {run_id}): {reply}"
-                )
-            if written:
-                self._hand_over(written, result)
-            for io in pending:
-                self.written[io] += sent[io]
-                self._inflight[io] = 0
-            if pos_fields:
-                self._apply_positions(pos_fields, result[pos_at])
-            self._recompute_limits()
-            if bad_value is not None:
-                # What came before the bad value is written; the processor fails here.
-                raise bad_value
-            return list(result[extra_at:extra_end])
-        finally:
-            if record is not None:
-                # After the hand-over: the readers here get the loop before start_flow's caller.
-                record.recorded()
+        state, run_failure = _state_reply(state_reply, run_id)
+        self._note_run_state(state, run_failure)
+        for index, reply in enumerate(result):
+            if not isinstance(reply, GlideBaseError):
+                continue
+            if index >= extra_end:
+                self.history_failed(reply)
+                continue
+            already = index in xadds and "equal or smaller" in str(reply)
+            # A retried pipeline finds its own earlier write; a cancelled run may hold
+            # the canceller's end marker.
+            if already and (attempts > 1 or self.cancelled):
+                continue
+            raise StoreError(
+                f"Valkey refused a write of processor {self._processor!r} (run {run_id}): {reply}"
+            )
+        if written:
+            self._hand_over(written, result)
+        for io in pending:
+            self.written[io] += sent[io]
+            self._inflight[io] = 0
+        if pos_fields:
+            self._apply_positions(pos_fields, result[pos_at])
+        self._recompute_limits()
+        if bad_value is not None:
+            # What came before the bad value is written; the processor fails here.
+            raise bad_value
+        return list(result[extra_at:extra_end])
+
+    def _hand_over_sent(self, written: list[tuple[str, int, bytes, bytes, int]]) -> None:
+        """Hand the batches of a pipeline just sent to readers of this runtime waiting for them.
+
+        The pipeline is on its way, ahead of any command those readers send, and
+        it carries the run's record no more: a value is handed over before its
+        write is confirmed, and a refused write fails this processor, which
+        reaches the readers after the values (as any failure does).  A stream's
+        end waits for the store (:meth:`_hand_over`): a reader never ends a
+        stream that the store does not end.
+        """
+        local = self._rt.local
+        if not local.any_writer():
+            return
+        by_io: dict[str, list[tuple[int, bytes, bytes]]] = {}
+        for io, seq, field, payload, _ in written:
+            if field == _BATCH_B:
+                by_io.setdefault(io, []).append((seq, field, payload))
+        for io, entries in by_io.items():
+            key = self._keys[io]
+            if local.waiting(key):
+                local.hand_over(key, entries)
 
     def _hand_over(self, written: list[tuple[str, int, bytes, bytes, int]], result: list[Any]) -> None:
         """Hand the entries just written to readers of this runtime waiting for them."""

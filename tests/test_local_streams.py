@@ -25,6 +25,9 @@ _failing = Processor("ls_failing", ["ls_fn"], ["ls_fnums"])
 _relay = Processor("ls_relay", ["ls_fnums"], ["ls_fout"])
 _stuck = Processor("ls_stuck", ["ls_sn"], ["ls_sout"])
 _partial = Processor("ls_partial", ["ls_pn"], ["ls_pout"])
+_gated = Processor("ls_gated", ["ls_gn"], ["ls_gout"])
+#: Opens the gated processor's way to its value (set by the test that runs it).
+_GATE: list[anyio.Event] = []
 
 
 @_source
@@ -66,7 +69,15 @@ async def _some_then_wait(ls_pn: IO[int]) -> AsyncIterator[IOVal[int]]:
     await anyio.sleep_forever()
 
 
+@_gated
+async def _when_let(ls_gn: IO[int]) -> AsyncIterator[IOVal[int]]:
+    n = await ls_gn.first()
+    await _GATE[-1].wait()
+    yield IOVal("ls_gout", n * 2)
+
+
 TWO_STAGES = Flow.from_processors(_source, _double).resolve()
+GATED = Flow.from_processors(_gated).resolve()
 FAILING = Flow.from_processors(_failing, _relay).resolve()
 STUCK = Flow.from_processors(_stuck).resolve()
 PARTIAL = Flow.from_processors(_partial).resolve()
@@ -203,6 +214,59 @@ async def test_cancel_ends_a_reader_waiting_for_a_local_writer(valkey_url: str) 
                 tg.start_soon(cancel_when_waiting)
                 with pytest.raises(RunCancelled):
                     await out["ls_sout"].collect()
+    finally:
+        await Supervisor.adetach()
+
+
+async def _raw(valkey_url: str, *command: str) -> bytes:
+    """One command on a connection of its own (not queued behind a client the store holds)."""
+    host, port = valkey_url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    request = f"*{len(command)}\r\n" + "".join(f"${len(part)}\r\n{part}\r\n" for part in command)
+    async with await anyio.connect_tcp(host, int(port)) as connection:
+        await connection.send(request.encode())
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            reply += await connection.receive()
+    return reply.strip()
+
+
+async def test_a_local_reader_has_a_value_as_its_write_goes_out_and_the_end_once_it_is_in(
+    valkey_url: str,
+) -> None:
+    """With the store holding writes back, the caller has the value, not yet the stream's end."""
+    Supervisor.detach()
+    supervisor = _attach(valkey_url)
+    _GATE.append(anyio.Event())
+    got: list[int] = []
+    first, ended = anyio.Event(), anyio.Event()
+
+    async def read(stream: AsyncIterator[int]) -> None:
+        async for value in stream:
+            got.append(value)
+            first.set()
+        ended.set()
+
+    try:
+        out = await supervisor.start_flow(GATED, [IOVal("ls_gn", 21)])
+        key = keys.stream(out["ls_gout"].run_id, "ls_gout")
+        with anyio.fail_after(DEADLINE):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read, out["ls_gout"].stream())
+                await anyio.sleep(0.05)  # the reader waits for its local writer (LOCAL_WAIT is 0.25 s)
+                assert await _raw(valkey_url, "CLIENT", "PAUSE", "5000", "WRITE") == b"+OK"
+                try:
+                    _GATE[-1].set()
+                    await first.wait()
+                    assert got == [42]
+                    assert await _raw(valkey_url, "XLEN", key) == b":0"  # not in the store yet
+                    await anyio.sleep(0.3)
+                    assert not ended.is_set()  # the end waits for the store
+                finally:
+                    assert await _raw(valkey_url, "CLIENT", "UNPAUSE") == b"+OK"
+                await ended.wait()
+        assert got == [42]
+        assert await _raw(valkey_url, "XLEN", key) == b":2"  # the value's entry and the end marker
+        assert await supervisor.wait(out["ls_gout"].run_id, timeout=DEADLINE) == "succeeded"
     finally:
         await Supervisor.adetach()
 
