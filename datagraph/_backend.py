@@ -36,13 +36,18 @@ _EXIT_WAIT = 30.0
 
 def current_loop() -> object:
     """An object identifying the running event loop."""
+    if sniffio.thread_local.name is None:
+        # Not Trio (which names itself there): asyncio's own lookup is a C call, where
+        # sniffio's asks for the current task too (1.6 us against 0.25 us).
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            pass
     library = sniffio.current_async_library()
     if library == "trio":
         import trio
 
         return trio.lowlevel.current_trio_token()
-    import asyncio
-
     return asyncio.get_running_loop()
 
 
