@@ -11,6 +11,7 @@ from glide import GlideError
 from datagraph import Supervisor
 from datagraph.store import keys
 from datagraph.store.batch import pipeline
+from datagraph.store.evalsha import Script
 from datagraph.store.fold import fold, folded
 from datagraph.store.scripts import sample_history_command
 
@@ -58,6 +59,24 @@ async def test_a_fold_replies_as_its_pipeline_would(supervisor: Supervisor) -> N
     assert via_fold[3] == plain[3] == 1
     # EXPIRE: 1 from a script, True from glide.
     assert [bool(via_fold[i]) for i in (2, 6)] == [bool(plain[i]) for i in (2, 6)] == [True, True]
+
+
+async def test_a_pipeline_of_one_command_replies_as_a_batch_of_it_would(supervisor: Supervisor) -> None:
+    """A folded flush is one command, sent as a command: same replies, errors in their slot."""
+    runtime = await supervisor.runtime()
+    key = f"one-test:{{{uuid.uuid4().hex}}}"
+    try:
+        written, _ = await pipeline(runtime.client, [["HSET", key, "a", "1"]], retry_for=5.0, doing="one")
+        assert written == [1]
+        refused, _ = await pipeline(runtime.client, [["HSET", key]], retry_for=5.0, doing="one")
+        assert len(refused) == 1 and isinstance(refused[0], GlideError)
+        assert "wrong number of arguments" in str(refused[0])
+        # A script the store has never seen goes again with its text, as in a batch.
+        script = Script(f"-- {uuid.uuid4().hex}\nreturn ARGV[1] .. '!'")
+        got, _ = await pipeline(runtime.client, [script.command([key], ["x"])], retry_for=5.0, doing="one")
+        assert got == [b"x!"]
+    finally:
+        await runtime.client.custom_command(["DEL", key])
 
 
 def test_commands_of_a_script_it_does_not_hold_are_not_folded() -> None:

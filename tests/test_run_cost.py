@@ -115,22 +115,32 @@ async def _quiet_and_warm(valkey_url: str) -> Supervisor:
 
 
 class _Pipelines:
-    """The command lists of every batch the runtime's client sends (a spy on the glide client)."""
+    """The command lists of every round trip the runtime's client makes (a spy on the glide
+    client): each batch, and each command sent on its own."""
 
     def __init__(self, client: Any) -> None:
         self.sent: list[list[list[Any]]] = []
-        self._client, self._exec = client, client.exec
+        self._client, self._exec, self._command = client, client.exec, client.custom_command
         client.exec = self._spy
+        client.custom_command = self._spy_command
 
-    async def _spy(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+    def _note(self, commands: list[Any]) -> None:
         sent = []
-        for _, command in batch.commands:
+        for command in commands:
             sent += folded(command) or [list(command)]  # a fold, as the commands it carries
         self.sent.append(sent)
+
+    async def _spy(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        self._note([command for _, command in batch.commands])
         return await self._exec(batch, *args, **kwargs)
+
+    async def _spy_command(self, command: list[Any], *args: Any, **kwargs: Any) -> Any:
+        self._note([command])
+        return await self._command(command, *args, **kwargs)
 
     def stop(self) -> None:
         del self._client.exec
+        del self._client.custom_command
 
 
 async def test_a_run_is_recorded_in_the_pipeline_of_its_first_write(

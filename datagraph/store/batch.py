@@ -23,6 +23,7 @@ from glide import (
     ClusterBatch,
     GlideClient,
     GlideClusterClient,
+    RequestError,
 )
 from glide import (
     ConnectionError as GlideConnectionError,
@@ -196,20 +197,34 @@ def _not_run(error: GlideBaseError) -> bool:
     return any(reply in text for reply in _NOT_RUN)
 
 
-async def _send(client: Store, commands: list[list[Any]], *, atomic: bool = False) -> list[Any]:
-    if not commands:
-        return []
+async def _exec(client: Store, commands: list[list[Any]], *, atomic: bool) -> list[Any]:
+    """The replies to ``commands``, an error reply in its command's slot."""
     if is_cluster(client):
         cluster_batch = glide_batch(commands, cluster=True, atomic=atomic)
         assert isinstance(cluster_batch, ClusterBatch)
         result = await client.exec(cluster_batch, raise_on_error=False)
+    elif len(commands) == 1 and not atomic:
+        # One command (a folded flush, datagraph.store.fold) goes as a command: glide
+        # builds no batch for it, about a third less of its Python per round trip.
+        try:
+            return [await client.custom_command(commands[0])]
+        except RequestError as exc:
+            if type(exc) is not RequestError:
+                raise  # lost, timed out, ...: as a batch raises them
+            return [exc]  # the server's error reply, where a batch puts it
     else:
         batch = glide_batch(commands, cluster=False, atomic=atomic)
         assert isinstance(batch, Batch)
         result = await client.exec(batch, raise_on_error=False)
     if result is None:  # only a WATCHed transaction returns None
         raise StoreError("Valkey aborted a batch")
-    replies = list(result)
+    return list(result)
+
+
+async def _send(client: Store, commands: list[list[Any]], *, atomic: bool = False) -> list[Any]:
+    if not commands:
+        return []
+    replies = await _exec(client, commands, atomic=atomic)
     # Scripts go by their SHA1 (EVALSHA, see store.evalsha.Script); a server that does
     # not have one yet (restarted, failed over, SCRIPT FLUSH) refuses it without running
     # it: those alone go again with the script's text, which also caches it there.
