@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import weakref
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from .flow import Flow, Topology
+from .store import keys
 
 __all__ = ["Plan"]
 
@@ -102,6 +104,13 @@ class Plan:
     @property
     def ios(self) -> list[str]:
         return list(dict.fromkeys([*self.floating_inputs, *self.producers]))
+
+    @cached_property
+    def done_keys(self) -> tuple[str, ...]:
+        """The keys of ``store.scripts``' processor-done script: the run's stats and hash,
+        then its other keys (every processor's last flush sends it)."""
+        own = (keys.stats(self.run_id), keys.run(self.run_id))
+        return (*own, *(k for k in keys.run_keys(self.run_id, self.ios) if k not in own))
 
     def to_json(self) -> str:
         if self.json_tail:

@@ -8,6 +8,7 @@ with it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from glide import GlideError as GlideBaseError
@@ -33,7 +34,7 @@ class Script:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
         _TEXTS[self.sha] = text
 
-    def command(self, keys: list[str], args: list[Any]) -> list[Any]:
+    def command(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
         """The ``EVALSHA`` running this script on ``keys`` with ``args``."""
         return ["EVALSHA", self.sha, str(len(keys)), *keys, *args]
 

@@ -184,12 +184,9 @@ return 1
 
 def processor_done_command(runtime: Runtime, plan: Plan, processor: str) -> list[str]:
     """The EVALSHA that marks ``processor`` done (and the run succeeded when it is the last)."""
-    run_id = plan.run_id
-    own = (keys.stats(run_id), keys.run(run_id))
-    script_keys = [*own, *(k for k in keys.run_keys(run_id, plan.ios) if k not in own)]
     names = [p["name"] for p in plan.processors]
     args = [processor, repr(time.time()), str(int(runtime.settings.retention)), *names]
-    return _PROCESSOR_DONE.command(script_keys, args)
+    return _PROCESSOR_DONE.command(plan.done_keys, args)
 
 
 #: Seconds of 1-second history kept per run; older samples survive at 1 minute.
