@@ -11,7 +11,9 @@ On asyncio the host's jobs are plain loop tasks that it tracks, cancels and
 waits for as the task group would: anyio's ``start_soon`` costs about ten
 times as much per task (a task handle with its own cancel scope and event),
 and a short run starts two.  anyio's cancel scopes work in them as in its
-own tasks.
+own tasks.  For the same reason a reader that waits for a writer in the same
+process waits on a :class:`Wake` (a loop future and a timer on asyncio)
+rather than an anyio event inside a cancel scope.
 """
 
 from __future__ import annotations
