@@ -13,6 +13,9 @@ the time they all wait, then returns only once it is in.
 If the record cannot be written, ``start_flow`` raises as before and stops
 the run's processors here; any of them that reaches the store afterwards
 meets the same error rather than writing for a run that was never recorded.
+If ``start_flow`` is cancelled (or fails) while the pipeline carrying the
+record is on its way, the record may still get in: the run is then ended in
+the store (cancelled, or failed) behind it, not left "running".
 """
 
 from __future__ import annotations

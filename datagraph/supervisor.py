@@ -32,6 +32,7 @@ from .exceptions import (
     RunCancelled,
     RunError,
     RunLostError,
+    StoreError,
     UnknownInputError,
 )
 from .executors.base import Executor
@@ -347,6 +348,12 @@ class Supervisor:
         except BaseException as exc:
             record.failed(exc)
             runtime.stop_run(run_id, RunLostError(f"run {run_id} could not be recorded: {exc}"))
+            if record.taken:
+                # Its pipeline went out (start_flow was cancelled, or failed, while it was on
+                # its way): the run may be in the store, where nobody would end it.
+                runtime.host.start_soon(
+                    self._end_abandoned, runtime, plan, exc, name=f"datagraph-end-{run_id}"
+                )
             if record.holders <= 0:
                 runtime.recording.pop(run_id, None)
             # Otherwise it stays until they have ended (Runtime.release_record).
@@ -354,6 +361,31 @@ class Supervisor:
         else:
             # In the store: nothing waits for it any more.
             runtime.recording.pop(run_id, None)
+
+    async def _end_abandoned(self, runtime: Runtime, plan: Plan, reason: BaseException) -> None:
+        """End run ``plan.run_id``, whose start was given up after its record went out.
+
+        Its processors here are stopped already; if the record got into the store,
+        the run is ended there (cancelled, or failed with ``reason``) rather than
+        left "running" until it expires.
+        """
+        cancelled = isinstance(reason, anyio.get_cancelled_exc_class())
+        error = None if cancelled else {
+            "processor": "(start_flow)", "type": type(reason).__name__, "message": str(reason),
+            "traceback": "", "worker": self.worker_id,
+        }  # fmt: skip
+        try:
+            await finish_run(runtime, plan, "cancelled" if cancelled else "failed", error=error)
+        except RunLostError:
+            return  # the record never got in: there is no run to end
+        except StoreError as exc:
+            log.warning(
+                "run %s: its start was given up (%r) and its end could not be recorded: %s; "
+                "it stays running until it expires",
+                plan.run_id,
+                reason,
+                exc,
+            )
 
     async def _send_record(self, runtime: Runtime, record: RunRecord) -> None:
         """Send the run's record in a pipeline of its own."""

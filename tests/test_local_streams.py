@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -267,6 +268,26 @@ async def test_a_local_reader_has_a_value_as_its_write_goes_out_and_the_end_once
         assert got == [42]
         assert await _raw(valkey_url, "XLEN", key) == b":2"  # the value's entry and the end marker
         assert await supervisor.wait(out["ls_gout"].run_id, timeout=DEADLINE) == "succeeded"
+    finally:
+        await Supervisor.adetach()
+
+
+async def test_a_start_cancelled_while_its_record_is_on_its_way_ends_the_run(valkey_url: str) -> None:
+    """The record may be in the store: the run is ended there, not left "running"."""
+    Supervisor.detach()
+    supervisor = _attach(valkey_url)
+    try:
+        warm = await supervisor.start_flow(TWO_STAGES, [IOVal("ls_n", 1)])  # opens the clients
+        assert await warm["ls_out"].collect() == [2]
+        run_id = uuid.uuid4().hex
+        assert await _raw(valkey_url, "CLIENT", "PAUSE", "5000", "WRITE") == b"+OK"
+        try:
+            with anyio.move_on_after(0.3) as scope:  # the record's pipeline is held by the store
+                await supervisor.start_flow(TWO_STAGES, [IOVal("ls_n", 1)], run_id=run_id)
+            assert scope.cancelled_caught
+        finally:
+            assert await _raw(valkey_url, "CLIENT", "UNPAUSE") == b"+OK"
+        assert await supervisor.wait(run_id, timeout=DEADLINE) == "cancelled"
     finally:
         await Supervisor.adetach()
 
