@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -231,6 +232,16 @@ async def _raw(valkey_url: str, *command: str) -> bytes:
     return reply.strip()
 
 
+@asynccontextmanager
+async def _writes_held(valkey_url: str) -> AsyncIterator[None]:
+    """The store holds every write back (``CLIENT PAUSE WRITE``) until the block ends."""
+    assert await _raw(valkey_url, "CLIENT", "PAUSE", "5000", "WRITE") == b"+OK"
+    try:
+        yield
+    finally:
+        assert await _raw(valkey_url, "CLIENT", "UNPAUSE") == b"+OK"
+
+
 async def test_a_local_reader_has_a_value_as_its_write_goes_out_and_the_end_once_it_is_in(
     valkey_url: str,
 ) -> None:
@@ -254,16 +265,13 @@ async def test_a_local_reader_has_a_value_as_its_write_goes_out_and_the_end_once
             async with anyio.create_task_group() as tg:
                 tg.start_soon(read, out["ls_gout"].stream())
                 await anyio.sleep(0.05)  # the reader waits for its local writer (LOCAL_WAIT is 0.25 s)
-                assert await _raw(valkey_url, "CLIENT", "PAUSE", "5000", "WRITE") == b"+OK"
-                try:
+                async with _writes_held(valkey_url):
                     _GATE[-1].set()
                     await first.wait()
                     assert got == [42]
                     assert await _raw(valkey_url, "XLEN", key) == b":0"  # not in the store yet
                     await anyio.sleep(0.3)
                     assert not ended.is_set()  # the end waits for the store
-                finally:
-                    assert await _raw(valkey_url, "CLIENT", "UNPAUSE") == b"+OK"
                 await ended.wait()
         assert got == [42]
         assert await _raw(valkey_url, "XLEN", key) == b":2"  # the value's entry and the end marker
@@ -280,13 +288,10 @@ async def test_a_start_cancelled_while_its_record_is_on_its_way_ends_the_run(val
         warm = await supervisor.start_flow(TWO_STAGES, [IOVal("ls_n", 1)])  # opens the clients
         assert await warm["ls_out"].collect() == [2]
         run_id = uuid.uuid4().hex
-        assert await _raw(valkey_url, "CLIENT", "PAUSE", "5000", "WRITE") == b"+OK"
-        try:
+        async with _writes_held(valkey_url):
             with anyio.move_on_after(0.3) as scope:  # the record's pipeline is held by the store
                 await supervisor.start_flow(TWO_STAGES, [IOVal("ls_n", 1)], run_id=run_id)
             assert scope.cancelled_caught
-        finally:
-            assert await _raw(valkey_url, "CLIENT", "UNPAUSE") == b"+OK"
         assert await supervisor.wait(run_id, timeout=DEADLINE) == "cancelled"
     finally:
         await Supervisor.adetach()
