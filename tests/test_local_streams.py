@@ -264,7 +264,10 @@ async def test_a_local_reader_has_a_value_as_its_write_goes_out_and_the_end_once
         with anyio.fail_after(DEADLINE):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(read, out["ls_gout"].stream())
-                await anyio.sleep(0.05)  # the reader waits for its local writer (LOCAL_WAIT is 0.25 s)
+                runtime = await supervisor.runtime()
+                # The reader waits for its local writer (for up to LOCAL_WAIT, 0.25 s): poll for it.
+                while not runtime.local.any_waiting():  # noqa: ASYNC110
+                    await anyio.sleep(0.001)
                 async with _writes_held(valkey_url):
                     _GATE[-1].set()
                     await first.wait()
