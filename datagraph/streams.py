@@ -1039,11 +1039,11 @@ class StreamWriter:
         # cost is in the bytes, which the fold would copy once more on each side.
         folded = fold(commands, run_id) if small else None
         # Once the run is recorded, a batch goes to the readers waiting here as its
-        # pipeline goes out (see _hand_over_sent); a stream's end only once it is in.
+        # pipeline goes out (see _hand_over); a stream's end only once it is in.
         early = bool(written) and record is None and self._rt.local.any_waiting()
         try:
             if early:
-                self._hand_over_sent(written)
+                self._hand_over(written, None)
             result, attempts = await pipeline(
                 rt.client,
                 folded[0] if folded else commands,
@@ -1103,30 +1103,17 @@ class StreamWriter:
             raise bad_value
         return list(result[extra_at:extra_end])
 
-    def _hand_over_sent(self, written: list[tuple[str, int, bytes, bytes, int]]) -> None:
-        """Hand the batches of a pipeline just sent to readers of this runtime waiting for them.
+    def _hand_over(self, written: list[tuple[str, int, bytes, bytes, int]], result: list[Any] | None) -> None:
+        """Hand the entries of a pipeline to readers of this runtime waiting for them.
 
-        The pipeline is on its way, ahead of any command those readers send, and
-        it carries the run's record no more: a value is handed over before its
-        write is confirmed, and a refused write fails this processor, which
-        reaches the readers after the values (as any failure does).  A stream's
-        end waits for the store (:meth:`_hand_over`): a reader never ends a
-        stream that the store does not end.
+        With ``result`` None the pipeline has just gone out, ahead of any command
+        those readers send: only its batches go, and the run's record is no longer
+        in it.  A stream's end waits for the reply (``result``), so a reader never
+        ends a stream that the store does not end; if the store refuses the write,
+        the writer fails, and the failure reaches the readers after the values, as
+        any failure does.  The reply hands the batches over again, for readers that
+        began waiting meanwhile; a reader skips what it has.
         """
-        local = self._rt.local
-        if not local.any_writer():
-            return
-        by_io: dict[str, list[tuple[int, bytes, bytes]]] = {}
-        for io, seq, field, payload, _ in written:
-            if field == _BATCH_B:
-                by_io.setdefault(io, []).append((seq, field, payload))
-        for io, entries in by_io.items():
-            key = self._keys[io]
-            if local.waiting(key):
-                local.hand_over(key, entries)
-
-    def _hand_over(self, written: list[tuple[str, int, bytes, bytes, int]], result: list[Any]) -> None:
-        """Hand the entries just written to readers of this runtime waiting for them."""
         local = self._rt.local
         if not local.any_writer():
             return  # no processor of this runtime writes here as LocalExecutor runs it
@@ -1135,13 +1122,17 @@ class StreamWriter:
         for io, seq, field, payload, index in written:
             if io in refused:
                 continue
-            if isinstance(result[index], GlideBaseError):
+            if result is None:
+                if field != _BATCH_B:
+                    continue
+            elif isinstance(result[index], GlideBaseError):
                 refused.add(io)  # not in the store as written: readers read the store
                 continue
             by_io.setdefault(io, []).append((seq, field, payload))
         for io, entries in by_io.items():
             key = self._keys[io]
-            local.wrote(key, entries[-1][0])
+            if result is not None:
+                local.wrote(key, entries[-1][0])
             if local.waiting(key):
                 local.hand_over(key, entries)
 
