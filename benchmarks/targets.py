@@ -73,6 +73,18 @@ TARGETS: list[tuple[str, str, Callable[[Any], bool], Callable[[Any], str]]] = [
         lambda v: f"{v:.3f}x",
     ),
     (
+        "pipeline, ints, an IOBatch per step, asyncio >= 0.25x the relay",
+        "pipeline.asyncio.ints_batched_vs_relay",
+        lambda v: v >= 0.25,
+        lambda v: f"{v:.3f}x",
+    ),
+    (
+        "pipeline, ints, an IOBatch per step, Trio >= 0.25x the relay",
+        "pipeline.trio.ints_batched_vs_relay",
+        lambda v: v >= 0.25,
+        lambda v: f"{v:.3f}x",
+    ),
+    (
         "pipeline, 1 KiB dicts, asyncio >= 0.70x the glide relay",
         "pipeline.asyncio.records_vs_relay",
         lambda v: v >= 0.70,

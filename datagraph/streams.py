@@ -1037,7 +1037,7 @@ class StreamWriter:
         # One script call rather than a dozen commands (datagraph.store.fold); it runs
         # them all at once, as the transaction would have. Not for large entries: their
         # cost is in the bytes, which the fold would copy once more on each side.
-        folded = fold(commands, run_id) if small else None
+        folded = fold(commands, run_id, cluster=is_cluster(rt.client)) if small else None
         # Once the run is recorded, a batch goes to the readers waiting here as its
         # pipeline goes out (see _hand_over); a stream's end only once it is in.
         early = bool(written) and record is None and self._rt.local.any_waiting()

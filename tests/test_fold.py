@@ -10,7 +10,7 @@ from glide import GlideError
 
 from datagraph import Supervisor
 from datagraph.store import keys
-from datagraph.store.batch import pipeline
+from datagraph.store.batch import is_cluster, pipeline
 from datagraph.store.evalsha import Script
 from datagraph.store.fold import fold, folded
 from datagraph.store.scripts import sample_history_command
@@ -24,7 +24,8 @@ def _commands(run_id: str) -> list[list[Any]]:
         ["XADD", stream, "0-1", "b", b"\x80\x05K\x01."],
         ["XADD", stream, "0-1", "b", b"again"],  # refused: the id is taken
         ["EXPIRE", stream, "60", "NX"],
-        ["ZADD", f"fold-test:{run_id}", "1", run_id],  # a key of no run: sent beside the fold
+        # A key of no run: folded in on a standalone store, sent beside the fold on a cluster.
+        ["ZADD", f"fold-test:{run_id}", "1", run_id],
         ["HSET", stats, "written:fold_xs", "1", "state:p", "running"],
         ["HMGET", keys.run(run_id), "state", "error"],  # no run record: nil, nil
         ["EXPIRE", stats, "60"],  # a run's stats expire: the sample below is taken
@@ -35,17 +36,22 @@ def _commands(run_id: str) -> list[list[Any]]:
 
 async def test_a_fold_replies_as_its_pipeline_would(supervisor: Supervisor) -> None:
     runtime = await supervisor.runtime()
+    cluster = is_cluster(runtime.client)
     replies: dict[bool, list[Any]] = {}
     for folding in (False, True):
         run_id = uuid.uuid4().hex
         commands = _commands(run_id)
-        plan = fold(commands, run_id) if folding else None
+        plan = fold(commands, run_id, cluster=cluster) if folding else None
         sent = plan[0] if plan else commands
         result, _ = await pipeline(runtime.client, sent, retry_for=5.0, doing="folding")
         replies[folding] = plan[1](result) if plan else result
         if folding:
-            assert plan is not None and len(sent) == 2  # the ZADD, then one script call
-            assert folded(sent[1]) is not None and len(folded(sent[1]) or ()) == 8
+            assert plan is not None
+            if cluster:
+                assert len(sent) == 2  # the ZADD, then one script call
+                assert sent[0][0] == "ZADD" and len(folded(sent[1]) or ()) == 8
+            else:
+                assert len(sent) == 1 and [c[0] for c in folded(sent[0]) or ()] == [c[0] for c in commands]
         await runtime.client.custom_command(["DEL", f"fold-test:{run_id}"])
     plain, via_fold = replies[False], replies[True]
     assert len(via_fold) == len(plain) == 9
@@ -87,3 +93,17 @@ def test_commands_of_a_script_it_does_not_hold_are_not_folded() -> None:
     # XRANGE's reply is a map sent alone, a list from a script.
     stream = keys.stream(run_id, "xs")
     assert fold([["XADD", stream, "0-1", "b", "x"], ["XRANGE", stream, "-", "+"]], run_id) is None
+
+
+def test_a_standalone_store_folds_commands_on_other_keys_that_reply_alike() -> None:
+    run_id = uuid.uuid4().hex
+    own = ["HSET", keys.stats(run_id), "a", "1"]
+    index = ["ZADD", "fold-test:index", "1", run_id]
+    plan = fold([own, index], run_id, cluster=False)
+    assert plan is not None and len(plan[0]) == 1
+    clustered = fold([own, own, index], run_id, cluster=True)
+    assert clustered is not None and clustered[0][0] == index  # one slot per script on a cluster
+    # ZADD INCR replies a score, which a script would turn into a string: sent beside.
+    incr = ["ZADD", "fold-test:index", "INCR", "1", run_id]
+    beside = fold([own, own, incr], run_id, cluster=False)
+    assert beside is not None and beside[0][0] == incr and len(beside[0]) == 2

@@ -120,6 +120,8 @@ class _Pipelines:
 
     def __init__(self, client: Any) -> None:
         self.sent: list[list[list[Any]]] = []
+        #: How many commands went on the wire in each round trip of ``sent`` (a fold is one).
+        self.wire: list[int] = []
         self._client, self._exec, self._command = client, client.exec, client.custom_command
         client.exec = self._spy
         client.custom_command = self._spy_command
@@ -129,6 +131,7 @@ class _Pipelines:
         for command in commands:
             sent += folded(command) or [list(command)]  # a fold, as the commands it carries
         self.sent.append(sent)
+        self.wire.append(len(commands))
 
     async def _spy(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
         self._note([command for _, command in batch.commands])
@@ -147,7 +150,8 @@ async def test_a_run_is_recorded_in_the_pipeline_of_its_first_write(
     supervisor: Supervisor, valkey_url: str
 ) -> None:
     """A run whose processors all run here starts in one round trip: the source's closing flush
-    carries the run's record ahead of its own writes, and the run takes two pipelines in all."""
+    carries the run's record ahead of its own writes, and the run takes two pipelines in all,
+    each one command on a standalone store (the run index's ZADD folded in with the rest)."""
     supervisor = await _quiet_and_warm(valkey_url)
     flow = TWO_STAGES
     runtime = await supervisor.runtime()
@@ -155,12 +159,13 @@ async def test_a_run_is_recorded_in_the_pipeline_of_its_first_write(
     try:
         out = await supervisor.start_flow(flow, [IOVal("sha_n", 1)])
         assert await out["sha_out"].collect() == [2]
-        sent = list(spy.sent)
+        sent, wire = list(spy.sent), list(spy.wire)
     finally:
         spy.stop()
     run_id = out["sha_out"].run_id
     assert await supervisor.wait(run_id, timeout=DEADLINE) == "succeeded"
     of_run = [batch for batch in sent if any(run_id in str(c[1]) for c in batch)]
+    assert [n for n, batch in zip(wire, sent, strict=True) if batch in of_run] == [1, 1]
     # The record, with the source's values and end.
     first = of_run[0]
     assert [c for c in first if c[0] == "ZADD"] == [["ZADD", keys.RUNS, ANY, run_id]]

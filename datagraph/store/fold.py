@@ -14,9 +14,10 @@ functions of the same script.
 The replies come back one per command, in order, an error in its own slot
 (``redis.pcall``), so callers see what the pipeline would have given them.
 Folded commands run at once, as a transaction would (a reader blocked on a
-stream wakes after all of them).  Only commands on the keys of one run go in
-(its hash tag puts them in one slot, so on a cluster too); others (the global
-run index) are sent beside the fold.
+stream wakes after all of them).  On a cluster only commands on the keys of
+one run go in (its hash tag puts them in one slot); others (the global run
+index) are sent beside the fold.  A standalone store has one keyspace, so
+everything foldable goes in, and a pipeline becomes one command.
 """
 
 from __future__ import annotations
@@ -78,8 +79,11 @@ _EMBEDDED = frozenset(script.sha for script in FOLDABLE)
 
 
 #: Commands whose reply is the same through a script as sent alone (no RESP3 map,
-#: no float): what a processor's pipelines send.
-_SAME_REPLY = frozenset({"XADD", "XTRIM", "EXPIRE", "HSET", "HSETNX", "HMGET", "HDEL", "DEL", "EVALSHA"})
+#: no float): what a processor's pipelines send, and the run index's ``ZADD``
+#: (without ``INCR``, which replies a score).
+_SAME_REPLY = frozenset(
+    {"XADD", "XTRIM", "EXPIRE", "HSET", "HSETNX", "HMGET", "HDEL", "DEL", "EVALSHA", "ZADD"}
+)
 
 
 def _key(command: list[Any]) -> Any:
@@ -89,24 +93,41 @@ def _key(command: list[Any]) -> Any:
 Unfold = Callable[[list[Any]], list[Any]]
 
 
-def fold(commands: list[list[Any]], run_id: str) -> tuple[list[list[Any]], Unfold] | None:
+def _foldable(command: list[Any]) -> bool:
+    name = command[0]
+    if name == "EVALSHA":
+        return command[1] in _EMBEDDED
+    if name == "ZADD":
+        return not any(isinstance(arg, str) and arg.upper() == "INCR" for arg in command[2:])
+    return name in _SAME_REPLY
+
+
+def fold(
+    commands: list[list[Any]], run_id: str, *, cluster: bool = True
+) -> tuple[list[list[Any]], Unfold] | None:
     """``commands`` to send instead (the fold last), and how to turn their replies into
     one per command of ``commands``; None when a command of the run cannot be folded
     (a script that is not in :data:`FOLDABLE`, a reply that a script would give in
     another shape), or there is nothing to fold.
+
+    With ``cluster`` False (a standalone store) commands on other keys go in too
+    if they can; else they are sent beside the fold.
     """
     tag = f"{{{run_id}}}"
     folded: list[list[Any]] = []
     at: list[int] = []  # index in commands of each folded command
     beside: list[int] = []
     for index, command in enumerate(commands):
-        if tag not in _key(command):
+        own = tag in _key(command)
+        if not _foldable(command):
+            if own:
+                return None
             beside.append(index)
-        elif command[0] not in _SAME_REPLY or (command[0] == "EVALSHA" and command[1] not in _EMBEDDED):
-            return None
-        else:
+        elif own or not cluster:
             at.append(index)
             folded.append(command)
+        else:
+            beside.append(index)
     if len(folded) < 2:
         return None
     sent = [commands[i] for i in beside]
