@@ -463,7 +463,18 @@ class StreamReader:
                     # shared client, and back off between empty reads (see _fetch).
                     self._client, self._release, self._polling = self._rt.client, None, True
                 else:
-                    self._client, self._release = await self._rt.pool.acquire(self)
+                    try:
+                        self._client, self._release = await self._rt.pool.acquire(self)
+                    except StoreError:
+                        # No new connection (the store is restarting, or gone): like a lost
+                        # one, tried again until reconnect_timeout, then raised.
+                        now = time.monotonic()
+                        deadline = deadline or now + self._rt.settings.reconnect_timeout
+                        if now >= deadline:
+                            raise
+                        await anyio.sleep(delay)
+                        delay = min(delay * 2, 1.0)
+                        continue
                     self._polling = False
             if self._polling:
                 command = [*command[:3], *command[5:]]  # the same XREAD without BLOCK
@@ -1108,11 +1119,14 @@ class StreamWriter:
 
         With ``result`` None the pipeline has just gone out, ahead of any command
         those readers send: only its batches go, and the run's record is no longer
-        in it.  A stream's end waits for the reply (``result``), so a reader never
-        ends a stream that the store does not end; if the store refuses the write,
-        the writer fails, and the failure reaches the readers after the values, as
-        any failure does.  The reply hands the batches over again, for readers that
-        began waiting meanwhile; a reader skips what it has.
+        in it (a reader that took the batch before the record was in would flush
+        what it made of it on its own while waiting for the stream's end: one more
+        round trip per small run).  A stream's end waits for the reply
+        (``result``), so a reader never ends a stream that the store does not end;
+        if the store refuses the write, the writer fails, and the failure reaches
+        the readers after the values, as any failure does.  The reply hands the
+        batches over again, for readers that began waiting meanwhile; a reader
+        skips what it has.
         """
         local = self._rt.local
         if not local.any_writer():

@@ -98,6 +98,43 @@ async def test_restart_with_persistence_completes_exactly(persistent_valkey: Res
         await Supervisor.adetach()
 
 
+async def test_readers_wait_out_a_store_down_for_longer_than_the_connect_timeout(
+    persistent_valkey: Restartable,
+) -> None:
+    """A reader that needs a new connection while Valkey is down tries again until
+    ``reconnect_timeout``, as for a lost one, not only for ``connect_timeout``."""
+    Supervisor.detach()
+    supervisor = Supervisor.attach(
+        redis_config={"url": persistent_valkey.url},
+        secret=b"s",
+        request_timeout=2,
+        connect_timeout=0.5,
+        reconnect_timeout=30,
+        hand_over_local=False,  # every reader reads the store, on a connection of the pool
+    )
+    try:
+        halfway, go_on = anyio.Event(), anyio.Event()
+        out = await supervisor.start_flow(_flow(halfway, go_on), [IOVal("n", 200)])
+        got: list[int] = []
+
+        async def read() -> None:
+            async for v in out["ys"]:
+                got.append(v)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                await halfway.wait()
+                await anyio.to_thread.run_sync(persistent_valkey.server.stop)
+                await anyio.sleep(2.0)  # four connect timeouts
+                await anyio.to_thread.run_sync(persistent_valkey.server.start)
+                go_on.set()
+        assert got == [2 * i for i in range(200)]
+        assert await supervisor.wait(out["ys"].run_id, timeout=10) == "succeeded"
+    finally:
+        await Supervisor.adetach()
+
+
 async def test_restart_without_persistence_fails_clearly_then_recovers(volatile_valkey: Restartable) -> None:
     Supervisor.detach()
     supervisor = Supervisor.attach(
