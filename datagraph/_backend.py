@@ -10,7 +10,8 @@ the loop; it never lets an exception escape (each job records its own).
 On asyncio the host's jobs are plain loop tasks that it tracks, cancels and
 waits for as the task group would: anyio's ``start_soon`` costs about ten
 times as much per task (a task handle with its own cancel scope and event),
-and a short run starts two.  anyio's cancel scopes work in them as in its
+and a short run starts two.  On Trio they are tasks of a nursery inside the
+task group, for the same reason.  anyio's cancel scopes work in them as in its
 own tasks.  For the same reason a reader that waits for a writer in the same
 process waits on a :class:`Wake` (a loop future and a timer on asyncio)
 rather than an anyio event inside a cancel scope.
@@ -98,6 +99,14 @@ class Wake:
             timer.cancel()
 
 
+async def _trio_job(func: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> None:
+    """A job of the host on Trio: one that escapes with an error is logged, as on asyncio."""
+    try:
+        await func(*args)
+    except Exception:
+        log.exception("datagraph job %s failed", getattr(func, "__qualname__", func))
+
+
 def _expire(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -114,6 +123,8 @@ class LoopHost:
         #: On asyncio: the loop, and the jobs running as its tasks.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._jobs: set[asyncio.Task[Any]] = set()
+        #: On Trio: the nursery the jobs run in (inside the task group).
+        self._nursery: Any = None
         #: Called (synchronously) when the host ends, with the loop still alive.
         self.on_exit: list[Callable[[], None]] = []
 
@@ -133,9 +144,17 @@ class LoopHost:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                self._started.set()
                 try:
-                    await anyio.sleep_forever()
+                    if self._loop is None:
+                        import trio
+
+                        async with trio.open_nursery() as nursery:
+                            self._nursery = nursery
+                            self._started.set()
+                            await trio.sleep_forever()
+                    else:
+                        self._started.set()
+                        await anyio.sleep_forever()
                 finally:
                     if self._jobs:
                         with anyio.CancelScope(shield=True), anyio.move_on_after(_EXIT_WAIT):
@@ -169,7 +188,7 @@ class LoopHost:
         if self._tg is None:
             raise RuntimeError("LoopHost.start_soon() called before start()")
         if self._loop is None:
-            self._tg.start_soon(func, *args, name=name)
+            self._nursery.start_soon(_trio_job, func, args, name=name or func)
             return
         if self._done or self._tg.cancel_scope.cancel_called:
             func(*args).close()  # the host is ending: as a cancelled task group, start nothing

@@ -52,3 +52,43 @@ async def test_a_waiter_on_a_wake_is_cancelled_as_in_any_wait(host: LoopHost) ->
         await wake.wait(5.0)
     assert scope.cancelled_caught
     wake.set()  # after its waiter is gone: harmless
+
+
+async def test_a_job_that_fails_is_logged_and_the_host_goes_on(
+    host: LoopHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran = anyio.Event()
+
+    async def fails() -> None:
+        raise ValueError("job went wrong")
+
+    async def runs() -> None:
+        ran.set()
+
+    host.start_soon(fails, name="failing-job")
+    with anyio.fail_after(5):
+        while not any("failed" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        host.start_soon(runs, name="later-job")
+        await ran.wait()
+    failed = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert failed and failed[0].exc_info is not None and "job went wrong" in str(failed[0].exc_info[1])
+
+
+async def test_the_host_cancels_its_jobs_when_it_ends() -> None:
+    host = LoopHost()
+    await host.start()
+    started, cancelled = anyio.Event(), anyio.Event()
+
+    async def forever() -> None:
+        try:
+            started.set()
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    host.start_soon(forever, name="forever-job")
+    with anyio.fail_after(5):
+        await started.wait()
+        host.cancel()
+        await cancelled.wait()
