@@ -187,11 +187,11 @@ class LoopHost:
     ) -> None:
         if self._tg is None:
             raise RuntimeError("LoopHost.start_soon() called before start()")
-        if self._loop is None:
-            self._nursery.start_soon(_trio_job, func, args, name=name or func)
-            return
         if self._done or self._tg.cancel_scope.cancel_called:
             func(*args).close()  # the host is ending: as a cancelled task group, start nothing
+            return
+        if self._loop is None:
+            self._nursery.start_soon(_trio_job, func, args, name=name or func)
             return
         job = self._loop.create_task(func(*args), name=name)
         self._jobs.add(job)
