@@ -186,19 +186,26 @@ def _band_cells(processor: ProcessorHistory, grid: Buckets) -> list[_Cell | None
     idle = grid.resample(processor.idle, mean=True)
     states = grid.last(processor.state, "pending")
     cells: list[_Cell | None] = []
+    #: One cell per state other than running (an ended run's band is one state throughout).
+    stated: dict[str, _Cell] = {}
     for b, h, i, state in zip(busy, held, idle, states, strict=True):
         if b is None or h is None or i is None:
             cells.append(None)
         elif state != "running":
-            # A state is whatever a worker wrote to the store: escaped in the class too.
-            cells.append((f"band-{_escaped(state)}", _escaped(state)))
+            cell = stated.get(state)
+            if cell is None:
+                # A state is whatever a worker wrote to the store: escaped in the class too.
+                shown = _escaped(state)
+                cell = stated[state] = (f"band-{shown}", shown)
+            cells.append(cell)
         elif b + h + i <= 0:
             cells.append(("band-pending", "running, no time reported yet (waiting to start reading)"))
         else:
             # The dominant activity; on a tie the first of busy, backpressured, idle.
             top = "busy" if b >= h and b >= i else "backpressured" if h >= i else "idle"
+            # Words, digits and percent signs: nothing to escape.
             split = f"busy {_percent(b)}, backpressured {_percent(h)}, idle {_percent(i)}"
-            cells.append((ACTIVITY_CLASSES[top], _escaped(split)))
+            cells.append((ACTIVITY_CLASSES[top], split))
     return cells
 
 
