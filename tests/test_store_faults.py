@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -72,28 +72,38 @@ def _flow(restarted: anyio.Event, go_on: anyio.Event) -> Flow:
     return Flow.from_processors(src, dbl).resolve()
 
 
+async def _exactly_across(supervisor: Supervisor, n: int, outage: Callable[[], Awaitable[None]]) -> None:
+    """A run of ``n`` values through ``_flow`` gives the caller every value once and succeeds,
+    with ``outage`` (Valkey stopped and started again) halfway through it."""
+    halfway, go_on = anyio.Event(), anyio.Event()
+    out = await supervisor.start_flow(_flow(halfway, go_on), [IOVal("n", n)])
+    got: list[int] = []
+
+    async def read() -> None:
+        async for v in out["ys"]:
+            got.append(v)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            await halfway.wait()
+            await outage()
+            go_on.set()
+    assert got == [2 * i for i in range(n)]
+    assert await supervisor.wait(out["ys"].run_id, timeout=10) == "succeeded"
+
+
 async def test_restart_with_persistence_completes_exactly(persistent_valkey: Restartable) -> None:
     Supervisor.detach()
     supervisor = Supervisor.attach(
         redis_config={"url": persistent_valkey.url}, secret=b"s", request_timeout=2, reconnect_timeout=30
     )
+
+    async def restart() -> None:
+        await anyio.to_thread.run_sync(persistent_valkey.restart)
+
     try:
-        halfway, go_on = anyio.Event(), anyio.Event()
-        out = await supervisor.start_flow(_flow(halfway, go_on), [IOVal("n", 2000)])
-        got: list[int] = []
-
-        async def read() -> None:
-            async for v in out["ys"]:
-                got.append(v)
-
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(read)
-                await halfway.wait()
-                await anyio.to_thread.run_sync(persistent_valkey.restart)
-                go_on.set()
-        assert got == [2 * i for i in range(2000)]
-        assert await supervisor.wait(out["ys"].run_id, timeout=10) == "succeeded"
+        await _exactly_across(supervisor, 2000, restart)
     finally:
         await Supervisor.adetach()
 
@@ -112,25 +122,14 @@ async def test_readers_wait_out_a_store_down_for_longer_than_the_connect_timeout
         reconnect_timeout=30,
         hand_over_local=False,  # every reader reads the store, on a connection of the pool
     )
+
+    async def down_for_a_while() -> None:
+        await anyio.to_thread.run_sync(persistent_valkey.server.stop)
+        await anyio.sleep(2.0)  # four connect timeouts
+        await anyio.to_thread.run_sync(persistent_valkey.server.start)
+
     try:
-        halfway, go_on = anyio.Event(), anyio.Event()
-        out = await supervisor.start_flow(_flow(halfway, go_on), [IOVal("n", 200)])
-        got: list[int] = []
-
-        async def read() -> None:
-            async for v in out["ys"]:
-                got.append(v)
-
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(read)
-                await halfway.wait()
-                await anyio.to_thread.run_sync(persistent_valkey.server.stop)
-                await anyio.sleep(2.0)  # four connect timeouts
-                await anyio.to_thread.run_sync(persistent_valkey.server.start)
-                go_on.set()
-        assert got == [2 * i for i in range(200)]
-        assert await supervisor.wait(out["ys"].run_id, timeout=10) == "succeeded"
+        await _exactly_across(supervisor, 200, down_for_a_while)
     finally:
         await Supervisor.adetach()
 
