@@ -99,12 +99,12 @@ class Wake:
             timer.cancel()
 
 
-async def _trio_job(func: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> None:
+async def _trio_job(func: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...], name: str) -> None:
     """A job of the host on Trio: one that escapes with an error is logged, as on asyncio."""
     try:
         await func(*args)
     except Exception:
-        log.exception("datagraph job %s failed", getattr(func, "__qualname__", func))
+        log.exception("datagraph job %s failed", name)
 
 
 def _expire(future: asyncio.Future[None]) -> None:
@@ -191,7 +191,8 @@ class LoopHost:
             func(*args).close()  # the host is ending: as a cancelled task group, start nothing
             return
         if self._loop is None:
-            self._nursery.start_soon(_trio_job, func, args, name=name or func)
+            name = name or getattr(func, "__qualname__", repr(func))
+            self._nursery.start_soon(_trio_job, func, args, name, name=name)
             return
         job = self._loop.create_task(func(*args), name=name)
         self._jobs.add(job)

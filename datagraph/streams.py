@@ -129,6 +129,29 @@ def store_error(exc: GlideBaseError, doing: str) -> StoreError:
     return StoreError(f"Valkey refused or lost the connection while {doing}: {exc}")
 
 
+class _Reconnecting:
+    """A reader's waits between attempts to reach the store: from 0.05 s, doubling up to
+    1 s, for ``limit`` seconds from the first failure."""
+
+    __slots__ = ("_deadline", "_delay", "_limit")
+
+    def __init__(self, limit: float) -> None:
+        self._limit = limit
+        self._deadline: float | None = None
+        self._delay = 0.05
+
+    def expired(self) -> bool:
+        """Whether to give up now (the first failure starts the clock)."""
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self._limit
+        return now >= self._deadline
+
+    async def wait(self) -> None:
+        await anyio.sleep(self._delay)
+        self._delay = min(self._delay * 2, 1.0)
+
+
 class Clock:
     """Where one processor's time goes: waiting for input, or for its readers.
 
@@ -453,8 +476,7 @@ class StreamReader:
 
     async def _read_with(self, command: list[str], riders: list[list[str]], parked: Parked) -> Any:
         run_id = self._run_id
-        deadline = None
-        delay = 0.05
+        retry = _Reconnecting(self._rt.settings.reconnect_timeout)
         parked_commands = self._rt.parked.commands(parked)
         while True:
             if self._client is None:
@@ -468,12 +490,9 @@ class StreamReader:
                     except StoreError:
                         # No new connection (the store is restarting, or gone): like a lost
                         # one, tried again until reconnect_timeout, then raised.
-                        now = time.monotonic()
-                        deadline = deadline or now + self._rt.settings.reconnect_timeout
-                        if now >= deadline:
+                        if retry.expired():
                             raise
-                        await anyio.sleep(delay)
-                        delay = min(delay * 2, 1.0)
+                        await retry.wait()
                         continue
                     self._polling = False
             if self._polling:
@@ -521,12 +540,9 @@ class StreamReader:
                 self._drop_client()
                 if not isinstance(exc, GlideBaseError):
                     raise
-                now = time.monotonic()
-                deadline = deadline or now + self._rt.settings.reconnect_timeout
-                if not is_transient(exc) or now >= deadline:
+                if not is_transient(exc) or retry.expired():
                     raise store_error(exc, f"reading {', '.join(self._open)} of run {run_id}") from exc
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await retry.wait()
                 continue
             if publish:
                 self._dirty = set()
