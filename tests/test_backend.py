@@ -73,6 +73,7 @@ async def test_a_job_that_fails_is_logged_and_the_host_goes_on(
         await ran.wait()
     failed = [r for r in caplog.records if "failed" in r.getMessage()]
     assert failed and failed[0].exc_info is not None and "job went wrong" in str(failed[0].exc_info[1])
+    assert "failing-job" in failed[0].getMessage()  # named as it was started, on both loops
 
 
 async def test_the_host_cancels_its_jobs_when_it_ends() -> None:
