@@ -86,20 +86,12 @@ _SAME_REPLY = frozenset(
 )
 
 
-def _key(command: list[Any]) -> Any:
-    return command[3] if command[0] == "EVALSHA" else command[1]
-
-
 Unfold = Callable[[list[Any]], list[Any]]
 
 
-def _foldable(command: list[Any]) -> bool:
-    name = command[0]
-    if name == "EVALSHA":
-        return command[1] in _EMBEDDED
-    if name == "ZADD":
-        return not any(isinstance(arg, str) and arg.upper() == "INCR" for arg in command[2:])
-    return name in _SAME_REPLY
+def _incr(command: list[Any]) -> bool:
+    """A ``ZADD ... INCR`` (which replies a score)."""
+    return any(isinstance(arg, str) and arg.upper() == "INCR" for arg in command[2:])
 
 
 def fold(
@@ -117,9 +109,16 @@ def fold(
     folded: list[list[Any]] = []
     at: list[int] = []  # index in commands of each folded command
     beside: list[int] = []
+    # Every command of every flush comes through here: the key and the test are inline.
     for index, command in enumerate(commands):
-        own = tag in _key(command)
-        if not _foldable(command):
+        name = command[0]
+        if name == "EVALSHA":
+            own = tag in command[3]  # the script's first key
+            foldable = command[1] in _EMBEDDED
+        else:
+            own = tag in command[1]
+            foldable = name in _SAME_REPLY and not (name == "ZADD" and _incr(command))
+        if not foldable:
             if own:
                 return None
             beside.append(index)
@@ -131,8 +130,10 @@ def fold(
     if len(folded) < 2:
         return None
     sent = [commands[i] for i in beside]
+    first = folded[0]
+    key = first[3] if first[0] == "EVALSHA" else first[1]
     # Valkey's cmsgpack reads the "raw" strings of MessagePack's first form, not "bin".
-    sent.append(_FOLD.command([_key(folded[0])], [msgpack.packb(folded, use_bin_type=False)]))
+    sent.append(_FOLD.command([key], [msgpack.packb(folded, use_bin_type=False)]))
 
     def unfold(result: list[Any]) -> list[Any]:
         replies: list[Any] = [None] * len(commands)

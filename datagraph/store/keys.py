@@ -87,28 +87,29 @@ def __getattr__(name: str) -> str:
     return f"{_namespace}:{suffix}"
 
 
-def _run_prefix(run_id: str) -> str:
-    return f"{_namespace}:{{{run_id}}}"
+# A run's keys start with ``<namespace>:{<run id>}`` (the hash tag puts them in one
+# cluster slot), spelt out in each function below: they are built dozens of times per
+# run, and a helper for the prefix was as many calls again.
 
 
 def run(run_id: str) -> str:
     """Hash: the run's record (state, times, plan, error)."""
-    return f"{_run_prefix(run_id)}:run"
+    return f"{_namespace}:{{{run_id}}}:run"
 
 
 def stream(run_id: str, io: str) -> str:
     """Stream: the values of one IO; each entry carries a batch."""
-    return f"{_run_prefix(run_id)}:io:{io}"
+    return f"{_namespace}:{{{run_id}}}:io:{io}"
 
 
 def pos(run_id: str) -> str:
     """Hash: values consumed (and last entry id) per ``reader/io``."""
-    return f"{_run_prefix(run_id)}:pos"
+    return f"{_namespace}:{{{run_id}}}:pos"
 
 
 def stats(run_id: str) -> str:
     """Hash: counters and states per IO and per processor."""
-    return f"{_run_prefix(run_id)}:stats"
+    return f"{_namespace}:{{{run_id}}}:stats"
 
 
 def history(run_id: str) -> str:
@@ -116,22 +117,22 @@ def history(run_id: str) -> str:
 
     Entry ids are the store's clock in milliseconds, so ``XRANGE`` reads by time.
     """
-    return f"{_run_prefix(run_id)}:hist"
+    return f"{_namespace}:{{{run_id}}}:hist"
 
 
 def history_coarse(run_id: str) -> str:
     """Stream: one sample of the run's counters per minute, for the run's whole life."""
-    return f"{_run_prefix(run_id)}:hist:60"
+    return f"{_namespace}:{{{run_id}}}:hist:60"
 
 
 def history_names(run_id: str) -> str:
     """List: the names of the values a history sample holds, in order (it only grows)."""
-    return f"{_run_prefix(run_id)}:hist:names"
+    return f"{_namespace}:{{{run_id}}}:hist:names"
 
 
 def rerun(run_id: str) -> str:
     """Hash: the run's inputs kept for running it again, its origin and its re-runs."""
-    return f"{_run_prefix(run_id)}:rerun"
+    return f"{_namespace}:{{{run_id}}}:rerun"
 
 
 def run_keys(run_id: str, ios: list[str]) -> list[str]:
