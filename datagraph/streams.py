@@ -36,7 +36,7 @@ from .local_streams import LOCAL_WAIT
 from .parked import Parked
 from .runtime import Runtime
 from .store import gaps, keys
-from .store.client import exec_batch, is_cluster, is_transient, new_batch, pipeline
+from .store.client import describe, exec_batch, is_cluster, is_transient, new_batch, pipeline
 from .store.fold import fold
 from .store.scripts import is_script, lost_run_error, sample_history_command
 
@@ -126,7 +126,7 @@ def _state_reply(reply: Any, run_id: str) -> tuple[Any, Any]:
 
 
 def store_error(exc: GlideBaseError, doing: str) -> StoreError:
-    return StoreError(f"Valkey refused or lost the connection while {doing}: {exc}")
+    return StoreError(f"Valkey refused or lost the connection while {doing}: {describe(exc)}")
 
 
 class _Reconnecting:

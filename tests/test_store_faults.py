@@ -8,9 +8,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from glide import ClosingError
 
 from datagraph import IO, Flow, IOVal, Processor, Supervisor
 from datagraph.exceptions import ProcessorFailed, RunLostError, StoreError
+from datagraph.store.client import describe
 
 pytestmark = pytest.mark.anyio
 
@@ -223,3 +225,8 @@ async def test_a_run_the_store_cannot_record_fails_to_start(volatile_valkey: Res
         assert not [key for key in written if key == "dg:runs" or key.startswith("dg:{")], written
     finally:
         await Supervisor.adetach()
+
+
+def test_an_error_the_store_client_gave_no_text_for_is_named_by_its_type() -> None:
+    assert describe(ClosingError()) == "ClosingError (the store client gave no detail)"
+    assert describe(ClosingError("connection closed")) == "connection closed"

@@ -69,6 +69,18 @@ _TRANSIENT_REPLIES = (
 )
 
 
+#: What valkey-glide says of an error it was given no text for.
+_NO_MESSAGE = "No error message provided"
+
+
+def describe(exc: BaseException) -> str:
+    """``exc``'s text for a message of ours; its type's name when the client gave no text."""
+    text = str(exc)
+    if not text or text == _NO_MESSAGE:
+        return f"{type(exc).__name__} (the store client gave no detail)"
+    return text
+
+
 def is_transient(exc: BaseException) -> bool:
     """A lost connection, a timeout, a server still loading its data, a cluster failing over."""
     if isinstance(exc, TRANSIENT):
@@ -288,7 +300,7 @@ async def pipeline(
             if deadline is None:
                 deadline = now + retry_for
             if not is_transient(exc) or now >= deadline:
-                raise StoreError(f"Valkey failed while {doing}: {exc}") from exc
+                raise StoreError(f"Valkey failed while {doing}: {describe(exc)}") from exc
             log.warning("Valkey connection lost while %s (%s); retrying", doing, exc)
             await anyio.sleep(delay)
             delay = min(delay * 2, 1.0)

@@ -47,6 +47,7 @@ from ..exceptions import ConfigError, StoreError
 from .batch import (
     Store,
     StoreBatch,
+    describe,
     exec_batch,
     is_cluster,
     is_transient,
@@ -62,6 +63,7 @@ __all__ = [
     "StoreBatch",
     "close_now",
     "connect",
+    "describe",
     "exec_batch",
     "is_cluster",
     "is_transient",
