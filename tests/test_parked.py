@@ -12,6 +12,7 @@ from datagraph.store import keys
 from datagraph.streams import END, StreamReader
 from datagraph.telemetry import OUTPUT, Telemetry
 from tests.test_local_streams import _attach
+from tests.test_run_cost import _Pipelines
 
 pytestmark = pytest.mark.anyio
 
@@ -175,3 +176,34 @@ async def test_a_reader_that_may_hold_a_writer_back_publishes_at_once(
         assert await position() == "1"  # not yet
         await runtime.parked.publish()
         assert await position() == "2"
+
+
+@pytest.mark.parametrize(("fold_at_most", "wire"), [(parked.FOLD_AT_MOST, [1]), (5, [6])])
+async def test_positions_of_many_runs_go_as_one_command_on_a_standalone_store(
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch, fold_at_most: int, wire: list[int]
+) -> None:
+    """Folded into one script call while the publication is small; a plain pipeline (two
+    commands a run) past ``FOLD_AT_MOST``. Either way every position lands exactly."""
+    monkeypatch.setattr(parked, "PUBLISH_DELAY", 60.0)
+    monkeypatch.setattr(parked, "FOLD_AT_MOST", fold_at_most)
+    flow = _flow()
+    outs = [await _finished(supervisor, flow, n) for n in (1, 2, 3)]
+
+    async def collect(n: int, out: IO[int]) -> None:
+        assert await out.collect() == [2 * i for i in range(n)]
+
+    # At once: no reader's read carries positions another has parked already.
+    async with anyio.create_task_group() as tg:
+        for n, out in enumerate(outs, 1):
+            tg.start_soon(collect, n, out)
+    runtime = await supervisor.runtime()
+    spy = _Pipelines(runtime.client)
+    try:
+        with anyio.fail_after(DEADLINE):
+            await runtime.parked.publish()
+    finally:
+        spy.stop()
+    assert spy.wire == wire
+    assert [command[0] for command in spy.sent[0]] == ["HSET", "EXPIRE"] * 3
+    for n, out in enumerate(outs, 1):
+        assert await _position(supervisor, out.run_id) == str(n)
