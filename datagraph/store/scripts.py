@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from glide import GlideError as GlideBaseError
 
@@ -15,7 +15,18 @@ from .evalsha import Script, is_script, is_unknown_script, with_script_text
 
 if TYPE_CHECKING:
     from ..plan import Plan
-    from ..runtime import Runtime
+    from ..settings import Settings
+    from .client import Store
+
+
+class RuntimeLike(Protocol):
+    """What the scripts' helpers need of a runtime (the store layer knows no more of it)."""
+
+    @property
+    def client(self) -> Store: ...
+
+    @property
+    def settings(self) -> Settings: ...
 
 __all__ = [
     "Script",
@@ -49,7 +60,7 @@ return 1
 
 
 async def finish_run(
-    runtime: Runtime, plan: Plan, state: str, *, error: dict[str, Any] | None = None
+    runtime: RuntimeLike, plan: Plan, state: str, *, error: dict[str, Any] | None = None
 ) -> bool:
     """Move the run to a terminal state (once) and start its retention clock."""
     try:
@@ -68,7 +79,7 @@ async def finish_run(
 
 
 def finish_run_command(
-    runtime: Runtime, plan: Plan, state: str, *, error: dict[str, Any] | None = None
+    runtime: RuntimeLike, plan: Plan, state: str, *, error: dict[str, Any] | None = None
 ) -> list[str]:
     """The EVALSHA behind :func:`finish_run`, to send in a pipeline of one's own.
 
@@ -182,7 +193,7 @@ return 1
 """)
 
 
-def processor_done_command(runtime: Runtime, plan: Plan, processor: str) -> list[str]:
+def processor_done_command(runtime: RuntimeLike, plan: Plan, processor: str) -> list[str]:
     """The EVALSHA that marks ``processor`` done (and the run succeeded when it is the last)."""
     names = [p["name"] for p in plan.processors]
     args = [processor, repr(time.time()), str(int(runtime.settings.retention)), *names]
