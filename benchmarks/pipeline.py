@@ -2,7 +2,9 @@
 
 The processors yield one ``IOVal`` per value and read with ``stream()``, as
 the README's do; a last row runs the same flow written a batch per step
-(``IOBatch`` out, ``IO.batches()`` in), with the same caller.
+(``IOBatch`` out, ``IO.batches()`` in), with the same caller, and another
+runs the two processors' own code with no engine under it (the most a flow
+of one ``IOVal`` per value could reach on this interpreter).
 
 The sink is the caller itself: ``async for v in outputs["out"].stream()``,
 the way the README reads a flow.  The clock runs from ``start_flow`` to the
@@ -13,6 +15,8 @@ so both see the same machine load, and rounds alternate asyncio and Trio.
 from __future__ import annotations
 
 import gc
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from datagraph import Flow, IOVal
@@ -46,6 +50,67 @@ async def relay_rate(session: Session, n: int, make: Any = ints) -> float:
     return n / await relay_throughput(session.bench.store.port, n, make)
 
 
+class _Values:
+    """The least a ``stream()`` can do: hand out a list's values, one async step each."""
+
+    def __init__(self, values: list[Any]) -> None:
+        self._next = iter(values).__next__
+
+    def __aiter__(self) -> _Values:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return self._next()
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+class _Input:
+    """An input of the processors below, with nothing under it."""
+
+    def __init__(self, values: list[Any]) -> None:
+        self._values = values
+
+    async def first(self) -> Any:
+        return self._values[0]
+
+    def stream(self) -> _Values:
+        return _Values(self._values)
+
+
+# The pipeline's two processors, line for line (benchmarks/_flows.py), undecorated.
+async def _bare_source(n: _Input) -> AsyncIterator[IOVal[int]]:
+    for i in range(await n.first()):
+        yield IOVal("nums", i)
+
+
+async def _bare_double(nums: _Input) -> AsyncIterator[IOVal[int]]:
+    async for x in nums.stream():
+        yield IOVal("out", x * 2)
+
+
+async def floor_rate(n: int) -> float:
+    """values/s of the ints pipeline's own code with no engine under it (a ceiling for the flow).
+
+    Each processor runs to its end in turn, its values kept in a list (the
+    cheapest hand-over there is), and the caller reads the last one through
+    the same minimal ``stream()``: every step the flow's user code takes per
+    value, and nothing else.
+    """
+    gc.collect()
+    started = time.perf_counter()
+    nums = [v.value async for v in _bare_source(_Input([n]))]
+    out = [v.value async for v in _bare_double(_Input(nums))]
+    read = 0
+    async for _ in _Values(out):
+        read += 1
+    elapsed = time.perf_counter() - started
+    if read != n:
+        raise RuntimeError(f"the engine-free pipeline delivered {read} values, expected {n}")
+    return n / elapsed
+
+
 async def warm_up(session: Session) -> None:
     """Open this loop's connections and touch every code path once (untimed)."""
     await flow_rate(session, PIPELINE, WARMUP)
@@ -71,6 +136,7 @@ def run(bench: Bench) -> dict[str, Any]:
             "relay_ints": await relay_rate(session, n_ints),
             "ints": await flow_rate(session, PIPELINE, n_ints),
             "ints_batched": await flow_rate(session, BATCHED, n_ints),
+            "ints_floor": await floor_rate(n_ints),
             "relay_records": await relay_rate(session, n_recs, make_records),
             "records": await flow_rate(session, RECORDS, n_recs),
         }
@@ -91,6 +157,7 @@ def run(bench: Bench) -> dict[str, Any]:
         got = {key: max(r[key] for r in runs) for key in runs[0]}
         got["ints_vs_relay"] = ratio(runs, runs, "ints", "relay_ints")
         got["ints_batched_vs_relay"] = ratio(runs, runs, "ints_batched", "relay_ints")
+        got["ints_floor_vs_relay"] = ratio(runs, runs, "ints_floor", "relay_ints")
         got["records_vs_relay"] = ratio(runs, runs, "records", "relay_records")
         figures[backend] = got
         bench.row(f"relay, ints, {backend}", fmt_rate(got["relay_ints"]), "baseline", f"N={n_ints:,}")
@@ -99,6 +166,12 @@ def run(bench: Bench) -> dict[str, Any]:
             f"flow, ints, IOBatch, {backend}",
             fmt_rate(got["ints_batched"]),
             f"{got['ints_batched_vs_relay']:.3f}x relay",
+        )
+        bench.row(
+            f"ints, the processors' code alone, {backend}",
+            fmt_rate(got["ints_floor"]),
+            f"{got['ints_floor_vs_relay']:.3f}x relay",
+            "no engine: the most one IOVal per value can reach",
         )
         bench.row(
             f"relay, 1 KiB dicts, {backend}", fmt_rate(got["relay_records"]), "baseline", f"N={n_recs:,}"
