@@ -137,11 +137,15 @@ class EmbeddedValkey:
             argv += [f"--{name.replace('_', '-')}", str(value)]
         # Tied to the thread that starts it: only the main thread lives as long as the process.
         tie = die_with_parent() if threading.current_thread() is threading.main_thread() else None
-        with self.log_path.open("wb") as out:
-            self.process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=tie, start_new_session=True,
-            )  # fmt: skip
+        try:
+            with self.log_path.open("wb") as out:
+                self.process = subprocess.Popen(
+                    argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    preexec_fn=tie, start_new_session=True,
+                )  # fmt: skip
+        except OSError as exc:
+            self.stop()
+            raise StoreError(f"could not run {binary} for the embedded Valkey: {exc}") from exc
         deadline = time.monotonic() + timeout
         while not self._answers():
             if self.process.poll() is not None or time.monotonic() > deadline:

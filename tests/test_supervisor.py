@@ -8,11 +8,12 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
 
-from datagraph import IO, Flow, IOVal, LocalExecutor, Processor, Supervisor
+from datagraph import IO, Flow, IOVal, LocalExecutor, Processor, Supervisor, embedded
 from datagraph.exceptions import (
     ConfigError,
     MissingInputError,
@@ -114,6 +115,17 @@ def test_the_embedded_valkey_does_not_outlive_a_killed_process() -> None:
                 time.sleep(0.05)
         finally:
             child.kill()
+
+
+def test_an_embedded_valkey_that_cannot_run_names_the_binary(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "valkey-server")
+    monkeypatch.setattr(embedded, "valkey_binary", lambda: missing)
+    server = embedded.EmbeddedValkey()
+    with pytest.raises(StoreError, match=r"could not run .*valkey-server for the embedded Valkey"):
+        server.start()
+    assert server.process is None
 
 
 async def test_unreachable_store_is_named_within_the_timeout() -> None:
