@@ -332,7 +332,11 @@ async def test_engine_records_a_slow_stage_filling_then_draining(supervisor: Sup
     assert max(source.backpressured) >= 0.3
 
     bottleneck = history.bottleneck
-    assert bottleneck is not None
+    # (what the rule saw, should a loaded machine ever leave it unnamed)
+    assert bottleneck is not None, (
+        f"no bottleneck: backlog of hist_nums {list(edge.backlog)} (limit {LIMIT}), hist_slow busy "
+        f"{list(slow.busy)}, backpressured {list(slow.backpressured)}, states {list(slow.state)}"
+    )
     assert bottleneck.processor == "hist_slow"
     assert bottleneck.until is not None  # the run is over
     assert "its input `hist_nums` is full" in bottleneck.reason
